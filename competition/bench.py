@@ -1,0 +1,148 @@
+"""`python -m competition bench <what>`: timings measured side by side in one run.
+
+rle:   our numba encode/decode against the numpy kernels found in most Kaggle notebooks,
+       on realistic defect masks (~700 runs), best of several interleaved rounds.
+score: offline scoring of a full-size test set (5,506 images x 4 classes) from CSV files.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from competition import rle
+
+
+def numpy_encode(mask: np.ndarray) -> str:
+    """The usual notebook encoder: transpose, flatten, diff, join."""
+    pixels = np.concatenate([[0], mask.T.flatten(), [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+def numpy_decode(encoded: str, shape=rle.SHAPE) -> np.ndarray:
+    """The usual notebook decoder: split, slice into a flat array, reshape column-major."""
+    s = encoded.split()
+    starts, lengths = [np.asarray(x, dtype=int) for x in (s[0:][::2], s[1:][::2])]
+    starts -= 1
+    ends = starts + lengths
+    img = np.zeros(shape[0] * shape[1], dtype=np.uint8)
+    for lo, hi in zip(starts, ends):
+        img[lo:hi] = 1
+    return img.reshape(shape, order="F")
+
+
+def realistic_masks(n: int, seed: int, runs=(600, 800)) -> list[np.ndarray]:
+    """Masks of synthetic defect shapes (pits, streaks, dark areas) with 600 to 800 runs:
+    one run per column a shape crosses, more where shapes stack in a column."""
+    from competition.synth import DRAW
+
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        mask = np.zeros(rle.SHAPE, np.uint8)
+        count = 0
+        while count < runs[0]:
+            DRAW[int(rng.choice([1, 3, 4], p=[0.2, 0.5, 0.3]))](mask, rng)
+            count = len(numpy_encode(mask).split()) // 2
+        if count <= runs[1]:
+            out.append(mask)
+    return out
+
+
+def _time(fn, items) -> float:
+    """Seconds per item of one pass over items."""
+    start = time.perf_counter()
+    for item in items:
+        fn(item)
+    return (time.perf_counter() - start) / len(items)
+
+
+def bench_rle(args) -> None:
+    start = time.perf_counter()
+    rle.decode(rle.encode(np.eye(256, 1600, dtype=np.uint8)))
+    first = time.perf_counter() - start
+    masks = realistic_masks(args.masks, args.seed)
+    strings = [numpy_encode(m) for m in masks]
+    assert [rle.encode(m) for m in masks] == strings, "encoders disagree"
+    assert all((rle.decode(s) == m).all() for s, m in zip(strings, masks)), "decoders disagree"
+    runs = np.array([len(s.split()) // 2 for s in strings])
+    pixels = np.array([int(m.sum()) for m in masks])
+    print(f"{len(masks)} masks of 256x1600: {runs.mean():.0f} runs (min {runs.min()}, "
+          f"max {runs.max()}), {pixels.mean():.0f} pixels on average")
+    print(f"first numba call in this process (compile, or load from cache): {first:.2f} s")
+    kernels = {
+        "encode": (numpy_encode, rle.encode, masks),
+        "decode": (numpy_decode, rle.decode, strings),
+    }
+    best = {}
+    for _ in range(args.repeat):  # interleaved rounds, best kept: the same load for both
+        for name, (theirs, ours, items) in kernels.items():
+            for who, fn in (("numpy", theirs), ("numba", ours)):
+                best[name, who] = min(best.get((name, who), np.inf), _time(fn, items))
+    print(f"{'kernel':8} {'numpy (us)':>11} {'numba (us)':>11} {'ratio':>7}")
+    for name in kernels:
+        a, b = best[name, "numpy"] * 1e6, best[name, "numba"] * 1e6
+        print(f"{name:8} {a:11.1f} {b:11.1f} {a / b:6.1f}x")
+
+
+def synthetic_tables(n_images: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A truth and a noisy prediction of n_images x 4 pairs, ~14% of truth pairs non-empty."""
+    from competition.synth import DRAW, allocate, image_id
+
+    rng = np.random.default_rng(seed)
+    truth, pred = [], []
+    for i, classes in enumerate(allocate(n_images, rng)):
+        name = image_id(seed, "bench", i)
+        for c in (1, 2, 3, 4):
+            if c in classes:
+                mask = np.zeros(rle.SHAPE, np.uint8)
+                DRAW[c](mask, rng)
+                truth.append((name, c, rle.encode(mask)))
+                if rng.random() < 0.8:  # found, with its edge moved by a few pixels
+                    shifted = np.roll(mask, int(rng.integers(-4, 5)), axis=1)
+                    pred.append((name, c, rle.encode(shifted)))
+                    continue
+            elif rng.random() > 0.05:  # a clean empty pair
+                pred.append((name, c, ""))
+                continue
+            mask = np.zeros(rle.SHAPE, np.uint8)  # a false positive, or a missed defect
+            if c not in classes:
+                DRAW[c](mask, rng)
+            pred.append((name, c, rle.encode(mask)))
+    columns = ["ImageId", "ClassId", "EncodedPixels"]
+    return pd.DataFrame(truth, columns=columns), pd.DataFrame(pred, columns=columns)
+
+
+def bench_score(args) -> None:
+    from competition.labels import read_table
+    from competition.metric import dice, score_tables
+
+    truth, pred = synthetic_tables(args.images, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        truth_csv, pred_csv = Path(tmp) / "truth.csv", Path(tmp) / "sub.csv"
+        truth.to_csv(truth_csv, index=False)
+        pred.to_csv(pred_csv, index=False)
+        score_tables(pred.head(8), truth.head(8))  # warm the numba cache
+        start = time.perf_counter()
+        result = score_tables(read_table(pred_csv)[0], read_table(truth_csv)[0])
+        seconds = time.perf_counter() - start
+    # the same score from decoded masks, for a check and a reference time
+    start = time.perf_counter()
+    t = truth.set_index(["ImageId", "ClassId"]).EncodedPixels
+    dices = [dice(rle.decode(p), rle.decode(t.get((i, c), "")))
+             for i, c, p in pred.itertuples(index=False)]
+    decoded_seconds = time.perf_counter() - start
+    assert abs(float(np.mean(dices)) - result["mean_dice"]) < 1e-12, "run and mask Dice differ"
+    print(f"{result['pairs']} pairs ({args.images} images x 4 classes), "
+          f"{(truth.EncodedPixels != '').sum()} truth masks, {(pred.EncodedPixels != '').sum()} "
+          f"predicted: mean Dice {result['mean_dice']:.5f}")
+    print(f"score from CSV files (read, check every RLE, Dice on runs): {seconds:.2f} s")
+    print(f"same Dice from decoded masks (no CSV reading):                {decoded_seconds:.2f} s")
+
+
+BENCHES = {"rle": bench_rle, "score": bench_score}

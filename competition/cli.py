@@ -1,0 +1,163 @@
+"""`python -m competition <stage>`: one subcommand per stage; each reads and writes files.
+
+Stage modules are imported inside their handlers so that `--help` and light stages start
+quickly. An InputError reaches the terminal as one line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from competition.errors import InputError
+
+
+def cmd_synth(args) -> None:
+    from competition.synth import make_dataset
+
+    if args.train < 1 or args.test < 1:
+        raise InputError(f"--train {args.train} --test {args.test}: need at least one of each")
+    info = make_dataset(args.out, args.train, args.test, args.seed, args.layout)
+    counts = ", ".join(f"class {c}: {n}" for c, n in info["train_images_per_class"].items())
+    print(f"wrote {args.out}: {args.train} train images ({counts}; "
+          f"defect-free: {info['train_defect_free']}), {args.test} test images")
+
+
+def cmd_folds(args) -> None:
+    from competition.files import write_csv
+    from competition.folds import fold_counts, make_folds
+    from competition.labels import load_train
+
+    image_ids, labels = load_train(args.data)
+    folds = make_folds(image_ids, labels, args.n_folds, args.seed)
+    write_csv(args.out, folds)
+    print(fold_counts(folds).to_string())
+    print(f"wrote {args.out}: {len(folds)} images in {args.n_folds} folds (seed {args.seed})")
+
+
+def cmd_check(args) -> None:
+    from tqdm import tqdm
+
+    from competition.images import list_images, read_image
+    from competition.labels import load_train, read_sample
+
+    data = Path(args.data)
+    image_ids, labels = load_train(data, check_images=False)
+    paths = [data / "train_images" / i for i in image_ids]
+    if (data / "sample_submission.csv").exists():
+        sample = read_sample(data / "sample_submission.csv")
+        test_ids = list_images(data / "test_images")
+        missing = sorted(set(sample.pairs.ImageId) - set(test_ids))
+        if missing:
+            raise InputError(f"{data / 'sample_submission.csv'}: no image file "
+                             f"{data / 'test_images' / missing[0]} ({len(missing)} missing)")
+        paths += [data / "test_images" / i for i in test_ids]
+    for path in tqdm(paths, desc="decode images", unit="img"):
+        read_image(path)
+    print(f"{data}: ok: {len(image_ids)} train images, {len(labels)} defect masks, "
+          f"{len(paths) - len(image_ids)} test images, all readable and 1600x256")
+
+
+def cmd_baseline(args) -> None:
+    from competition import submission
+    from competition.labels import read_sample
+
+    frame = submission.write(args.out, read_sample(args.sample), {})
+    print(f"wrote {args.out}: all-empty submission, {len(frame)} rows")
+
+
+def cmd_validate(args) -> None:
+    from competition.submission import validate
+
+    table = validate(args.submission, args.sample)
+    filled = int((table.EncodedPixels != "").sum())
+    print(f"{args.submission}: valid, {len(table)} rows, {filled} non-empty masks")
+
+
+def cmd_score(args) -> None:
+    from competition.labels import read_table
+    from competition.metric import score_tables
+
+    submission, _, _ = read_table(args.submission)
+    truth, _, _ = read_table(args.truth)
+    result = score_tables(submission, truth)
+    print(f"{args.submission} against {args.truth}: {result['pairs']} (image, class) pairs")
+    print(f"{'class':>6} {'dice':>8}")
+    for c, v in result["per_class"].items():
+        print(f"{c:>6} {v:8.5f}")
+    print(f"{'mean':>6} {result['mean_dice']:8.5f}   (all-empty baseline "
+          f"{result['all_empty_baseline']:.5f})")
+    if args.json:
+        print(json.dumps(result))
+
+
+def cmd_bench(args) -> None:
+    from competition import bench
+
+    bench.BENCHES[args.what](args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m competition",
+        description="Severstal steel-defect pipeline: each stage reads files and writes files.")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in the Kaggle layout")
+    p.add_argument("--out", default="input/synthetic", help="dataset folder to (re)write")
+    p.add_argument("--train", type=int, default=400, help="number of train images")
+    p.add_argument("--test", type=int, default=100, help="number of test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["current", "original"], default="current",
+                   help="train.csv layout: ImageId,ClassId,EncodedPixels or ImageId_ClassId")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("folds", help="stratified folds over the four classes and 'no defect'")
+    p.add_argument("--data", required=True, help="dataset folder (train.csv, train_images/)")
+    p.add_argument("--n-folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default="folds/folds.csv")
+    p.set_defaults(func=cmd_folds)
+
+    p = sub.add_parser("check", help="read every label and decode every image of a dataset")
+    p.add_argument("--data", required=True)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("baseline", help="write the all-empty submission for a sample")
+    p.add_argument("--sample", required=True, help="sample_submission.csv")
+    p.add_argument("--out", default="submissions/empty.csv")
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("validate", help="check a submission against the sample submission")
+    p.add_argument("--submission", required=True)
+    p.add_argument("--sample", required=True)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("score", help="score a submission against a truth CSV (mean Dice)")
+    p.add_argument("--truth", required=True, help="truth CSV, either layout")
+    p.add_argument("--submission", required=True, help="submission CSV, either layout")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the scores")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("bench", help="benchmarks, measured side by side in one run")
+    p.add_argument("what", choices=["rle", "score"])
+    p.add_argument("--masks", type=int, default=200, help="rle: number of benchmark masks")
+    p.add_argument("--repeat", type=int, default=5, help="rle: timing rounds (best is kept)")
+    p.add_argument("--images", type=int, default=5506, help="score: test images to score")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

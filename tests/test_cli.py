@@ -1,0 +1,84 @@
+"""The stages as a user runs them: `python -m competition ...` in a subprocess."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=ROOT):
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    return subprocess.run([sys.executable, "-m", "competition", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_the_stages():
+    out = run("--help")
+    assert out.returncode == 0
+    for stage in ("synth", "folds", "check", "baseline", "validate", "score", "bench"):
+        assert stage in out.stdout
+
+
+def test_folds_score_validate_chain(synthetic, tmp_path):
+    folds = tmp_path / "folds.csv"
+    out = run("folds", "--data", synthetic, "--n-folds", "3", "--seed", "1", "--out", folds)
+    assert out.returncode == 0, out.stderr
+    assert "all" in out.stdout and folds.exists()
+    again = tmp_path / "again.csv"
+    run("folds", "--data", synthetic, "--n-folds", "3", "--seed", "1", "--out", again)
+    assert folds.read_bytes() == again.read_bytes()
+
+    sub = tmp_path / "empty.csv"
+    assert run("baseline", "--sample", synthetic / "sample_submission.csv", "--out", sub
+               ).returncode == 0
+    out = run("validate", "--submission", sub, "--sample", synthetic / "sample_submission.csv")
+    assert out.returncode == 0 and "valid, 48 rows" in out.stdout
+
+    # the truth scored against itself is perfect; the empty submission scores the baseline
+    out = run("score", "--truth", synthetic / "test_truth.csv", "--submission",
+              synthetic / "test_truth.csv", "--json")
+    assert out.returncode == 0, out.stderr
+    perfect = json.loads(out.stdout.strip().splitlines()[-1])
+    out = run("score", "--truth", synthetic / "test_truth.csv", "--submission", sub, "--json")
+    empty = json.loads(out.stdout.strip().splitlines()[-1])
+    assert empty["pairs"] == 48 and set(empty["per_class"]) == {"1", "2", "3", "4"}
+    assert empty["mean_dice"] == pytest.approx(empty["all_empty_baseline"])
+    assert 0.5 < empty["mean_dice"] < 1.0
+    # the truth file lists only present defects: scored over its own images only
+    assert perfect["mean_dice"] == 1.0
+
+
+def test_check_decodes_everything(synthetic):
+    out = run("check", "--data", synthetic)
+    assert out.returncode == 0, out.stderr
+    assert "60 train images" in out.stdout and "12 test images" in out.stdout
+
+
+def one_line_error(out, *parts):
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    for part in parts:
+        assert str(part) in lines[0]
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, synthetic):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ImageId,ClassId,EncodedPixels\na.jpg,3,10 5 12 1\n")
+    one_line_error(run("score", "--truth", bad, "--submission", bad), bad, "line 2", "'12 1'")
+    one_line_error(run("folds", "--data", tmp_path / "nowhere"), "nowhere")
+    one_line_error(run("validate", "--submission", bad, "--sample",
+                       synthetic / "sample_submission.csv"), bad, "line 2")
+    one_line_error(run("synth", "--out", tmp_path / "s", "--train", "0"), "--train 0")
+
+
+def test_failed_stage_keeps_previous_output(tmp_path, synthetic):
+    out_csv = tmp_path / "folds.csv"
+    out_csv.write_text("keep me\n")
+    one_line_error(run("folds", "--data", synthetic, "--n-folds", "1000", "--out", out_csv),
+                   "--n-folds 1000")
+    assert out_csv.read_text() == "keep me\n"

@@ -1,0 +1,95 @@
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+
+from competition import labels, rle
+from competition.images import read_image
+from competition.synth import LABEL_SETS, allocate, make_dataset, make_image
+
+
+def digest(folder):
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    make_dataset(tmp_path / "a", 8, 3, seed=5)
+    make_dataset(tmp_path / "b", 8, 3, seed=5)
+    make_dataset(tmp_path / "c", 8, 3, seed=6)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+
+
+def test_kaggle_layout(synthetic):
+    names = sorted(p.name for p in synthetic.iterdir())
+    assert names == ["sample_submission.csv", "synth.json", "test_images", "test_truth.csv",
+                     "train.csv", "train_images"]
+    assert len(list((synthetic / "train_images").glob("*.jpg"))) == 60
+    assert len(list((synthetic / "test_images").glob("*.jpg"))) == 12
+    sample = labels.read_sample(synthetic / "sample_submission.csv")
+    assert len(sample.pairs) == 48
+    assert sample.header == ("ImageId", "EncodedPixels", "ClassId")
+    truth = labels.read_train(synthetic / "test_truth.csv")
+    assert set(truth.ImageId) <= set(sample.pairs.ImageId)
+
+
+def test_masks_are_exact_and_change_only_their_pixels():
+    rng = np.random.default_rng(11)
+    for classes in [(1,), (2,), (3,), (4,), (3, 4), (1, 2, 3)]:
+        image, masks = make_image(np.random.default_rng(int(rng.integers(1 << 30))), classes)
+        assert image.shape == (256, 1600, 3) and image.dtype == np.uint8
+        assert masks.shape == (4, 256, 1600)
+        present = {c for c in (1, 2, 3, 4) if masks[c - 1].any()}
+        assert present <= set(classes)
+        assert (masks.sum(axis=0) <= 1).all(), "a pixel belongs to one class at most"
+        for c in present:  # what the RLE says is what was drawn
+            assert np.array_equal(rle.decode(rle.encode(masks[c - 1])), masks[c - 1])
+
+
+def test_defects_have_distinct_looks():
+    # mean grey inside each class's mask relative to the background, over a few images
+    shifts = {c: [] for c in (1, 2, 3, 4)}
+    for i in range(12):
+        image, masks = make_image(np.random.default_rng(i), (1 + i % 4,))
+        grey = image[..., 0].astype(float)
+        for c in (1, 2, 3, 4):
+            sel = masks[c - 1] != 0
+            if sel.any():
+                shifts[c].append(grey[sel].mean() - grey[~masks.any(axis=0)].mean())
+    mean = {c: np.mean(v) for c, v in shifts.items()}
+    assert mean[2] > 30          # bright scratches
+    assert mean[1] < -30         # dark pits
+    assert mean[4] < -50         # large dark areas
+    assert -60 < mean[3] < -10    # duller streaks, but not as dark as class 4
+    assert mean[4] < mean[3] - 15
+
+
+def test_label_sets_follow_the_real_proportions():
+    sets = allocate(12568, np.random.default_rng(0))
+    per_class = {c: sum(c in s for s in sets) for c in (1, 2, 3, 4)}
+    assert per_class == {1: 897, 2: 247, 3: 5150, 4: 801}
+    assert sum(s == () for s in sets) == 5902
+    assert sum(LABEL_SETS.values()) == 12568
+    small = allocate(400, np.random.default_rng(0))
+    assert len(small) == 400 and abs(sum(s == () for s in small) - 400 * 5902 / 12568) < 1
+
+
+def test_train_csv_matches_images_and_original_layout(tmp_path):
+    info = make_dataset(tmp_path / "orig", 10, 4, seed=1, layout="original")
+    text = (tmp_path / "orig" / "train.csv").read_text().splitlines()
+    assert text[0] == "ImageId_ClassId,EncodedPixels" and len(text) == 1 + 40
+    table = labels.read_train(tmp_path / "orig" / "train.csv")
+    assert {str(c): int((table.ClassId == c).sum()) for c in (1, 2, 3, 4)} == \
+        info["train_images_per_class"]
+    stored = json.loads((tmp_path / "orig" / "synth.json").read_text())
+    assert stored["layout"] == "original"
+    image_ids, _ = labels.load_train(tmp_path / "orig")  # every image is 1600x256
+    assert len(image_ids) == 10
+    read_image(tmp_path / "orig" / "train_images" / image_ids[0])
+    sample = pd.read_csv(tmp_path / "orig" / "sample_submission.csv")
+    assert list(sample.columns) == ["ImageId_ClassId", "EncodedPixels"] and len(sample) == 16

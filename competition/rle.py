@@ -11,6 +11,8 @@ numba's on-disk cache (`cache=True`) keeps the compile cost to the first run on 
 """
 from __future__ import annotations
 
+import re
+
 import numba
 import numpy as np
 
@@ -23,6 +25,8 @@ _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _HIGH = np.uint64(0x8080808080808080)
 _BYTE_INDEX = np.uint64(0x0706050403020100)  # (1 << 8k) * this has 7 - k in its top byte
 _ONE, _SEVEN, _TOP_BYTE = np.uint64(1), np.uint64(7), np.uint64(56)
+
+_SEPARATORS = r"[ \t\n\r]+"  # the white space the parser accepts between values
 
 # error codes of the numba parser; the message for each is built in `_raise`
 _OK, _NOT_INT, _ODD, _START, _LENGTH, _PAST_END, _ORDER = range(7)
@@ -216,9 +220,9 @@ def _parse(buf: np.ndarray, n_pixels: int):
 
 
 def _raise(rle: str, code: int, index: int, shape: tuple[int, int]) -> None:
-    tokens = rle.split()
+    tokens = re.split(_SEPARATORS, rle.strip(" \t\n\r"))  # as the parser splits them
     if code == _NOT_INT:
-        raise InputError(f"bad RLE: value {index + 1} {tokens[index]!r} is not an integer")
+        raise InputError(f"bad RLE: value {index + 1} {tokens[index][:40]!r} is not an integer")
     if code == _ODD:
         raise InputError(f"bad RLE: {len(tokens)} values, not `start length` pairs")
     pair = f"run {index + 1} '{tokens[2 * index]} {tokens[2 * index + 1]}'"

@@ -59,11 +59,13 @@ def test_check_decodes_everything(synthetic):
 
 
 def one_line_error(out, *parts):
+    """Exit 2, no traceback, one `error:` line (the last; a progress bar may precede it)."""
     assert out.returncode == 2, (out.stdout, out.stderr)
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], out.stderr
     for part in parts:
-        assert str(part) in lines[0]
+        assert str(part) in lines[-1]
 
 
 def test_bad_inputs_give_one_line_and_exit_2(tmp_path, synthetic):
@@ -82,3 +84,19 @@ def test_failed_stage_keeps_previous_output(tmp_path, synthetic):
     one_line_error(run("folds", "--data", synthetic, "--n-folds", "1000", "--out", out_csv),
                    "--n-folds 1000")
     assert out_csv.read_text() == "keep me\n"
+
+
+def test_bad_images_give_one_line_and_exit_2(tmp_path, synthetic):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic, data)
+    names = sorted(p.name for p in (data / "train_images").iterdir())
+    cv2.imwrite(str(data / "train_images" / names[0]), np.zeros((256, 800, 3), np.uint8))
+    one_line_error(run("folds", "--data", data, "--out", tmp_path / "f.csv"),
+                   names[0], "800x256")
+    (data / "train_images" / names[0]).write_bytes(b"\xff\xd8 truncated")
+    one_line_error(run("check", "--data", data), names[0], "unreadable image")

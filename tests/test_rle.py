@@ -141,3 +141,12 @@ def test_bad_rle_leaves_decode_into_target_untouched():
 
 def test_touching_runs_are_valid():
     assert rle.decode("1 2 3 2", (2, 3)).sum() == 4
+
+
+def test_other_white_space_and_odd_characters_are_reported_not_crashed():
+    assert rle.decode("1 2\t5\n2\r", (3, 2)).sum() == 4
+    for bad, shown in [("1 2\x0c5 2", "'2\\x0c5'"), ("1 ２", "'２'"), ("1 -", "'-'"),
+                       ("1 " + "9" * 60, "runs past the end")]:
+        with pytest.raises(InputError) as e:
+            rle.decode(bad, (3, 2))
+        assert shown in str(e.value)

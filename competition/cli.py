@@ -18,7 +18,7 @@ def cmd_synth(args) -> None:
 
     if args.train < 1 or args.test < 1:
         raise InputError(f"--train {args.train} --test {args.test}: need at least one of each")
-    info = make_dataset(args.out, args.train, args.test, args.seed, args.layout)
+    info = make_dataset(args.out, args.train, args.test, args.seed, args.layout, args.workers)
     counts = ", ".join(f"class {c}: {n}" for c, n in info["train_images_per_class"].items())
     print(f"wrote {args.out}: {args.train} train images ({counts}; "
           f"defect-free: {info['train_defect_free']}), {args.test} test images")
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layout", choices=["current", "original"], default="current",
                    help="train.csv layout: ImageId,ClassId,EncodedPixels or ImageId_ClassId")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes drawing images (default: one per CPU, at most 8)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("folds", help="stratified folds over the four classes and 'no defect'")

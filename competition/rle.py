@@ -12,6 +12,7 @@ numba's on-disk cache (`cache=True`) keeps the compile cost to the first run on 
 from __future__ import annotations
 
 import re
+import sys
 
 import numba
 import numpy as np
@@ -19,6 +20,8 @@ import numpy as np
 from competition.errors import InputError
 
 SHAPE = (256, 1600)  # (H, W) of every Severstal image
+if sys.byteorder != "little":  # the encoder reads byte k of a uint64 word as column 8j + k
+    raise ImportError("competition.rle needs a little-endian machine")
 
 # uint64 constants of the encoder's byte tricks (typed, so numba never mixes in float64)
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)

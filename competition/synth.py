@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -165,20 +169,30 @@ def image_id(seed: int, split: str, index: int) -> str:
     return hashlib.sha1(f"{seed}/{split}/{index}".encode()).hexdigest()[:9] + ".jpg"
 
 
-def make_split(folder: Path, split: str, n: int, seed: int) -> pd.DataFrame:
-    """Write n images of a split into folder/<split>_images; return its defect table."""
-    key = SPLITS[split]
-    rng = np.random.default_rng([seed, key])
-    label_sets = allocate(n, rng)
-    (folder / f"{split}_images").mkdir(parents=True)
-    rows = []
-    for i, classes in enumerate(tqdm(label_sets, desc=f"synth {split}", unit="img")):
-        image, masks = make_image(np.random.default_rng([seed, key, i]), classes)
-        name = image_id(seed, split, i)
-        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        assert ok, "JPEG encoding failed"
-        (folder / f"{split}_images" / name).write_bytes(data.tobytes())
-        rows.extend((name, c, rle.encode(masks[c - 1])) for c in CLASSES if masks[c - 1].any())
+def write_image(folder: Path, seed: int, split: str, index: int,
+                classes: tuple[int, ...]) -> list[tuple[str, int, str]]:
+    """Draw image `index` of a split, write its JPEG, return its (ImageId, ClassId, RLE) rows."""
+    image, masks = make_image(np.random.default_rng([seed, SPLITS[split], index]), classes)
+    name = image_id(seed, split, index)
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    assert ok, "JPEG encoding failed"
+    (folder / name).write_bytes(data.tobytes())
+    return [(name, c, rle.encode(masks[c - 1])) for c in CLASSES if masks[c - 1].any()]
+
+
+def make_split(folder: Path, split: str, n: int, seed: int, workers: int = 1) -> pd.DataFrame:
+    """Write n images of a split into folder/<split>_images; return its defect table.
+    Each image has its own random stream, so the bytes do not depend on `workers`."""
+    label_sets = allocate(n, np.random.default_rng([seed, SPLITS[split]]))
+    images = folder / f"{split}_images"
+    images.mkdir(parents=True)
+    draw = partial(write_image, images, seed, split)
+    indices = range(n)
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        results = (pool.map(draw, indices, label_sets, chunksize=8) if pool
+                   else map(draw, indices, label_sets))
+        rows = [row for rows in tqdm(results, total=n, desc=f"synth {split}", unit="img")
+                for row in rows]
     table = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
     return table.sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
 
@@ -205,15 +219,17 @@ def sample_submission(image_ids: list[str], layout: str) -> pd.DataFrame:
 
 
 def make_dataset(out: str | Path, n_train: int = 400, n_test: int = 100, seed: int = 0,
-                 layout: str = "current") -> dict:
+                 layout: str = "current", workers: int | None = None) -> dict:
     """Write a dataset in the Kaggle layout, replacing `out` only once it is complete:
     train_images/, test_images/, train.csv, sample_submission.csv, test_truth.csv (the
-    test masks, same layout as train.csv) and synth.json (parameters and class counts)."""
+    test masks, same layout as train.csv) and synth.json (parameters and class counts).
+    workers: processes drawing images (default: one per CPU, at most 8); same bytes for any."""
     if layout not in ("current", "original"):
         raise ValueError(f"layout must be 'current' or 'original', got {layout!r}")
     with atomic_dir(out) as tmp:
-        train = make_split(tmp, "train", n_train, seed)
-        test = make_split(tmp, "test", n_test, seed)
+        workers = workers or min(os.cpu_count() or 1, 8)
+        train = make_split(tmp, "train", n_train, seed, workers)
+        test = make_split(tmp, "test", n_test, seed, workers)
         train_ids = [image_id(seed, "train", i) for i in range(n_train)]
         test_ids = [image_id(seed, "test", i) for i in range(n_test)]
         if len(set(train_ids + test_ids)) != n_train + n_test:

@@ -51,7 +51,7 @@ case "$stage" in
     setup; need_data
     "$PY" -m competition folds --data "$DATA" "$@" ;;
   ""|-h|--help|help)
-    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
     echo "stages: setup demo test folds score validate check synth bench (python -m competition --help)" ;;
   *)
     setup

@@ -81,6 +81,10 @@ def cmd_score(args) -> None:
 
     submission, _, _ = read_table(args.submission)
     truth, _, _ = read_table(args.truth)
+    shared = set(submission.ImageId) & set(truth.ImageId)
+    if len(truth) and not shared:
+        print(f"warning: none of the submission's images is in {args.truth}: "
+              "is it the truth for these images?", file=sys.stderr)
     result = score_tables(submission, truth)
     print(f"{args.submission} against {args.truth}: {result['pairs']} (image, class) pairs")
     print(f"{'class':>6} {'dice':>8}")

@@ -91,7 +91,7 @@ def read_table(path: str | Path, *, placeholder: bool = False, check_rle: bool =
     valid = [str(c) for c in ((0,) if placeholder else ()) + CLASSES]
     bad = ~class_ids.isin(valid)
     if bad.any():
-        line = raw.index[np.flatnonzero(bad.to_numpy())[0]]
+        line, _ = _first(raw, bad)
         raise InputError(f"{where(path, line)}: ClassId {class_ids[line]!r} is not one of "
                          f"{', '.join(valid)}")
     table = pd.DataFrame({

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from competition import rle
+from competition.synth import DRAW, allocate, image_id
 
 
 def numpy_encode(mask: np.ndarray) -> str:
@@ -39,8 +40,6 @@ def numpy_decode(encoded: str, shape=rle.SHAPE) -> np.ndarray:
 def realistic_masks(n: int, seed: int, runs=(600, 800)) -> list[np.ndarray]:
     """Masks of synthetic defect shapes (pits, streaks, dark areas) with 600 to 800 runs:
     one run per column a shape crosses, more where shapes stack in a column."""
-    from competition.synth import DRAW
-
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < n:
@@ -90,30 +89,31 @@ def bench_rle(args) -> None:
         print(f"{name:8} {a:11.1f} {b:11.1f} {a / b:6.1f}x")
 
 
+def noisy_prediction(truth: np.ndarray | None, class_id: int, rng) -> np.ndarray:
+    """A plausible prediction: a defect found with its edge moved a few pixels (80%) or
+    missed; on an empty pair, a false positive 5% of the time."""
+    mask = np.zeros(rle.SHAPE, np.uint8)
+    if truth is not None:
+        if rng.random() < 0.8:
+            mask = np.roll(truth, int(rng.integers(-4, 5)), axis=1)
+    elif rng.random() < 0.05:
+        DRAW[class_id](mask, rng)
+    return mask
+
+
 def synthetic_tables(n_images: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A truth and a noisy prediction of n_images x 4 pairs, ~14% of truth pairs non-empty."""
-    from competition.synth import DRAW, allocate, image_id
-
     rng = np.random.default_rng(seed)
     truth, pred = [], []
     for i, classes in enumerate(allocate(n_images, rng)):
         name = image_id(seed, "bench", i)
         for c in (1, 2, 3, 4):
+            mask = None
             if c in classes:
                 mask = np.zeros(rle.SHAPE, np.uint8)
                 DRAW[c](mask, rng)
                 truth.append((name, c, rle.encode(mask)))
-                if rng.random() < 0.8:  # found, with its edge moved by a few pixels
-                    shifted = np.roll(mask, int(rng.integers(-4, 5)), axis=1)
-                    pred.append((name, c, rle.encode(shifted)))
-                    continue
-            elif rng.random() > 0.05:  # a clean empty pair
-                pred.append((name, c, ""))
-                continue
-            mask = np.zeros(rle.SHAPE, np.uint8)  # a false positive, or a missed defect
-            if c not in classes:
-                DRAW[c](mask, rng)
-            pred.append((name, c, rle.encode(mask)))
+            pred.append((name, c, rle.encode(noisy_prediction(mask, c, rng))))
     columns = ["ImageId", "ClassId", "EncodedPixels"]
     return pd.DataFrame(truth, columns=columns), pd.DataFrame(pred, columns=columns)
 

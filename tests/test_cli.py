@@ -100,3 +100,13 @@ def test_bad_images_give_one_line_and_exit_2(tmp_path, synthetic):
                    names[0], "800x256")
     (data / "train_images" / names[0]).write_bytes(b"\xff\xd8 truncated")
     one_line_error(run("check", "--data", data), names[0], "unreadable image")
+
+
+def test_benches_run_small():
+    # the benches check our kernels against the numpy ones before timing; no time asserted
+    out = run("bench", "rle", "--masks", "3", "--repeat", "1")
+    assert out.returncode == 0, out.stderr
+    assert "encode" in out.stdout and "decode" in out.stdout and out.stdout.count("x\n") == 2
+    out = run("bench", "score", "--images", "30")
+    assert out.returncode == 0, out.stderr
+    assert "120 pairs (30 images x 4 classes)" in out.stdout

@@ -143,22 +143,24 @@ def render(image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> No
 
 
 def make_image(rng: np.random.Generator, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """One sample: (256, 1600, 3) uint8 grey image and (4, 256, 1600) uint8 exact masks."""
+    """One sample: (256, 1600, 3) uint8 grey image and (4, 256, 1600) uint8 exact masks.
+    Every class of `classes` gets pixels of its own: none under another class or the margin."""
     image = background(rng)
     masks = np.zeros((len(CLASSES), HEIGHT, WIDTH), np.uint8)
     taken = np.zeros((HEIGHT, WIDTH), bool)
-    for c in classes:
-        for _ in range(10):  # redraw if other classes already cover the whole shape
-            DRAW[c](masks[c - 1], rng)
-            masks[c - 1][taken] = 0
-            if masks[c - 1].any():
-                break
-        taken |= masks[c - 1] != 0
     if rng.random() < 0.12:  # the strip's edge: a black margin on one side, never a defect
         width = int(rng.integers(40, 300))
         edge = slice(0, width) if rng.random() < 0.5 else slice(WIDTH - width, WIDTH)
         image[:, edge] = rng.uniform(0, 12)
-        masks[:, :, edge] = 0
+        taken[:, edge] = True
+    for c in classes:
+        for _ in range(100):  # draw again while the margin or other classes cover it all
+            DRAW[c](masks[c - 1], rng)
+            masks[c - 1][taken] = 0
+            if masks[c - 1].any():
+                break
+        assert masks[c - 1].any(), f"could not place class {c}"
+        taken |= masks[c - 1] != 0
     render(image, masks, rng)
     grey = np.clip(image, 0, 255).round().astype(np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2), masks

@@ -45,7 +45,7 @@ def test_masks_are_exact_and_change_only_their_pixels():
         assert image.shape == (256, 1600, 3) and image.dtype == np.uint8
         assert masks.shape == (4, 256, 1600)
         present = {c for c in (1, 2, 3, 4) if masks[c - 1].any()}
-        assert present <= set(classes)
+        assert present == set(classes)
         assert (masks.sum(axis=0) <= 1).all(), "a pixel belongs to one class at most"
         for c in present:  # what the RLE says is what was drawn
             assert np.array_equal(rle.decode(rle.encode(masks[c - 1])), masks[c - 1])
@@ -77,6 +77,23 @@ def test_label_sets_follow_the_real_proportions():
     assert sum(LABEL_SETS.values()) == 12568
     small = allocate(400, np.random.default_rng(0))
     assert len(small) == 400 and abs(sum(s == () for s in small) - 400 * 5902 / 12568) < 1
+
+
+def test_every_requested_class_survives_the_margin():
+    margins = 0  # before the fix, seeds 166 and 319 lost a class under the margin
+    for seed in range(330):
+        image, masks = make_image(np.random.default_rng(seed), (1, 2))
+        assert masks[0].any() and masks[1].any(), seed
+        margins += bool((image[:, :40] < 13).all() or (image[:, -40:] < 13).all())
+    assert margins > 20  # the black strip edge did occur
+
+
+def test_written_classes_are_exactly_the_allocated_ones(tmp_path):
+    info = make_dataset(tmp_path / "d", 300, 1, seed=2)
+    sets = allocate(300, np.random.default_rng([2, 0]))  # the train split's allocation
+    assert info["train_images_per_class"] == {
+        str(c): sum(c in s for s in sets) for c in (1, 2, 3, 4)}
+    assert info["train_defect_free"] == sum(s == () for s in sets)
 
 
 def test_train_csv_matches_images_and_original_layout(tmp_path):

@@ -223,7 +223,7 @@ def _parse(buf: np.ndarray, n_pixels: int):
 
 
 def _raise(rle: str, code: int, index: int, shape: tuple[int, int]) -> None:
-    tokens = re.split(_SEPARATORS, rle.strip(" \t\n\r"))  # as the parser splits them
+    tokens = [t for t in re.split(_SEPARATORS, rle) if t]  # as the parser splits them
     if code == _NOT_INT:
         raise InputError(f"bad RLE: value {index + 1} {tokens[index][:40]!r} is not an integer")
     if code == _ODD:

@@ -228,14 +228,14 @@ def make_dataset(out: str | Path, n_train: int = 400, n_test: int = 100, seed: i
     workers: processes drawing images (default: one per CPU, at most 8); same bytes for any."""
     if layout not in ("current", "original"):
         raise ValueError(f"layout must be 'current' or 'original', got {layout!r}")
+    train_ids = [image_id(seed, "train", i) for i in range(n_train)]
+    test_ids = [image_id(seed, "test", i) for i in range(n_test)]
+    if len(set(train_ids + test_ids)) != n_train + n_test:  # before drawing anything
+        raise ValueError(f"seed {seed}: two ImageIds collide; pick another seed")
+    workers = workers or min(os.cpu_count() or 1, 8)
     with atomic_dir(out) as tmp:
-        workers = workers or min(os.cpu_count() or 1, 8)
         train = make_split(tmp, "train", n_train, seed, workers)
         test = make_split(tmp, "test", n_test, seed, workers)
-        train_ids = [image_id(seed, "train", i) for i in range(n_train)]
-        test_ids = [image_id(seed, "test", i) for i in range(n_test)]
-        if len(set(train_ids + test_ids)) != n_train + n_test:
-            raise ValueError(f"seed {seed}: two ImageIds collide; pick another seed")
         to_layout(train, train_ids, layout).to_csv(tmp / "train.csv", index=False)
         to_layout(test, test_ids, layout).to_csv(tmp / "test_truth.csv", index=False)
         sample_submission(test_ids, layout).to_csv(tmp / "sample_submission.csv", index=False)

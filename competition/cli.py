@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,10 +38,9 @@ def cmd_folds(args) -> None:
 
 
 def cmd_check(args) -> None:
-    from tqdm import tqdm
-
     from competition.images import list_images, read_image
     from competition.labels import load_train, read_sample
+    from competition.progress import progress
 
     data = Path(args.data)
     image_ids, labels = load_train(data, check_images=False)
@@ -53,7 +53,7 @@ def cmd_check(args) -> None:
             raise InputError(f"{data / 'sample_submission.csv'}: no image file "
                              f"{data / 'test_images' / missing[0]} ({len(missing)} missing)")
         paths += [data / "test_images" / i for i in test_ids]
-    for path in tqdm(paths, desc="decode images", unit="img"):
+    for path in progress(paths, desc="decode images", unit="img"):
         read_image(path)
     print(f"{data}: ok: {len(image_ids)} train images, {len(labels)} defect masks, "
           f"{len(paths) - len(image_ids)} test images, all readable and 1600x256")
@@ -94,6 +94,65 @@ def cmd_score(args) -> None:
           f"{result['all_empty_baseline']:.5f})")
     if args.json:
         print(json.dumps(result))
+
+
+def cmd_train(args) -> None:
+    import torch.distributed as dist
+
+    from competition.config import build_config, TrainConfig
+    from competition.train import fit
+
+    explicit = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__
+                if f != "name" and getattr(args, f) is not None}
+    config = build_config(args.config or "deeplabv3_r34", **explicit)
+    if args.config is not None:
+        explicit["name"] = args.config
+    out = args.out or f"folds/fold{args.fold}"
+    try:
+        row = fit(config, args.data, args.fold, out, args.folds, args.resume, args.overwrite,
+                  explicit)
+        if row and os.environ.get("RANK", "0") == "0":
+            print(f"fold {args.fold}: best val dice {row['best']:.4f}, all-empty baseline "
+                  f"{row['all_empty']:.4f}; wrote {out}/best.pt, last.pt, history.csv")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def config_options(parser) -> None:
+    """One --option per TrainConfig field (default: the preset's value)."""
+    import dataclasses
+
+    from competition.config import TrainConfig
+
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "name":
+            continue
+        default = getattr(defaults, field.name)
+        kind = type(default[0]) if isinstance(default, tuple) else type(default)
+        parse = {bool: parse_bool, int: int, float: float, str: str}[kind]
+        if isinstance(default, tuple):
+            parse = tuple_of(parse)
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=parse,
+                            default=None, metavar=kind.__name__.upper(),
+                            help=f"(default {default!r}" + (", comma-separated" if isinstance(
+                                default, tuple) else "") + ", or the preset's)")
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return text.lower() in ("true", "1", "yes")
+
+
+def tuple_of(parse):
+    def parse_tuple(text: str) -> tuple:
+        try:
+            return tuple(parse(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated values")
+    return parse_tuple
 
 
 def cmd_bench(args) -> None:
@@ -145,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submission", required=True, help="submission CSV, either layout")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the scores")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("train", help="train one fold (torchrun --nproc_per_node=N for DDP)")
+    p.add_argument("--data", default="input/severstal-steel-defect-detection",
+                   help="dataset folder in Kaggle layout")
+    p.add_argument("--fold", type=int, required=True, help="the fold to validate on")
+    p.add_argument("--config", default=None,
+                   help="preset: deeplabv3_r34 (default), deeplabv3_r101, demo_cpu")
+    p.add_argument("--folds", default="folds/folds.csv", help="folds file (`folds` stage)")
+    p.add_argument("--out", default=None, help="output folder (default folds/fold<K>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run")
+    config_options(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmarks, measured side by side in one run")
     p.add_argument("what", choices=["rle", "score"])

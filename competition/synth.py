@@ -20,12 +20,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from competition import rle
 from competition.files import atomic_dir
 from competition.images import HEIGHT, WIDTH
 from competition.labels import CLASSES
+from competition.progress import progress
 
 # Label sets of the 12,568 real train images: the class counts add up to the real
 # 897 / 247 / 5,150 / 801 and 5,902 defect-free images; the split of the multi-class
@@ -193,7 +193,7 @@ def make_split(folder: Path, split: str, n: int, seed: int, workers: int = 1) ->
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
         results = (pool.map(draw, indices, label_sets, chunksize=8) if pool
                    else map(draw, indices, label_sets))
-        rows = [row for rows in tqdm(results, total=n, desc=f"synth {split}", unit="img")
+        rows = [row for rows in progress(results, total=n, desc=f"synth {split}", unit="img")
                 for row in rows]
     table = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
     return table.sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)

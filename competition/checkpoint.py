@@ -1,0 +1,80 @@
+"""Checkpoints are plain dicts written atomically with torch.save.
+
+last.pt: everything a run needs to continue exactly (model, optimizer, scheduler, scaler,
+EMA, epoch, step, best score, history, config, RNG states).
+best.pt: what inference needs (config, the weights to predict with, epoch and score).
+"""
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from competition import config as config_lib
+from competition.errors import InputError
+from competition.files import atomic_path
+
+
+def save(path: str | Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load(path: str | Path) -> dict:
+    """A checkpoint of this package -> its dict (on CPU). Missing, corrupt or foreign -> InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise InputError(f"{path}: not a readable checkpoint ({first})") from None
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise InputError(f"{path}: not a checkpoint of this pipeline (no config or model)")
+    return state
+
+
+def config_of(state: dict, path: str | Path = "checkpoint") -> config_lib.TrainConfig:
+    try:
+        return config_lib.from_dict(state["config"])
+    except (InputError, TypeError) as e:
+        raise InputError(f"{path}: its config does not fit this version: {e}") from None
+
+
+def model_from(path: str | Path, device: str | torch.device = "cpu"):
+    """best.pt or last.pt -> (model in eval mode on `device`, TrainConfig). Loads the EMA
+    weights when the run kept them. The encoder's pretrained weights are not needed."""
+    from competition.model import build_model
+
+    state = load(path)
+    config = config_of(state, path)
+    model = build_model(config.arch, config.encoder, "none", config.output_stride or None)
+    weights = state.get("ema") or state["model"]
+    model.load_state_dict(weights)
+    return model.to(device).eval(), config
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": np.random.get_state(legacy=False)}
+    state["numpy"]["state"]["key"] = state["numpy"]["state"]["key"].tolist()
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = dict(numpy_state["state"],
+                                key=np.asarray(numpy_state["state"]["key"], np.uint32))
+    np.random.set_state(numpy_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

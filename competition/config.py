@@ -1,0 +1,123 @@
+"""Training configuration: one frozen dataclass with every default visible, and named presets.
+
+A preset is a small dict of overrides on top of the defaults; command-line options override
+the preset. The resolved config is printed at the start of a run and saved as config.json
+next to its checkpoints, which is how `--resume` recognises a run of another config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from competition.errors import InputError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "deeplabv3_r34"  # the preset this config started from
+    # model
+    arch: str = "deeplabv3"  # smp DeepLabV3; see model.ARCHITECTURES
+    encoder: str = "resnet34"  # fast and strong on Severstal; resnet101 for the seeds' size
+    encoder_weights: str = "imagenet"  # imagenet | none | PATH to a local encoder state dict
+    output_stride: int = 0  # 0: the architecture's default, 16 for DeepLab (fits 256x1600 in
+    # memory; 8 is sharper at ~3x the memory), fixed 32 for Unet and FPN
+    # data
+    crop_height: int = 256  # full height: defects run across the strip
+    crop_width: int = 512  # 1600-wide images cropped for speed; validation is full size
+    defect_crop_p: float = 0.6  # share of crops centred on a defect pixel (when there is one)
+    hflip_p: float = 0.5
+    vflip_p: float = 0.5
+    brightness_contrast_p: float = 0.3
+    balance: bool = False  # sample defect and defect-free images equally often
+    num_workers: int = 8  # JPEG decoding and augmentation in worker processes
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 16  # per process (per GPU under torchrun)
+    accumulate: int = 1  # micro-batches per optimizer update
+    lr: float = 1e-3  # decoder and head (AdamW)
+    encoder_lr: float = 2e-4  # pretrained encoder: lower
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # cosine | poly | flat_cosine, after linear warmup
+    warmup_epochs: float = 1.0
+    min_lr_factor: float = 0.01  # the LR ends at lr * min_lr_factor
+    clip_grad_norm: float = 1.0  # 0 turns clipping off
+    ema_decay: float = 0.0  # EMA of the weights (0.999 is typical); 0 turns it off
+    # loss
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+    pos_weight: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # BCE weight of defect pixels per class
+    # speed
+    amp: str = "auto"  # auto (bf16 where supported, else fp16) | bf16 | fp16 | off; always off on CPU
+    channels_last: bool = True
+    # validation: the competition metric under a default post-processing
+    val_batch_size: int = 8
+    val_threshold: float = 0.5  # probability above which a pixel is a defect
+    val_min_area: tuple[int, int, int, int] = (600, 600, 900, 2000)  # 1st place's per-class minimum mask area
+    seed: int = 0
+
+
+PRESETS: dict[str, dict] = {
+    "deeplabv3_r34": {},
+    "deeplabv3_r101": dict(arch="tv_deeplabv3", encoder="resnet101", batch_size=8,
+                           encoder_lr=1e-4),
+    "demo_cpu": dict(encoder="resnet18", encoder_weights="none", crop_height=128,
+                     crop_width=256, defect_crop_p=0.8, epochs=6, batch_size=8, lr=2e-3,
+                     encoder_lr=2e-3, warmup_epochs=0.5, num_workers=2, val_batch_size=4,
+                     val_min_area=(200, 200, 400, 800)),
+}
+
+TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("tuple")}
+# Fields that change speed, not results: they may differ when a run is resumed.
+RUNTIME_FIELDS = {"num_workers", "val_batch_size"}
+
+
+def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:
+    """Defaults <- preset `name` <- overrides (None values are ignored)."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    values = dict(PRESETS[name], name=name)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(values)
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """A config from a (JSON) dict: lists become tuples; unknown keys are an error."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown config field {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+    values = {k: tuple(v) if k in TUPLE_FIELDS else v for k, v in values.items()}
+    config = TrainConfig(**values)
+    check(config)
+    return config
+
+
+def check(c: TrainConfig) -> None:
+    """Values a run cannot start with -> InputError (names are checked by their registries)."""
+    if c.amp not in ("auto", "bf16", "fp16", "off"):
+        raise InputError(f"amp {c.amp!r}: valid values are auto, bf16, fp16, off")
+    for field in ("epochs", "batch_size", "accumulate", "val_batch_size", "crop_height",
+                  "crop_width"):
+        if getattr(c, field) < 1:
+            raise InputError(f"{field} {getattr(c, field)}: must be at least 1")
+    if c.crop_height % 32 or c.crop_width % 32:
+        raise InputError(f"crop {c.crop_height}x{c.crop_width}: both sides must be multiples "
+                         "of 32 (the encoder's total stride)")
+    for field in ("pos_weight", "val_min_area"):
+        if len(getattr(c, field)) != 4:
+            raise InputError(f"{field} {getattr(c, field)}: needs one value per class (4)")
+    if not 0.0 <= c.ema_decay < 1.0:
+        raise InputError(f"ema_decay {c.ema_decay}: must be in [0, 1)")
+    if not 0.0 < c.val_threshold < 1.0:
+        raise InputError(f"val_threshold {c.val_threshold}: must be in (0, 1)")
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Fields (outside RUNTIME_FIELDS) whose values differ, as 'field: a != b'."""
+    da, db = to_dict(a), to_dict(b)
+    return [f"{k}: {da[k]!r} != {db[k]!r}" for k in da
+            if k not in RUNTIME_FIELDS and da[k] != db[k]]

@@ -1,0 +1,147 @@
+"""Training data: images and their four masks, albumentations transforms, per-epoch sampling.
+
+Workers return uint8 tensors (a quarter of the bytes of float32 through the pinned-memory
+queue); `normalize` turns them into ImageNet-normalised floats on the device.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from competition.images import read_image
+from competition.labels import masks
+
+MEAN = (0.485, 0.456, 0.406)  # ImageNet, what the encoders were trained with
+STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(config) -> A.Compose:
+    """Crop (biased to defects), flips, brightness/contrast. Image (H, W, 3), mask (H, W, 4)."""
+    h, w, p = config.crop_height, config.crop_width, config.defect_crop_p
+    crop = A.OneOf([A.CropNonEmptyMaskIfExists(h, w, p=p), A.RandomCrop(h, w, p=1.0 - p)], p=1.0)
+    if p in (0.0, 1.0):  # OneOf would drop a child of probability 0
+        crop = A.CropNonEmptyMaskIfExists(h, w) if p == 1.0 else A.RandomCrop(h, w)
+    return A.Compose([
+        crop,
+        A.HorizontalFlip(p=config.hflip_p),
+        A.VerticalFlip(p=config.vflip_p),
+        A.RandomBrightnessContrast(0.15, 0.15, p=config.brightness_contrast_p),
+    ], seed=config.seed)
+
+
+class SteelDataset(Dataset):
+    """Item i: (image (3, H, W) uint8, masks (4, H, W) uint8, index i).
+
+    `encoded` maps ImageId -> {ClassId: RLE} for the images that have defects. Without a
+    transform the items are full size (256x1600), as validation needs.
+    """
+
+    def __init__(self, folder: str | Path, image_ids: list[str],
+                 encoded: dict[str, dict[int, str]], transform: A.Compose | None = None):
+        self.folder = Path(folder)
+        self.image_ids = list(image_ids)
+        self.encoded = encoded
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def reseed(self, seed: int) -> None:
+        """Seed the augmentations (each worker and each epoch gets its own stream)."""
+        if self.transform is not None:
+            self.transform.set_random_seed(seed % 2**32)
+
+    def __getitem__(self, i: int):
+        image_id = self.image_ids[i]
+        image = read_image(self.folder / image_id)
+        mask = masks(self.encoded.get(image_id, {}))
+        if self.transform is not None:
+            out = self.transform(image=image, mask=np.ascontiguousarray(mask.transpose(1, 2, 0)))
+            image, mask = out["image"], out["mask"].transpose(2, 0, 1)
+        return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                torch.from_numpy(np.ascontiguousarray(mask)), i)
+
+
+def has_defect(image_ids: list[str], encoded: dict[str, dict[int, str]]) -> np.ndarray:
+    return np.array([bool(encoded.get(i)) for i in image_ids])
+
+
+def balance_weights(defect: np.ndarray) -> np.ndarray:
+    """Sampling weights that give defect and defect-free images the same total weight."""
+    defect = np.asarray(defect, bool)
+    weights = np.ones(len(defect))
+    for group in (defect, ~defect):
+        if group.any():
+            weights[group] = 0.5 / group.sum()
+    return weights / weights.sum()
+
+
+class EpochSampler(Sampler):
+    """DistributedSampler's contract (`set_epoch`, one shard per rank, the same number of
+    batches on every rank) plus optional weights: each epoch draws a permutation (or, with
+    weights, len(dataset) indices with replacement) from seed + epoch, and rank r takes
+    every world-th index from r, all shards cut to the same length."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1,
+                 weights: np.ndarray | None = None):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.weights = weights
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is None:
+            order = rng.permutation(self.n)
+        else:
+            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+        per_rank = self.n // self.world
+        return order[self.rank::self.world][:per_rank]
+
+    def __iter__(self):
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.n // self.world
+
+
+def _worker_init(worker_id: int) -> None:
+    """albumentations 2.x copies one RNG state into every worker: reseed each from torch's
+    per-worker seed (which the loader draws afresh from its generator every epoch)."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(torch.initial_seed())
+
+
+def loader(dataset: SteelDataset, batch_size: int, num_workers: int, *, sampler=None,
+           drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose workers reseed their augmentations; `reseed_loader` per epoch."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
+                      worker_init_fn=_worker_init if num_workers else None,
+                      generator=torch.Generator(), persistent_workers=False)
+
+
+def reseed_loader(dl: DataLoader, seed: int, epoch: int, rank: int = 0) -> None:
+    """Make the epoch's augmentations a function of (seed, epoch, rank) alone, so that a
+    resumed run sees the same crops and flips as an uninterrupted one."""
+    epoch_seed = (seed * 1_000_003 + epoch * 1009 + rank) % 2**62
+    dl.generator.manual_seed(epoch_seed)
+    if dl.num_workers == 0:
+        dl.dataset.reseed(epoch_seed)
+    if hasattr(dl.sampler, "set_epoch"):
+        dl.sampler.set_epoch(epoch)
+
+
+def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """(N, 3, H, W) uint8 on any device -> float32 ImageNet-normalised, same device."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+    out = (images.float() - mean) / std
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+

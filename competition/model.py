@@ -1,0 +1,189 @@
+"""Segmentation networks: (N, 3, H, W) float images -> (N, classes, H, W) logits.
+
+Four segmentation_models_pytorch architectures (any smp encoder, or `tu-<timm model>`) and
+torchvision's DeepLabV3 on a ResNet-50/101. Every model has an `encoder` attribute (the
+backbone), which `param_groups` separates from the rest for a lower learning rate.
+
+Encoder weights: "none" (random), "imagenet" (downloaded by smp/torchvision; offline that is
+an InputError) or the PATH of a local state dict that must fit the encoder exactly.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, resnet101
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+
+from competition.errors import InputError
+
+TV_BACKBONES = {
+    "resnet50": (resnet50, ResNet50_Weights.IMAGENET1K_V1),
+    "resnet101": (resnet101, ResNet101_Weights.IMAGENET1K_V1),
+}
+TV_DILATION = {8: [False, True, True], 16: [False, False, True]}  # layer2..layer4 dilated
+PREFIXES = ("module.", "encoder.", "backbone.")  # stripped from the keys of a weights file
+CLASSIFIER_KEYS = ("fc.weight", "fc.bias")  # an ImageNet ResNet checkpoint has them
+
+
+class TvDeepLabV3(DeepLabV3):
+    """torchvision DeepLabV3 returning the logits tensor (N, classes, H, W) instead of a dict.
+    `backbone` (alias `encoder`) maps (N, 3, H, W) to {"out": (N, 2048, H/stride, W/stride)}."""
+
+    def __init__(self, backbone: nn.Module, classifier: nn.Module):
+        super().__init__(backbone, classifier, aux_classifier=None)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(self.backbone(x)["out"])
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _smp_model(cls, encoder: str, output_stride: int, classes: int, imagenet: bool) -> nn.Module:
+    dilation = {} if output_stride == 32 else {"encoder_output_stride": output_stride}
+    return cls(encoder_name=encoder, encoder_weights="imagenet" if imagenet else None,
+               classes=classes, activation=None, **dilation)
+
+
+def _tv_deeplabv3(encoder: str, output_stride: int, classes: int, imagenet: bool) -> nn.Module:
+    resnet, weights = TV_BACKBONES[encoder]
+    net = resnet(weights=weights if imagenet else None,
+                 replace_stride_with_dilation=TV_DILATION[output_stride])
+    backbone = IntermediateLayerGetter(net, return_layers={"layer4": "out"})
+    return TvDeepLabV3(backbone, DeepLabHead(2048, classes))
+
+
+ARCHITECTURES = {
+    "deeplabv3": partial(_smp_model, smp.DeepLabV3),
+    "deeplabv3plus": partial(_smp_model, smp.DeepLabV3Plus),
+    "unet": partial(_smp_model, smp.Unet),
+    "fpn": partial(_smp_model, smp.FPN),
+    "tv_deeplabv3": _tv_deeplabv3,
+}
+DEFAULT_STRIDE = {"deeplabv3": 16, "deeplabv3plus": 16, "unet": 32, "fpn": 32, "tv_deeplabv3": 16}
+STRIDES = {"deeplabv3": (8, 16), "deeplabv3plus": (8, 16), "unet": (32,), "fpn": (32,),
+           "tv_deeplabv3": (8, 16)}
+
+
+def _check_encoder(arch: str, encoder: str, imagenet: bool) -> None:
+    if arch == "tv_deeplabv3":
+        if encoder not in TV_BACKBONES:
+            raise InputError(f"--encoder {encoder}: tv_deeplabv3 takes {', '.join(TV_BACKBONES)}")
+        return
+    if encoder.startswith("tu-") and timm.is_model(encoder[3:]):
+        return
+    names = smp.encoders.get_encoder_names()
+    if encoder not in names:
+        raise InputError(f"--encoder {encoder}: unknown encoder; valid: "
+                         f"{', '.join(sorted(names))}, or tu-<timm model>")
+    if imagenet and "imagenet" not in smp.encoders.encoders[encoder]["pretrained_settings"]:
+        raise InputError(f"--encoder {encoder}: smp has no ImageNet weights for it; pass "
+                         f"--encoder-weights PATH (a local state dict) or --encoder-weights none")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, keys without PREFIXES and without CLASSIFIER_KEYS."""
+    if not path.is_file():
+        raise InputError(f"{path}: encoder weights file not found "
+                         f"(--encoder-weights takes none, imagenet or a PATH)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"{path}: unreadable weights file ({e.__class__.__name__})") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise InputError(f"{path}: not a state dict (a dict of tensors, "
+                         f"or one under a 'state_dict' or 'model' key)")
+    out = {}
+    for key, value in state.items():
+        while key.startswith(PREFIXES):
+            key = key.split(".", 1)[1]
+        if key not in CLASSIFIER_KEYS:
+            out[key] = value
+    return out
+
+
+def _more(keys: list[str]) -> str:
+    return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+
+
+def _load_encoder_weights(module: nn.Module, state: dict[str, torch.Tensor], path: Path,
+                          encoder: str) -> None:
+    """Load `state` into `module`, raising InputError unless every key and shape fits
+    (a missing BatchNorm `num_batches_tracked` counter is allowed: it starts at 0)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    problem = None
+    if missing:
+        problem = f"missing key {missing[0]}{_more(missing)}"
+    elif unexpected:
+        problem = f"unexpected key {unexpected[0]}{_more(unexpected)}"
+    elif wrong:
+        k = wrong[0]
+        problem = (f"key {k} has shape {tuple(state[k].shape)}, the encoder expects "
+                   f"{tuple(expected[k].shape)}")
+    if problem:
+        raise InputError(f"{path}: does not fit encoder {encoder}: {problem}")
+    module.load_state_dict(state)
+
+
+def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weights: str = "none",
+                output_stride: int | None = None, classes: int = 4) -> nn.Module:
+    """A model whose forward maps (N, 3, H, W) float images to (N, classes, H, W) logits.
+
+    output_stride: the encoder's deepest feature map is (H/stride, W/stride); None takes
+    DEFAULT_STRIDE[arch]. The deeplab architectures take 8 or 16, unet and fpn only 32.
+    smp models need H and W divisible by the stride (32 for unet/fpn).
+    encoder_weights: "none", "imagenet" or the PATH of a local state dict for the encoder.
+    """
+    if arch not in ARCHITECTURES:
+        raise InputError(f"--arch {arch}: unknown architecture; valid: {', '.join(ARCHITECTURES)}")
+    stride = DEFAULT_STRIDE[arch] if output_stride is None else output_stride
+    if stride not in STRIDES[arch]:
+        if len(STRIDES[arch]) == 1:
+            raise InputError(f"--output-stride {stride}: {arch} has a fixed output stride of "
+                             f"{STRIDES[arch][0]}")
+        raise InputError(f"--output-stride {stride}: {arch} takes "
+                         f"{' or '.join(map(str, STRIDES[arch]))}")
+    weights = "none" if encoder_weights is None else str(encoder_weights)
+    imagenet = weights == "imagenet"
+    _check_encoder(arch, encoder, imagenet)
+    state = None if weights in ("none", "imagenet") else _read_state_dict(Path(weights))
+    try:
+        model = ARCHITECTURES[arch](encoder, stride, classes, imagenet)
+    except OSError as e:
+        if not imagenet:
+            raise
+        raise InputError(f"the ImageNet weights for {encoder} could not be downloaded "
+                         f"({e.__class__.__name__}); pass --encoder-weights PATH "
+                         f"(a local state dict) or --encoder-weights none") from None
+    except ValueError as e:  # smp: e.g. a VGG or Xception encoder cannot be dilated
+        message = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise InputError(f"--encoder {encoder} with --arch {arch}: {message}") from None
+    if state is not None:
+        _load_encoder_weights(model.encoder, state, Path(weights), encoder)
+    return model
+
+
+def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(encoder parameters, the rest: decoder and head), each parameter in exactly one,
+    e.g. for an optimizer with a lower learning rate on a pretrained encoder."""
+    encoder = list(model.encoder.parameters())
+    ids = {id(p) for p in encoder}
+    return encoder, [p for p in model.parameters() if id(p) not in ids]

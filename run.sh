@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Thin front door over `python -m competition <stage>`; see README.md for every stage.
-#   bash run.sh setup | demo | test [pytest args] | folds | score ... | bench rle|score
+#   bash run.sh setup | demo | test [pytest args] | folds | fold0..foldN [options] | score ...
+#   | bench rle|score|train      (DATA=dataset folder, NPROC=GPUs for torchrun)
 # Any other stage is passed through: `bash run.sh synth --out input/x` = python -m competition synth ...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -39,20 +40,36 @@ case "$stage" in
     setup
     "$PY" -m pytest -q tests "$@" ;;
   demo)
+    # Everything on a small synthetic dataset, in folders of its own (a real run's
+    # folds/ and submissions/ are left alone).
     setup
     syn=input/synthetic
     "$PY" -m competition synth --out "$syn" --train 400 --test 100 --seed 0
-    "$PY" -m competition folds --data "$syn" --n-folds 5 --seed 42 --out folds/folds.csv
-    "$PY" -m competition baseline --sample "$syn/sample_submission.csv" --out submissions/empty.csv
-    "$PY" -m competition validate --submission submissions/empty.csv --sample "$syn/sample_submission.csv"
-    "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/empty.csv
-    echo "demo: done. All-empty baseline above; training, OOF and prediction come next." ;;
+    "$PY" -m competition folds --data "$syn" --n-folds 5 --seed 42 --out folds/demo/folds.csv
+    "$PY" -m competition baseline --sample "$syn/sample_submission.csv" --out submissions/demo/empty.csv
+    "$PY" -m competition validate --submission submissions/demo/empty.csv --sample "$syn/sample_submission.csv"
+    "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
+    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu \
+      --folds folds/demo/folds.csv --out folds/demo/fold0 --overwrite
+    echo "demo: done. Fold 0 trained (folds/demo/fold0); OOF and prediction come next." ;;
   folds)
     setup; need_data
     "$PY" -m competition folds --data "$DATA" "$@" ;;
+  fold[0-9]*)
+    # bash run.sh fold<K> [train options]; NPROC=<GPUs> trains with torchrun (DDP).
+    k=${stage#fold}
+    [[ $k =~ ^[0-9]+$ ]] || { echo "error: $stage: expected fold<number>, e.g. fold0" >&2; exit 2; }
+    setup; need_data
+    [ -f folds/folds.csv ] || "$PY" -m competition folds --data "$DATA" --out folds/folds.csv
+    if [ "${NPROC:-1}" -gt 1 ]; then
+      "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" \
+        -m competition train --data "$DATA" --fold "$k" "$@"
+    else
+      "$PY" -m competition train --data "$DATA" --fold "$k" "$@"
+    fi ;;
   ""|-h|--help|help)
-    sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup demo test folds score validate check synth bench (python -m competition --help)" ;;
+    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+    echo "stages: setup demo test folds fold<K> train score validate check synth bench (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

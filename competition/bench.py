@@ -3,6 +3,9 @@
 rle:   our numba encode/decode against the numpy kernels found in most Kaggle notebooks,
        on realistic defect masks (~700 runs), best of several interleaved rounds.
 score: offline scoring of a full-size test set (5,506 images x 4 classes) from CSV files.
+train: training images per second of a preset: the tuned path (AMP, channels_last, loader
+       workers) against a seed-style loop for the same model (fp32, NCHW, no workers), and
+       the seeds' own setup (torchvision DeepLabV3-ResNet101, output stride 8, fp32).
 """
 from __future__ import annotations
 
@@ -145,4 +148,82 @@ def bench_score(args) -> None:
     print(f"same Dice from decoded masks (no CSV reading):                {decoded_seconds:.2f} s")
 
 
-BENCHES = {"rle": bench_rle, "score": bench_score}
+def train_rate(config, data: Path, encoded: dict, steps: int, warmup: int, rt) -> dict:
+    """Images per second of `steps` optimizer updates of the real training loop (after
+    `warmup` updates), and the peak GPU memory."""
+    import torch
+
+    from competition import data as data_lib, train as train_lib
+    from competition.losses import DiceBCELoss
+    from competition.model import build_model
+
+    model = build_model(config.arch, config.encoder, "none", config.output_stride or None)
+    model = model.to(rt.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    dtype = train_lib.amp_dtype(config.amp, rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
+    loss_fn = DiceBCELoss(pos_weight=config.pos_weight).to(rt.device)
+    result = {}
+    for phase, n in (("warmup", warmup), ("timed", steps)):
+        image_ids = sorted(p.name for p in (data / "train_images").iterdir())
+        ids = [image_ids[i % len(image_ids)] for i in range(n * config.batch_size)]
+        dataset = data_lib.SteelDataset(data / "train_images", ids, encoded,
+                                        data_lib.train_transform(config))
+        loader = data_lib.loader(dataset, config.batch_size, config.num_workers, drop_last=True,
+                                 pin_memory=rt.device.type == "cuda")
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        result = train_lib.train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, None,
+                                           loader, config, rt, 0, dtype)
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else None
+    return {"rate": result["images"] / result["seconds"], "peak_gib": peak}
+
+
+def bench_train(args) -> None:
+    import dataclasses
+
+    import torch
+
+    from competition.config import build_config
+    from competition.labels import by_image, load_train
+    from competition.synth import make_dataset
+    from competition.train import Runtime
+
+    cuda = torch.cuda.is_available()
+    rt = Runtime(device=torch.device("cuda" if cuda else "cpu"))
+    steps = args.steps or (30 if cuda else 2)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    sizes = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    if not cuda and args.batch_size is None:
+        sizes["batch_size"] = 4
+    tuned = build_config(args.config, encoder_weights="none", **sizes)
+    seed_style = dataclasses.replace(tuned, amp="off", channels_last=False, num_workers=0)
+    seeds = dataclasses.replace(seed_style, arch="tv_deeplabv3", encoder="resnet101",
+                                output_stride=8)
+    rows = [("tuned (AMP, channels_last, workers)", tuned),
+            ("seed-style loop (fp32, NCHW, no workers)", seed_style),
+            ("seeds' setup: torchvision DeepLabV3-R101 OS8 fp32", seeds)]
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"bench train: preset {args.config} ({tuned.arch} {tuned.encoder}, output stride "
+          f"{tuned.output_stride or 'default'}), crops {tuned.crop_height}x{tuned.crop_width}, "
+          f"batch {tuned.batch_size}, {steps} timed updates after {warmup}, on {name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        make_dataset(data, n_train=64, n_test=1, seed=args.seed)  # cycled through
+        encoded = by_image(load_train(data)[1])
+        results = [(label, train_rate(config, data, encoded, steps, warmup, rt))
+                   for label, config in rows]
+    base = results[1][1]["rate"]
+    print(f"{'loop':<52} {'img/s':>8} {'x seed-style':>13} {'peak GiB':>9}")
+    for label, r in results:
+        peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+        print(f"{label:<52} {r['rate']:8.1f} {r['rate'] / base:13.2f} {peak:>9}")
+
+
+BENCHES = {"rle": bench_rle, "score": bench_score, "train": bench_train}

@@ -112,8 +112,9 @@ def cmd_train(args) -> None:
         row = fit(config, args.data, args.fold, out, args.folds, args.resume, args.overwrite,
                   explicit)
         if row and os.environ.get("RANK", "0") == "0":
-            print(f"fold {args.fold}: best val dice {row['best']:.4f}, all-empty baseline "
-                  f"{row['all_empty']:.4f}; wrote {out}/best.pt, last.pt, history.csv")
+            print(f"fold {args.fold}: best val dice {row['best']:.4f} against the all-empty "
+                  f"baseline {row['all_empty']:.4f} ({row['best'] - row['all_empty']:+.4f}); "
+                  f"wrote {out}/best.pt, last.pt, history.csv")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -220,11 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", help="benchmarks, measured side by side in one run")
-    p.add_argument("what", choices=["rle", "score"])
+    p.add_argument("what", choices=["rle", "score", "train"])
     p.add_argument("--masks", type=int, default=200, help="rle: number of benchmark masks")
     p.add_argument("--repeat", type=int, default=5, help="rle: timing rounds (best is kept)")
     p.add_argument("--images", type=int, default=5506, help="score: test images to score")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="deeplabv3_r34", help="train: preset to measure")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="train: per-step batch (default: the preset's on CUDA, 4 on CPU)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train: timed optimizer updates (default 30 on CUDA, 2 on CPU)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="train: untimed updates first (default 5 on CUDA, 1 on CPU)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -19,7 +19,7 @@ def run(*args, cwd=ROOT):
 def test_help_lists_the_stages():
     out = run("--help")
     assert out.returncode == 0
-    for stage in ("synth", "folds", "check", "baseline", "validate", "score", "bench"):
+    for stage in ("synth", "folds", "check", "baseline", "validate", "score", "train", "bench"):
         assert stage in out.stdout
 
 
@@ -110,3 +110,8 @@ def test_benches_run_small():
     out = run("bench", "score", "--images", "30")
     assert out.returncode == 0, out.stderr
     assert "120 pairs (30 images x 4 classes)" in out.stdout
+    out = run("bench", "train", "--config", "demo_cpu", "--batch-size", "2", "--steps", "1",
+              "--warmup", "0")
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("tuned", "seed"))]
+    assert len(rows) == 3 and rows[1].split()[-2] == "1.00"  # ratios are to the seed-style loop

@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import checkpoint, rle, train as train_lib
+from competition import checkpoint, data as data_lib, rle, train as train_lib
 from competition.config import build_config, to_dict
 from competition.errors import InputError
 from competition.files import write_csv
 from competition.folds import make_folds
 from competition.images import read_image
-from competition.labels import load_train
+from competition.labels import by_image, load_train
 from competition.losses import DiceBCELoss
 from competition.metric import score_tables
 from competition.postprocess import binarize
@@ -75,7 +75,7 @@ def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic
     with torch.no_grad():
         for image_id in val_ids:
             image = torch.from_numpy(read_image(synthetic / "train_images" / image_id))
-            x = train_lib.data_lib.normalize(image.permute(2, 0, 1)[None])
+            x = data_lib.normalize(image.permute(2, 0, 1)[None])
             masks = binarize(torch.sigmoid(model(x)), config.val_threshold, config.val_min_area)
             rows += [(image_id, c + 1, rle.encode(masks[0, c].numpy().astype(np.uint8)))
                      for c in range(4)]
@@ -228,3 +228,31 @@ def test_a_run_killed_mid_epoch_resumes_and_finishes(synthetic, folds_csv, tmp_p
     assert "resumed from" in done.stdout and "epochs 2..3" in done.stdout
     assert pd.read_csv(out / "history.csv").epoch.tolist() == [1, 2, 3]
     assert checkpoint.load(out / "last.pt")["epoch"] == 3
+
+
+def test_torchrun_two_cpu_processes_match_a_single_process_evaluation(
+        synthetic, folds_csv, tmp_path):
+    """DDP with gloo: training completes, the checkpoint loads, and its validation Dice,
+    reduced over two ranks that each scored half of the images, equals the Dice that one
+    process computes from the checkpoint on all of them."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "competition", *map(str, cli_args(synthetic, folds_csv, out, "--epochs", 1))]
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout and done.stdout.count("best val dice") == 1
+    state = checkpoint.load(out / "best.pt")
+    assert state["step"] == 6  # 48 images over 2 ranks, batch 4 each: 6 updates
+    model, config = checkpoint.model_from(out / "best.pt")
+    folds = pd.read_csv(folds_csv)
+    _, labels = load_train(synthetic)
+    val_set = data_lib.SteelDataset(synthetic / "train_images",
+                                    folds.ImageId[folds.fold == 0].tolist(), by_image(labels))
+    loss_fn = DiceBCELoss(config.dice_weight, config.bce_weight, config.pos_weight)
+    single = train_lib.evaluate(model, data_lib.loader(val_set, 5, 0), loss_fn, config,
+                                train_lib.Runtime(), None)
+    assert single["images"] == 12
+    assert single["mean_dice"] == pytest.approx(state["score"]["mean_dice"], abs=1e-12)
+    # float32 sums over other batches and thread counts: equal to about 1e-5
+    assert single["loss"] == pytest.approx(state["score"]["loss"], rel=1e-4)

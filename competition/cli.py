@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from competition.errors import InputError
+from competition.errors import InputError, one_line
 
 
 def cmd_synth(args) -> None:
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

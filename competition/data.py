@@ -10,7 +10,7 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from competition.images import read_image
 from competition.labels import masks
@@ -80,16 +80,14 @@ def balance_weights(defect: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-class EpochSampler(Sampler):
+class WeightedEpochSampler(Sampler):
     """DistributedSampler's contract (`set_epoch`, one shard per rank, the same number of
-    batches on every rank) plus optional weights: each epoch draws a permutation (or, with
-    weights, len(dataset) indices with replacement) from seed + epoch, and rank r takes
-    every world-th index from r, all shards cut to the same length."""
+    batches on every rank) for weighted sampling: each epoch draws len(dataset) indices with
+    replacement from seed + epoch, and rank r takes every world-th index from r."""
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1,
-                 weights: np.ndarray | None = None):
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
-        self.weights = weights
+    def __init__(self, weights: np.ndarray, seed: int, rank: int = 0, world: int = 1):
+        self.weights = np.asarray(weights, np.float64)
+        self.n, self.seed, self.rank, self.world = len(self.weights), seed, rank, world
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,18 +95,24 @@ class EpochSampler(Sampler):
 
     def indices(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
-        if self.weights is None:
-            order = rng.permutation(self.n)
-        else:
-            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
-        per_rank = self.n // self.world
-        return order[self.rank::self.world][:per_rank]
+        order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+        return order[self.rank::self.world][:len(self)]
 
     def __iter__(self):
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
         return self.n // self.world
+
+
+def train_sampler(dataset, seed: int, rank: int = 0, world: int = 1,
+                  weights: np.ndarray | None = None) -> Sampler:
+    """torch's DistributedSampler (shuffled per epoch, cut to equal shards; also right for
+    one process), or the weighted sampler when `weights` are given."""
+    if weights is not None:
+        return WeightedEpochSampler(weights, seed, rank, world)
+    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                              drop_last=True)
 
 
 def _worker_init(worker_id: int) -> None:

@@ -12,3 +12,12 @@ class InputError(Exception):
 def where(path, line=None) -> str:
     """Prefix for an error message: `train.csv line 7` (line numbers count the header as 1)."""
     return f"{path}" if line is None else f"{path} line {line}"
+
+
+def one_line(error: Exception) -> str:
+    """The message to print. torch re-raises an error from a DataLoader worker with the
+    worker's whole traceback as its text: keep the original message alone."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        return text.splitlines()[-1].split("InputError: ", 1)[-1]
+    return text

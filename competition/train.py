@@ -190,14 +190,14 @@ def evaluate(model, loader, loss_fn, config, rt, dtype) -> dict:
 
 
 def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime):
-    """Training crops from an EpochSampler (sharded by rank, drop_last: DeepLabV3's image
-    pooling cannot train on a batch of one), full-size validation split by rank."""
+    """Training crops from a per-epoch sampler sharded by rank (and drop_last: DeepLabV3's
+    image pooling cannot train on a batch of one), full-size validation split by rank."""
     folder = data / "train_images"
     train_set = data_lib.SteelDataset(folder, train_ids, encoded,
                                       data_lib.train_transform(config))
     weights = (data_lib.balance_weights(data_lib.has_defect(train_ids, encoded))
                if config.balance else None)
-    sampler = data_lib.EpochSampler(len(train_set), config.seed, rt.rank, rt.world, weights)
+    sampler = data_lib.train_sampler(train_set, config.seed, rt.rank, rt.world, weights)
     pin = rt.device.type == "cuda"
     train_loader = data_lib.loader(train_set, config.batch_size, config.num_workers,
                                    sampler=sampler, drop_last=True, pin_memory=pin)

@@ -86,8 +86,8 @@ def test_reseed_makes_augmentations_repeatable(train_set):
 
 
 def loader_crops(dataset, epoch, workers):
-    sampler = data_lib.EpochSampler(len(dataset), seed=0)
-    dl = data_lib.loader(dataset, batch_size=1, num_workers=workers, sampler=sampler)
+    dl = data_lib.loader(dataset, batch_size=1, num_workers=workers,
+                         sampler=data_lib.train_sampler(dataset, seed=0))
     data_lib.reseed_loader(dl, seed=0, epoch=epoch)
     return {int(i): img[0, 0].float().mean().item() for img, _, i in dl}
 
@@ -106,29 +106,38 @@ def test_workers_do_not_repeat_each_others_augmentations(train_set):
     assert loader_crops(dataset, 1, workers=2) != epoch0, "next epoch, new augmentations"
 
 
-def test_epoch_sampler_shards_and_reshuffles():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_train_sampler_shards_and_reshuffles_per_epoch(weighted):
     n = 10
-    full = data_lib.EpochSampler(n, seed=3)
-    assert sorted(full) == list(range(n))
+    weights = np.full(n, 1 / n) if weighted else None
+
+    def sampler(rank=0, world=1):
+        return data_lib.train_sampler(range(n), 3, rank, world, weights)
+
+    full = sampler()
     order0 = list(full)
+    assert len(order0) == n and (weighted or sorted(order0) == list(range(n)))
     full.set_epoch(1)
-    assert sorted(full) == list(range(n)) and list(full) != order0
+    assert list(full) != order0
     full.set_epoch(0)
     assert list(full) == order0
-    shards = [list(data_lib.EpochSampler(n, seed=3, rank=r, world=3)) for r in range(3)]
-    assert all(len(s) == 3 for s in shards)  # 10 // 3, the same on every rank
-    flat = sum(shards, [])
-    assert len(set(flat)) == 9 and set(flat) <= set(order0)
-    assert shards[0] == order0[0:9:3]
+    shards = [sampler(r, 3) for r in range(3)]
+    assert all(len(s) == len(list(s)) == 3 for s in shards)  # 10 // 3 on every rank
+    if not weighted:
+        assert len(set(sum(map(list, shards), []))) == 9, "ranks see disjoint images"
 
 
 def test_balance_weights_by_hand():
     weights = data_lib.balance_weights(np.array([1, 1, 1, 0], bool))
     # three defect images share one half, the defect-free one has the other half
     assert np.allclose(weights, [1 / 6, 1 / 6, 1 / 6, 1 / 2])
-    sampler = data_lib.EpochSampler(4, seed=0, weights=weights)
+    sampler = data_lib.WeightedEpochSampler(weights, seed=0)
     draws = np.concatenate([sampler.set_epoch(e) or sampler.indices() for e in range(500)])
     assert abs(np.mean(draws == 3) - 0.5) < 0.05
+    sampler.set_epoch(0)
+    for rank in range(2):
+        shard = data_lib.WeightedEpochSampler(weights, 0, rank, 2).indices()
+        assert np.array_equal(shard, sampler.indices()[rank::2])
 
 
 def test_normalize_by_hand():

@@ -1,6 +1,8 @@
 """The training loop on tiny synthetic data, on CPU: outputs, exact resume, refusals."""
+import dataclasses
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,11 +68,17 @@ def test_fit_writes_config_checkpoints_and_history(trained):
 
 def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic, folds_csv):
     """Predict the validation images with best.pt, post-process, encode to RLE and score
-    with metric.score_tables: the same Dice as the loop's GPU-style evaluation."""
+    with metric.score_tables: the same Dice as the loop's tensor evaluation. A low threshold
+    and no minimum area, so that the barely trained model predicts masks of all sizes."""
     out, _ = trained
     model, config = checkpoint.model_from(out / "best.pt")
+    config = dataclasses.replace(config, val_threshold=0.3, val_min_area=(0, 50, 0, 500))
     folds = pd.read_csv(folds_csv)
     val_ids = folds.ImageId[folds.fold == 0].tolist()
+    val_set = data_lib.SteelDataset(synthetic / "train_images", val_ids,
+                                    by_image(load_train(synthetic)[1]))
+    saved = train_lib.evaluate(model, data_lib.loader(val_set, 1, 0), DiceBCELoss(), config,
+                               train_lib.Runtime(), None)
     rows = []
     with torch.no_grad():
         for image_id in val_ids:
@@ -80,9 +88,10 @@ def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic
             rows += [(image_id, c + 1, rle.encode(masks[0, c].numpy().astype(np.uint8)))
                      for c in range(4)]
     submission = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
+    assert 0 < (submission.EncodedPixels != "").sum() < len(submission), "a non-trivial case"
     _, labels = load_train(synthetic)
     result = score_tables(submission, labels[labels.ImageId.isin(val_ids)])
-    saved = checkpoint.load(out / "best.pt")["score"]
+    assert 0 < result["mean_dice"] < 1
     assert result["mean_dice"] == pytest.approx(saved["mean_dice"], abs=1e-12)
     assert result["all_empty_baseline"] == pytest.approx(saved["all_empty_baseline"])
     for c in "1234":
@@ -206,6 +215,17 @@ def test_cli_errors_are_one_line(synthetic, folds_csv, tmp_path):
     one_line_error(run(*cli_args(synthetic, folds_csv, out, "--encoder-weights",
                                  tmp_path / "w.pth")), "w.pth")
     assert not out.exists()
+
+
+def test_an_image_that_fails_to_decode_in_a_worker_is_one_line(synthetic, folds_csv, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic, data)
+    folds = pd.read_csv(folds_csv)
+    victim = data / "train_images" / folds.ImageId[folds.fold == 1].iloc[0]
+    jpeg = victim.read_bytes()
+    victim.write_bytes(jpeg[:jpeg.find(b"\xff\xda")])  # header intact, no image data
+    out = run(*cli_args(data, folds_csv, tmp_path / "out", "--num-workers", 2))
+    one_line_error(out, victim, "unreadable image")
 
 
 def test_a_run_killed_mid_epoch_resumes_and_finishes(synthetic, folds_csv, tmp_path):

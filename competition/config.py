@@ -62,8 +62,8 @@ PRESETS: dict[str, dict] = {
                            encoder_lr=1e-4),
     "demo_cpu": dict(encoder="resnet18", encoder_weights="none", crop_height=128,
                      crop_width=256, defect_crop_p=0.8, epochs=6, batch_size=8, lr=2e-3,
-                     encoder_lr=2e-3, warmup_epochs=0.5, num_workers=2, val_batch_size=4,
-                     val_min_area=(200, 200, 400, 800)),
+                     encoder_lr=2e-3, warmup_epochs=0.5, ema_decay=0.98, num_workers=2,
+                     val_batch_size=4, val_min_area=(200, 200, 400, 800)),
 }
 
 TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("tuple")}

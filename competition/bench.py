@@ -155,10 +155,9 @@ def train_rate(config, data: Path, encoded: dict, steps: int, warmup: int, rt) -
 
     from competition import data as data_lib, train as train_lib
     from competition.losses import DiceBCELoss
-    from competition.model import build_model
+    from competition.model import from_config
 
-    model = build_model(config.arch, config.encoder, "none", config.output_stride or None)
-    model = model.to(rt.device)
+    model = from_config(config, encoder_weights="none").to(rt.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

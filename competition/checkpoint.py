@@ -49,11 +49,11 @@ def config_of(state: dict, path: str | Path = "checkpoint") -> config_lib.TrainC
 def model_from(path: str | Path, device: str | torch.device = "cpu"):
     """best.pt or last.pt -> (model in eval mode on `device`, TrainConfig). Loads the EMA
     weights when the run kept them. The encoder's pretrained weights are not needed."""
-    from competition.model import build_model
+    from competition.model import from_config
 
     state = load(path)
     config = config_of(state, path)
-    model = build_model(config.arch, config.encoder, "none", config.output_stride or None)
+    model = from_config(config, encoder_weights="none")
     weights = state.get("ema") or state["model"]
     model.load_state_dict(weights)
     return model.to(device).eval(), config

@@ -181,6 +181,13 @@ def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weig
     return model
 
 
+def from_config(config, encoder_weights: str | None = None) -> nn.Module:
+    """build_model for a TrainConfig (output_stride 0: the architecture's default);
+    `encoder_weights` replaces the config's (e.g. "none" when a checkpoint will be loaded)."""
+    weights = config.encoder_weights if encoder_weights is None else encoder_weights
+    return build_model(config.arch, config.encoder, weights, config.output_stride or None)
+
+
 def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(encoder parameters, the rest: decoder and head), each parameter in exactly one,
     e.g. for an optimizer with a lower learning rate on a pretrained encoder."""

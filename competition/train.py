@@ -27,7 +27,7 @@ from competition.files import write_csv, write_json
 from competition.labels import CLASSES, by_image, load_train
 from competition.losses import DiceBCELoss
 from competition.metric import dice_from_counts
-from competition.model import build_model, param_groups
+from competition.model import from_config, param_groups
 from competition.postprocess import binarize, pair_counts
 from competition.progress import progress
 from competition.schedules import build_scheduler
@@ -157,35 +157,33 @@ def evaluate(model, loader, loss_fn, config, rt, dtype) -> dict:
     the all-empty baseline on the same pairs, and the mean loss. Each rank scores its own
     images; the sums are reduced, so the result does not depend on the number of ranks."""
     model.eval()
-    sums = torch.zeros(len(CLASSES), 3, dtype=torch.float64, device=rt.device)  # dice, empty, pairs
-    loss_sum = torch.zeros(2, dtype=torch.float64, device=rt.device)  # loss * n, n
+    counts, loss_sum = [], 0.0
     for images, masks, _ in progress(loader, desc="validate", unit="batch", disable=not rt.main,
                                      leave=False):
         images = data_lib.normalize(images.to(rt.device), config.channels_last)
         masks = masks.to(rt.device)
         with torch.autocast(rt.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += torch.tensor([loss_fn(logits, masks).item() * len(images), len(images)],
-                                 dtype=torch.float64, device=rt.device)
+            logits = model(images).float()
+        loss_sum += loss_fn(logits, masks).item() * len(images)
         pred = binarize(torch.sigmoid(logits), config.val_threshold, config.val_min_area)
-        counts = pair_counts(pred, masks).double()  # (N, C, 3)
-        total = counts[..., 1] + counts[..., 2]
-        dice = torch.where(total == 0, 1.0, 2 * counts[..., 0] / total.clamp(min=1))
-        sums[:, 0] += dice.sum(0)
-        sums[:, 1] += (counts[..., 2] == 0).double().sum(0)
-        sums[:, 2] += len(images)
+        counts.append(pair_counts(pred, masks).cpu().numpy())  # (N, C, 3)
+    counts = np.concatenate(counts) if counts else np.zeros((0, len(CLASSES), 3), np.int64)
+    dice = dice_from_counts(counts[..., 0], counts[..., 1], counts[..., 2])  # (N, C)
+    # per class: Dice sum, empty-truth pairs, pairs; then the loss sum and the image count
+    sums = np.concatenate([dice.sum(0), (counts[..., 2] == 0).sum(0), np.full(
+        len(CLASSES), len(counts)), [loss_sum, len(counts)]]).astype(np.float64)
     if rt.world > 1:
-        dist.all_reduce(sums)
-        dist.all_reduce(loss_sum)
-    sums, loss_sum = sums.cpu().numpy(), loss_sum.cpu().numpy()
-    pairs = sums[:, 2].sum()
+        reduced = torch.from_numpy(sums).to(rt.device)
+        dist.all_reduce(reduced)
+        sums = reduced.cpu().numpy()
+    k = len(CLASSES)
+    dice_sum, empty, pairs = sums[:k], sums[k:2 * k], sums[2 * k:3 * k]
     return {
-        "loss": float(loss_sum[0] / max(loss_sum[1], 1)),
-        "mean_dice": float(sums[:, 0].sum() / pairs),
-        "per_class": {str(c): float(sums[i, 0] / sums[i, 2]) for i, c in enumerate(CLASSES)},
-        "all_empty_baseline": float(sums[:, 1].sum() / pairs),
-        "images": int(sums[0, 2]),
+        "loss": float(sums[-2] / max(sums[-1], 1)),
+        "mean_dice": float(dice_sum.sum() / pairs.sum()),
+        "per_class": {str(c): float(dice_sum[i] / pairs[i]) for i, c in enumerate(CLASSES)},
+        "all_empty_baseline": float(empty.sum() / pairs.sum()),
+        "images": int(sums[-1]),
     }
 
 
@@ -249,8 +247,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     train_ids, val_ids = split(folds_csv, fold, image_ids)
     encoded = by_image(labels)
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, config.encoder, config.encoder_weights,
-                        config.output_stride or None).to(rt.device)
+    model = from_config(config).to(rt.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     encoder_params, head_params = param_groups(model)

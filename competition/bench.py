@@ -154,20 +154,16 @@ def train_rate(config, data: Path, encoded: dict, steps: int, warmup: int, rt) -
     import torch
 
     from competition import data as data_lib, train as train_lib
-    from competition.losses import DiceBCELoss
-    from competition.model import from_config
 
-    model = from_config(config, encoder_weights="none").to(rt.device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = train_lib.make_model(config, rt.device, encoder_weights="none")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     dtype = train_lib.amp_dtype(config.amp, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
-    loss_fn = DiceBCELoss(pos_weight=config.pos_weight).to(rt.device)
+    loss_fn = train_lib.make_loss(config, rt.device)
+    image_ids = sorted(p.name for p in (data / "train_images").iterdir())
     result = {}
-    for phase, n in (("warmup", warmup), ("timed", steps)):
-        image_ids = sorted(p.name for p in (data / "train_images").iterdir())
+    for n in (warmup, steps):  # untimed, then timed
         ids = [image_ids[i % len(image_ids)] for i in range(n * config.batch_size)]
         dataset = data_lib.SteelDataset(data / "train_images", ids, encoded,
                                         data_lib.train_transform(config))

@@ -125,10 +125,10 @@ def _worker_init(worker_id: int) -> None:
 def loader(dataset: SteelDataset, batch_size: int, num_workers: int, *, sampler=None,
            drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose workers reseed their augmentations; `reseed_loader` per epoch."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
                       worker_init_fn=_worker_init if num_workers else None,
-                      generator=torch.Generator(), persistent_workers=False)
+                      generator=torch.Generator())
 
 
 def reseed_loader(dl: DataLoader, seed: int, epoch: int, rank: int = 0) -> None:

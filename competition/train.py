@@ -187,6 +187,16 @@ def evaluate(model, loader, loss_fn, config, rt, dtype) -> dict:
     }
 
 
+def make_model(config, device: torch.device, encoder_weights: str | None = None):
+    """The config's model on `device`, channels_last when the config asks for it."""
+    model = from_config(config, encoder_weights).to(device)
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+def make_loss(config, device: torch.device) -> DiceBCELoss:
+    return DiceBCELoss(config.dice_weight, config.bce_weight, config.pos_weight).to(device)
+
+
 def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime):
     """Training crops from a per-epoch sampler sharded by rank (and drop_last: DeepLabV3's
     image pooling cannot train on a batch of one), full-size validation split by rank."""
@@ -247,9 +257,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     train_ids, val_ids = split(folds_csv, fold, image_ids)
     encoded = by_image(labels)
     torch.manual_seed(config.seed)
-    model = from_config(config).to(rt.device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = make_model(config, rt.device)
     encoder_params, head_params = param_groups(model)
     optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": config.encoder_lr},
                                    {"params": head_params, "lr": config.lr}],
@@ -265,7 +273,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
                          use_buffers=True) if config.ema_decay > 0 else None)
-    loss_fn = DiceBCELoss(config.dice_weight, config.bce_weight, config.pos_weight).to(rt.device)
+    loss_fn = make_loss(config, rt.device)
 
     start_epoch, best, history = 0, -1.0, []
     if state is not None:
@@ -314,19 +322,16 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                "epoch_s": trained["seconds"]}
         history.append(row)
         if rt.main:
-            raw = unwrap(model).state_dict()
-            ema_state = ema.module.state_dict() if ema is not None else None
+            weights = {"config": config_lib.to_dict(config), "model": unwrap(model).state_dict(),
+                       "ema": ema.module.state_dict() if ema is not None else None,
+                       "epoch": epoch + 1, "step": scheduler.last_epoch}
             checkpoint.save(out / "last.pt", {
-                "config": config_lib.to_dict(config), "model": raw, "ema": ema_state,
-                "ema_updates": int(ema.n_averaged) if ema is not None else 0,
+                **weights, "ema_updates": int(ema.n_averaged) if ema is not None else 0,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                "step": scheduler.last_epoch, "best": best, "history": history,
+                "scaler": scaler.state_dict(), "best": best, "history": history,
                 "rng": checkpoint.rng_state()})
             if improved:
-                checkpoint.save(out / "best.pt", {
-                    "config": config_lib.to_dict(config), "model": raw, "ema": ema_state,
-                    "epoch": epoch + 1, "step": scheduler.last_epoch, "score": result})
+                checkpoint.save(out / "best.pt", {**weights, "score": result})
             write_csv(out / "history.csv", pd.DataFrame(history))
             print(f"epoch {epoch + 1}/{config.epochs} loss {trained['loss']:.4f} "
                   f"{describe(result)} lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Thin front door over `python -m competition <stage>`; see README.md for every stage.
-#   bash run.sh setup | demo | test [pytest args] | folds | fold0..foldN [options] | score ...
-#   | bench rle|score|train      (DATA=dataset folder, NPROC=GPUs for torchrun)
+#   bash run.sh setup | demo | test [pytest args] | folds | fold0..foldN [options] | oof | predict
+#   | score ... | bench rle|score|train|predict      (DATA=dataset folder, NPROC=GPUs for torchrun)
 # Any other stage is passed through: `bash run.sh synth --out input/x` = python -m competition synth ...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -51,7 +51,16 @@ case "$stage" in
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
     "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu \
       --folds folds/demo/folds.csv --out folds/demo/fold0 --overwrite
-    echo "demo: done. Fold 0 trained (folds/demo/fold0); OOF and prediction come next." ;;
+    # one trained fold here (a CPU budget); a real run has five: bash run.sh fold0..fold4
+    "$PY" -m competition oof --data "$syn" --runs folds/demo --folds 0 --tta none,hflip \
+      --out submissions/demo
+    "$PY" -m competition predict --data "$syn" --checkpoints 'folds/demo/fold*/best.pt' \
+      --postprocess submissions/demo/postprocess.json --out submissions/demo/submission.csv
+    "$PY" -m competition validate --submission submissions/demo/submission.csv \
+      --sample "$syn/sample_submission.csv"
+    "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/submission.csv
+    echo "demo: done: folds/demo/fold0 (model), submissions/demo/ (postprocess.json," \
+      "cv_report/, oof.csv, submission.csv)" ;;
   folds)
     setup; need_data
     "$PY" -m competition folds --data "$DATA" "$@" ;;
@@ -67,9 +76,18 @@ case "$stage" in
     else
       "$PY" -m competition train --data "$DATA" --fold "$k" "$@"
     fi ;;
+  oof)
+    # OOF statistics of folds/fold*/best.pt, the post-processing search
+    # (submissions/postprocess.json, submissions/cv_report/), the OOF submission and its score
+    setup; need_data
+    "$PY" -m competition oof --data "$DATA" "$@" ;;
+  predict)
+    # fold ensemble + TTA + post-processing -> submissions/submission.csv (validated)
+    setup
+    "$PY" -m competition predict --data "$DATA" "$@" ;;
   ""|-h|--help|help)
     sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup demo test folds fold<K> train score validate check synth bench (python -m competition --help)" ;;
+    echo "stages: setup demo test folds fold<K> oof predict train search score validate check synth bench (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

@@ -125,7 +125,8 @@ def bench_score(args) -> None:
     from competition.labels import read_table
     from competition.metric import dice, score_tables
 
-    truth, pred = synthetic_tables(args.images, args.seed)
+    images = args.images or 5506
+    truth, pred = synthetic_tables(images, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         truth_csv, pred_csv = Path(tmp) / "truth.csv", Path(tmp) / "sub.csv"
         truth.to_csv(truth_csv, index=False)
@@ -141,7 +142,7 @@ def bench_score(args) -> None:
              for i, c, p in pred.itertuples(index=False)]
     decoded_seconds = time.perf_counter() - start
     assert abs(float(np.mean(dices)) - result["mean_dice"]) < 1e-12, "run and mask Dice differ"
-    print(f"{result['pairs']} pairs ({args.images} images x 4 classes), "
+    print(f"{result['pairs']} pairs ({images} images x 4 classes), "
           f"{(truth.EncodedPixels != '').sum()} truth masks, {(pred.EncodedPixels != '').sum()} "
           f"predicted: mean Dice {result['mean_dice']:.5f}")
     print(f"score from CSV files (read, check every RLE, Dice on runs): {seconds:.2f} s")
@@ -221,4 +222,59 @@ def bench_train(args) -> None:
         print(f"{label:<52} {r['rate']:8.1f} {r['rate'] / base:13.2f} {peak:>9}")
 
 
-BENCHES = {"rle": bench_rle, "score": bench_score, "train": bench_train}
+def bench_predict(args) -> None:
+    """Inference images per second (one model and one view; the ensemble of `--folds` models
+    x the three flip views), through the real predict path (JPEG decoding in workers,
+    device thresholds, CPU post-processing and RLE), then the CPU cost of post-processing
+    and RLE encoding of a test set's masks on one core."""
+    import torch
+
+    from competition.bench_postprocess import bench_postprocess
+    from competition.config import build_config
+    from competition.infer import Ensemble
+    from competition.predict import device, encode
+    from competition.search import Params
+    from competition.synth import make_split
+    from competition.train import make_model
+
+    dev = device()
+    cuda = dev.type == "cuda"
+    n = args.images or (5506 if cuda else 8)
+    config = build_config(args.config, encoder_weights="none")
+    params = Params((0.5,) * 4, (150,) * 4, (600, 600, 900, 2000))
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"bench predict: {config.arch} {config.encoder} (output stride "
+          f"{config.output_stride or 'default'}), {n} images of 256x1600, batch "
+          f"{args.batch_size}, {args.workers} workers, on {name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_split(folder, "test", min(n, 256), args.seed, workers=max(args.workers, 1))
+        distinct = sorted(p.name for p in (folder / "test_images").iterdir())
+        ids = [distinct[i % len(distinct)] for i in range(n)]  # cycled: files in page cache
+        models = [make_model(config, dev, encoder_weights="none").eval() for _ in range(args.folds)]
+        rows = [("one model, one view", Ensemble(models[:1], [config], ["m0"]), ("none",)),
+                (f"{args.folds} folds x 3 views (none,hflip,vflip)",
+                 Ensemble(models, [config] * args.folds, list(range(args.folds))),
+                 ("none", "hflip", "vflip"))]
+        warm = ids[:args.batch_size * 2]
+        print(f"{'ensemble':<36} {'images/s':>9} {'forward/s':>10} {'seconds':>8} "
+              f"{'x 5,506 images':>15}")
+        for label, ensemble, views in rows:
+            encode(ensemble, folder / "test_images", warm, params, views, dev, args.batch_size,
+                   args.workers, "warm-up", {})
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            encode(ensemble, folder / "test_images", ids, params, views, dev, args.batch_size,
+                   args.workers, label, {})
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            forwards = n * len(ensemble.models) * len(views)
+            print(f"{label:<36} {n / seconds:9.1f} {forwards / seconds:10.1f} {seconds:8.1f} "
+                  f"{5506 * seconds / n:14.1f}s")
+    bench_postprocess(masks=args.masks_pp, seed=args.seed)
+
+
+BENCHES = {"rle": bench_rle, "score": bench_score, "train": bench_train,
+           "predict": bench_predict}

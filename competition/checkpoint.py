@@ -55,7 +55,12 @@ def model_from(path: str | Path, device: str | torch.device = "cpu"):
     config = config_of(state, path)
     model = from_config(config, encoder_weights="none")
     weights = state.get("ema") or state["model"]
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # another class count, or weights of another model
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise InputError(f"{path}: its weights do not fit {config.arch}/{config.encoder} with "
+                         f"4 classes ({detail})") from None
     return model.to(device).eval(), config
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from competition.errors import InputError, one_line
 
+TTA_HELP = "none, hflip, vflip, hvflip"  # infer.TTA (not imported here: it loads torch)
+
 
 def cmd_synth(args) -> None:
     from competition.synth import make_dataset
@@ -120,6 +122,87 @@ def cmd_train(args) -> None:
             dist.destroy_process_group()
 
 
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def cmd_oof(args) -> None:
+    from competition import oof
+    from competition.infer import parse_tta
+
+    runs = Path(args.runs)
+    folds_csv = Path(args.folds_csv or runs / "folds.csv")
+    folds = oof.parse_folds(args.folds, folds_csv)
+    views, data, out = parse_tta(args.tta), Path(args.data), Path(args.out)
+    oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers)
+    result = oof.tune(runs, folds, out, args.min_areas, data)
+    print_search(result, out)
+    if args.skip_oof_csv:
+        return
+    # the OOF submission with the chosen post-processing, scored from its CSV like any other
+    from competition.labels import read_table
+    from competition.metric import score_tables
+    from competition.predict import predict_oof
+    from competition.search import read_params
+
+    oof_csv = out / "oof.csv"
+    predict_oof(data, runs, folds_csv, folds, read_params(out / "postprocess.json"), views,
+                oof_csv, args.batch_size, args.workers)
+    scored = score_tables(read_table(oof_csv)[0], read_table(data / "train.csv")[0])
+    print(f"wrote {oof_csv}; scored from the CSV against {data / 'train.csv'}: mean Dice "
+          f"{scored['mean_dice']:.5f} (the search: {result['oof_mean_dice']:.5f})")
+
+
+def cmd_search(args) -> None:
+    from competition import oof
+
+    runs = Path(args.runs)
+    folds = oof.parse_folds(args.folds, Path(args.folds_csv or runs / "folds.csv"))
+    data = Path(args.data) if args.data else None
+    print_search(oof.tune(runs, folds, Path(args.out), args.min_areas, data), Path(args.out))
+
+
+def print_search(result: dict, out: Path) -> None:
+    print(f"{'class':>5} {'threshold':>9} {'min comp':>8} {'min area':>8} {'OOF dice':>9} "
+          f"{'raw 0.5':>8} {'empty':>7}")
+    for c, v in result["classes"].items():
+        raw = "-" if v["raw_dice"] is None else f"{v['raw_dice']:.4f}"
+        print(f"{c:>5} {v['threshold']:9.2f} {v['min_component']:8d} {v['min_area']:8d} "
+              f"{v['oof_dice']:9.4f} {raw:>8} {v['all_empty']:7.4f}")
+    raw = "-" if result["raw_mean_dice"] is None else f"{result['raw_mean_dice']:.4f}"
+    print(f"OOF CV over {result['images']} images: mean Dice {result['oof_mean_dice']:.5f} "
+          f"(raw threshold 0.5: {raw}; all-empty baseline {result['all_empty_baseline']:.5f})")
+    print(f"wrote {out / 'postprocess.json'} and {out / 'cv_report'}/cv_report.md with plots")
+
+
+def cmd_predict(args) -> None:
+    from competition import predict
+    from competition.infer import checkpoint_paths, parse_tta
+    from competition.search import read_params
+
+    params = read_params(args.postprocess)
+    views = parse_tta(args.tta or params.tta or "none,hflip,vflip")
+    if params.tta and tuple(views) != params.tta:
+        print(f"warning: TTA {','.join(views)} differs from {','.join(params.tta)}, the views "
+              f"{args.postprocess} was tuned with", file=sys.stderr)
+    data = Path(args.data)
+    if args.oof:
+        from competition.oof import parse_folds
+
+        runs = Path(args.runs)
+        folds_csv = Path(args.folds_csv or runs / "folds.csv")
+        out = Path(args.out or "submissions/oof.csv")
+        frame = predict.predict_oof(data, runs, folds_csv, parse_folds(args.folds, folds_csv),
+                                    params, views, out, args.batch_size, args.workers)
+    else:
+        out = Path(args.out or "submissions/submission.csv")
+        frame = predict.predict_test(data, checkpoint_paths(args.checkpoints), params, views,
+                                     out, args.batch_size, args.workers,
+                                     Path(args.sample) if args.sample else None)
+    filled = int((frame.EncodedPixels != "").sum())
+    print(f"wrote {out}: {len(frame)} rows, {filled} non-empty masks (validated)")
+
+
 def config_options(parser) -> None:
     """One --option per TrainConfig field (default: the preset's value)."""
     import dataclasses
@@ -159,6 +242,8 @@ def tuple_of(parse):
 def cmd_bench(args) -> None:
     from competition import bench
 
+    if args.what == "predict":
+        args.batch_size = args.batch_size or 8
     bench.BENCHES[args.what](args)
 
 
@@ -220,15 +305,73 @@ def build_parser() -> argparse.ArgumentParser:
     config_options(p)
     p.set_defaults(func=cmd_train)
 
+    def inference_options(p, batch_size: int = 8) -> None:
+        p.add_argument("--data", default="input/severstal-steel-defect-detection",
+                       help="dataset folder in Kaggle layout")
+        p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
+        p.add_argument("--workers", type=int, default=default_workers(),
+                       help="loader processes decoding JPEGs")
+
+    def fold_options(p) -> None:
+        p.add_argument("--runs", default="folds", help="folder of fold<K>/best.pt runs")
+        p.add_argument("--folds-csv", default=None, help="folds file (default RUNS/folds.csv)")
+        p.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+
+    def search_options(p) -> None:
+        p.add_argument("--out", default="submissions",
+                       help="folder for postprocess.json and cv_report/")
+        p.add_argument("--min-areas", type=tuple_of(int), default=None,
+                       help="min-area grid in pixels, comma-separated (default 0..6000)")
+
+    p = sub.add_parser("oof", help="out-of-fold statistics of each fold's best.pt, then the "
+                       "post-processing search (postprocess.json, CV report)")
+    inference_options(p)
+    fold_options(p)
+    p.add_argument("--tta", default="none,hflip,vflip",
+                   help=f"views averaged, comma-separated: {TTA_HELP}")
+    search_options(p)
+    p.add_argument("--skip-oof-csv", action="store_true",
+                   help="do not write OUT/oof.csv (the OOF submission, predicted again)")
+    p.set_defaults(func=cmd_oof)
+
+    p = sub.add_parser("search", help="re-run the post-processing search on stored OOF files")
+    fold_options(p)
+    search_options(p)
+    p.add_argument("--data", default=None, help="dataset for the overlays (default: the OOF's)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("predict", help="fold ensemble + TTA + post-processing -> submission CSV")
+    inference_options(p)
+    p.add_argument("--checkpoints", default="folds/fold*/best.pt",
+                   help="glob or comma-separated checkpoint files averaged")
+    p.add_argument("--tta", default=None,
+                   help=f"views ({TTA_HELP}); default: those postprocess.json was tuned with")
+    p.add_argument("--postprocess", default="submissions/postprocess.json")
+    p.add_argument("--sample", default=None, help="default DATA/sample_submission.csv")
+    p.add_argument("--out", default=None,
+                   help="default submissions/submission.csv (--oof: submissions/oof.csv)")
+    p.add_argument("--oof", action="store_true", help="predict each fold's validation images "
+                   "with its own model (train layout, for `score --truth train.csv`)")
+    fold_options(p)
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("bench", help="benchmarks, measured side by side in one run")
-    p.add_argument("what", choices=["rle", "score", "train"])
+    p.add_argument("what", choices=["rle", "score", "train", "predict"])
     p.add_argument("--masks", type=int, default=200, help="rle: number of benchmark masks")
     p.add_argument("--repeat", type=int, default=5, help="rle: timing rounds (best is kept)")
-    p.add_argument("--images", type=int, default=5506, help="score: test images to score")
+    p.add_argument("--images", type=int, default=None,
+                   help="score: test images to score (5506); predict: images to predict "
+                   "(5506 on CUDA, 8 on CPU)")
+    p.add_argument("--folds", type=int, default=5, help="predict: models in the ensemble")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="predict: loader processes decoding JPEGs")
+    p.add_argument("--masks-pp", type=int, default=22024,
+                   help="predict: masks post-processed and encoded on one core")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="deeplabv3_r34", help="train: preset to measure")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="train: per-step batch (default: the preset's on CUDA, 4 on CPU)")
+                   help="train: per-step batch (default: the preset's on CUDA, 4 on CPU); "
+                   "predict: images per batch (default 8)")
     p.add_argument("--steps", type=int, default=None,
                    help="train: timed optimizer updates (default 30 on CUDA, 2 on CPU)")
     p.add_argument("--warmup", type=int, default=None,

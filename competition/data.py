@@ -66,6 +66,23 @@ class SteelDataset(Dataset):
                 torch.from_numpy(np.ascontiguousarray(mask)), i)
 
 
+class ImageDataset(Dataset):
+    """Item i: (image (3, 256, 1600) uint8, i), decoded in a loader worker."""
+
+    def __init__(self, folder: str | Path, image_ids: list[str]):
+        self.folder, self.image_ids = Path(folder), list(image_ids)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def reseed(self, seed: int) -> None:  # the loader's worker init calls it; nothing random
+        pass
+
+    def __getitem__(self, i: int):
+        image = read_image(self.folder / self.image_ids[i])
+        return torch.from_numpy(image.transpose(2, 0, 1).copy()), i
+
+
 def has_defect(image_ids: list[str], encoded: dict[str, dict[int, str]]) -> np.ndarray:
     return np.array([bool(encoded.get(i)) for i in image_ids])
 

@@ -19,3 +19,24 @@ def synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "synthetic"
     make_dataset(out, n_train=60, n_test=12, seed=3)
     return out
+
+
+def random_checkpoint(path, seed=0, scale=30.0, **overrides):
+    """A best.pt of an untrained demo_cpu model whose head is scaled up, so that its
+    probabilities spread over (0, 1) with structure in space: inference without training."""
+    import torch
+
+    from competition import checkpoint
+    from competition.config import build_config, to_dict
+    from competition.model import from_config
+
+    config = build_config("demo_cpu", **overrides)
+    torch.manual_seed(seed)
+    model = from_config(config, "none")
+    state = model.state_dict()
+    head = [k for k in state if k.endswith(".weight")][-1]
+    state[head] *= scale
+    state[head.replace(".weight", ".bias")] *= scale
+    checkpoint.save(path, {"config": to_dict(config), "model": state, "ema": None, "epoch": 1,
+                           "step": 1})
+    return path

@@ -1,0 +1,113 @@
+"""Submissions: the fold ensemble with TTA, the tuned post-processing, the numba RLE.
+
+`predict_test` writes the test submission following sample_submission.csv; `predict_oof`
+predicts each fold's validation images with that fold's model only and writes them in the
+train layout, so `python -m competition score --truth train.csv` gives the offline CV.
+Both write through submission.write: validated under a temporary name, then renamed.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from competition import data as data_lib, submission
+from competition.errors import InputError
+from competition.images import check_image, list_images
+from competition.infer import OneBehind, batches, load_ensemble
+from competition.labels import CLASSES, CURRENT, Sample, load_train, read_sample
+from competition.postprocess import clean, encode_masks
+from competition.search import Params
+from competition.train import amp_dtype, split
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, dev,
+           batch_size: int, workers: int, desc: str, out: dict) -> None:
+    """Predict `image_ids` of `folder` and put each (ImageId, ClassId)'s RLE into `out`.
+    Thresholds are applied on the device; component removal, the min-area step and the RLE
+    run on the CPU for batch i while the device computes batch i + 1."""
+    dataset = data_lib.ImageDataset(folder, image_ids)
+    loader = data_lib.loader(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
+
+    def finish(masks: np.ndarray, index: list[int]) -> None:
+        areas = clean(masks, params.min_component, params.min_area)
+        for i, row in zip(index, encode_masks(masks, areas)):
+            out.update({(image_ids[i], c): r for c, r in zip(CLASSES, row)})
+
+    with OneBehind() as cpu:
+        for (_, index), probs in batches(ensemble, loader, views, dev, amp_dtype("auto", dev),
+                                         desc):
+            masks = torch.stack([probs[:, c] > t for c, t in enumerate(params.threshold)], 1)
+            cpu.submit(finish, masks.to(torch.uint8).cpu().numpy(), index.tolist())
+
+
+def test_sample(data: Path, sample_path: Path | None) -> tuple[Sample, list[str]]:
+    """The rows to write and the test images to predict (in the sample's order). Every
+    image must exist and be 1600x256 (checked from the headers, before any model runs)."""
+    folder = data / "test_images"
+    found = list_images(folder)
+    if not found:
+        raise InputError(f"{folder}: no test images (.jpg/.png)")
+    sample_path = sample_path or data / "sample_submission.csv"
+    if sample_path.is_file():
+        sample = read_sample(sample_path)
+    else:  # no sample: every image of the folder, current layout
+        print(f"warning: {sample_path} not found: writing rows for the {len(found)} images "
+              f"of {folder} in the {','.join(CURRENT)} layout")
+        pairs = pd.DataFrame([(i, c) for i in found for c in CLASSES],
+                             columns=["ImageId", "ClassId"])
+        sample = Sample(CURRENT, "current", pairs)
+    image_ids = list(dict.fromkeys(sample.pairs.ImageId))
+    missing = sorted(set(image_ids) - set(found))
+    if missing:
+        raise InputError(f"{sample_path}: no image file {folder / missing[0]} "
+                         f"({len(missing)} of {len(image_ids)} missing)")
+    for image_id in image_ids:
+        check_image(folder / image_id)
+    return sample, image_ids
+
+
+def report_rate(n_images: int, n_models: int, views, seconds: float) -> None:
+    print(f"predicted {n_images} images x {n_models} model(s) x {len(views)} view(s) "
+          f"({','.join(views)}) in {seconds:.1f} s: {n_images / seconds:.1f} images/s, "
+          f"{n_images * n_models * len(views) / seconds:.1f} forward images/s")
+
+
+def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out: Path,
+                 batch_size: int, workers: int, sample_path: Path | None = None) -> pd.DataFrame:
+    sample, image_ids = test_sample(data, sample_path)
+    dev = device()
+    ensemble = load_ensemble(checkpoints, dev)
+    encoded: dict = {}
+    start = time.perf_counter()
+    encode(ensemble, data / "test_images", image_ids, params, views, dev, batch_size, workers,
+           "predict", encoded)
+    report_rate(len(image_ids), len(checkpoints), views, time.perf_counter() - start)
+    return submission.write(out, sample, encoded)
+
+
+def predict_oof(data: Path, runs: Path, folds_csv: Path, folds: list[int], params: Params,
+                views, out: Path, batch_size: int, workers: int) -> pd.DataFrame:
+    """Each fold's validation images predicted by runs/fold<k>/best.pt alone."""
+    image_ids, _ = load_train(data)
+    ckpts = [runs / f"fold{k}" / "best.pt" for k in folds]
+    splits = [split(folds_csv, k, image_ids)[1] for k in folds]
+    dev = device()
+    ensembles = [load_ensemble([p], dev) for p in ckpts]
+    encoded: dict = {}
+    start = time.perf_counter()
+    for k, val_ids, ensemble in zip(folds, splits, ensembles):
+        encode(ensemble, data / "train_images", val_ids, params, views, dev, batch_size,
+               workers, f"oof fold {k}", encoded)
+    n = sum(map(len, splits))
+    report_rate(n, 1, views, time.perf_counter() - start)
+    pairs = pd.DataFrame([(i, c) for ids in splits for i in ids for c in CLASSES],
+                         columns=["ImageId", "ClassId"])
+    return submission.write(out, Sample(CURRENT, "current", pairs), encoded)

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+import torch
+
+from competition import infer
+from competition.errors import InputError
+from conftest import random_checkpoint
+
+
+def test_parse_tta():
+    assert infer.parse_tta("none,hflip") == ("none", "hflip")
+    assert infer.parse_tta(" none , vflip,hvflip") == ("none", "vflip", "hvflip")
+    with pytest.raises(InputError, match="unknown view 'rot90'; valid: none, hflip, vflip, hvflip"):
+        infer.parse_tta("none,rot90")
+    with pytest.raises(InputError, match="repeated"):
+        infer.parse_tta("hflip,hflip")
+
+
+class Ramp(torch.nn.Module):
+    """Logits = a 1x1 conv of the image (flip-equivariant) + a fixed map that depends on
+    the position (not equivariant): a flip that is not undone shows."""
+
+    def __init__(self, h, w):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+        y, x = torch.meshgrid(torch.linspace(-2, 1, h), torch.linspace(-1, 3, w), indexing="ij")
+        self.register_buffer("ramp", (y[None] * torch.tensor([1, -1, 2, 0.5])[:, None, None]
+                                      + x[None]))
+
+    def forward(self, x):
+        return self.conv(x) + self.ramp
+
+
+def config(channels_last=False):
+    from competition.config import build_config
+    return build_config("demo_cpu", channels_last=channels_last)
+
+
+def test_flips_are_undone_before_averaging():
+    torch.manual_seed(0)
+    h, w = 8, 12
+    model = Ramp(h, w).eval()
+    images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
+    ens = infer.Ensemble([model], [config()], ["ramp"])
+    views = ("none", "hflip", "vflip", "hvflip")
+    got = infer.probabilities(ens, images, views, None)
+    # by hand: the view's image flipped, its logits flipped back: conv(x) + ramp flipped
+    from competition.data import normalize
+    with torch.no_grad():
+        f = model.conv(normalize(images))
+        r = model.ramp
+        expected = (torch.sigmoid(f + r) + torch.sigmoid(f + r.flip(-1))
+                    + torch.sigmoid(f + r.flip(-2)) + torch.sigmoid(f + r.flip(-2, -1))) / 4
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # an equivariant model gives the same probabilities with or without TTA
+    model.ramp.zero_()
+    torch.testing.assert_close(infer.probabilities(ens, images, views, None),
+                               infer.probabilities(ens, images, ("none",), None),
+                               rtol=0, atol=1e-6)
+
+
+class Constant(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits).view(1, 4, 1, 1)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), 4, *x.shape[-2:])
+
+
+def test_ensemble_averages_probabilities_not_logits():
+    images = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    ens = infer.Ensemble([Constant([0.0, 2.0, -1.0, 4.0]), Constant([2.0, 2.0, 1.0, -4.0])],
+                         [config(), config(channels_last=True)], ["a", "b"])
+    got = infer.probabilities(ens, images, ("none", "hflip"), None)[0, :, 0, 0]
+    s = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    expected = [(s(0) + s(2)) / 2, s(2), (s(-1) + s(1)) / 2, (s(4) + s(-4)) / 2]
+    assert got.tolist() == pytest.approx(expected, abs=1e-7)
+
+
+def test_checkpoint_paths_glob_and_list(tmp_path):
+    for k in (1, 0):
+        (tmp_path / f"fold{k}").mkdir()
+        (tmp_path / f"fold{k}" / "best.pt").write_bytes(b"x")
+    found = infer.checkpoint_paths(str(tmp_path / "fold*" / "best.pt"))
+    assert [p.parent.name for p in found] == ["fold0", "fold1"]
+    assert len(infer.checkpoint_paths(f"{found[0]},{found[1]}")) == 2
+    with pytest.raises(InputError, match="fold7.*no such checkpoint"):
+        infer.checkpoint_paths(str(tmp_path / "fold7" / "best.pt"))
+
+
+def test_load_ensemble_refuses_mixed_architectures_and_class_counts(tmp_path):
+    a = random_checkpoint(tmp_path / "a.pt")
+    b = random_checkpoint(tmp_path / "b.pt", arch="fpn")
+    ens = infer.load_ensemble([a, a], torch.device("cpu"))
+    assert len(ens.models) == 2 and not ens.models[0].training
+    with pytest.raises(InputError, match="b.pt: fpn/resnet18 differs from .*a.pt: "
+                                         "deeplabv3/resnet18"):
+        infer.load_ensemble([a, b], torch.device("cpu"))
+    from competition import checkpoint
+    state = checkpoint.load(a)
+    state["model"]["segmentation_head.0.weight"] = torch.zeros(5, 256, 1, 1)
+    state["model"]["segmentation_head.0.bias"] = torch.zeros(5)
+    checkpoint.save(tmp_path / "five.pt", state)
+    with pytest.raises(InputError, match="five.pt: its weights do not fit deeplabv3/resnet18 "
+                                         "with 4 classes .*size mismatch"):
+        infer.load_ensemble([a, tmp_path / "five.pt"], torch.device("cpu"))
+
+
+def test_one_behind_runs_in_order_and_raises_errors():
+    done = []
+    with infer.OneBehind() as cpu:
+        for i in range(5):
+            cpu.submit(done.append, i)
+    assert done == [0, 1, 2, 3, 4]
+
+    def boom(i):
+        raise ValueError(f"bad {i}")
+    with pytest.raises(ValueError, match="bad 0"):
+        with infer.OneBehind() as cpu:
+            cpu.submit(boom, 0)

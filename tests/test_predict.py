@@ -1,0 +1,147 @@
+"""Test-set prediction: the ensemble's masks against a direct computation, the sample's
+rows and order, and bad input that must leave an existing submission untouched."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from competition import infer, rle
+from competition.errors import InputError
+from competition.labels import read_sample
+from competition.postprocess import clean
+from competition.predict import predict_test
+from competition.search import Params
+from competition.submission import validate
+from conftest import random_checkpoint
+from test_cli import one_line_error, run
+
+PARAMS = Params((0.3, 0.5, 0.6, 0.7), (0, 30, 100, 400), (0, 50, 500, 1000))
+VIEWS = ("none", "hflip", "vflip")
+
+
+@pytest.fixture(scope="module")
+def data(synthetic, tmp_path_factory):
+    """The synthetic test set cut to 4 images, its sample shuffled (the order to follow)."""
+    root = tmp_path_factory.mktemp("predict") / "data"
+    (root / "test_images").mkdir(parents=True)
+    sample = pd.read_csv(synthetic / "sample_submission.csv", keep_default_na=False)
+    ids = sorted(set(sample.ImageId))[:4]
+    for image_id in ids:
+        shutil.copy(synthetic / "test_images" / image_id, root / "test_images" / image_id)
+    rows = sample[sample.ImageId.isin(ids)].sample(frac=1.0, random_state=1)
+    rows.to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpts")
+    return [random_checkpoint(root / f"fold{k}.pt", seed=k) for k in (0, 1)]
+
+
+def test_submission_follows_the_sample_and_equals_a_direct_computation(data, ckpts, tmp_path):
+    out = tmp_path / "submission.csv"
+    frame = predict_test(data, ckpts, PARAMS, VIEWS, out, batch_size=3, workers=0)
+    sample = pd.read_csv(data / "sample_submission.csv", keep_default_na=False)
+    written = pd.read_csv(out, keep_default_na=False)
+    assert list(written.columns) == list(sample.columns)
+    assert list(zip(written.ImageId, written.ClassId)) == list(zip(sample.ImageId, sample.ClassId))
+    validate(out, data / "sample_submission.csv")
+    assert (frame.EncodedPixels != "").any()
+
+    ensemble = infer.load_ensemble(ckpts, torch.device("cpu"))
+    from competition.images import read_image
+    expected = {}
+    for image_id in set(sample.ImageId):
+        image = torch.from_numpy(read_image(data / "test_images" / image_id).transpose(2, 0, 1))
+        probs = infer.probabilities(ensemble, image[None].contiguous(), VIEWS, None)
+        masks = np.stack([(probs[0, c] > t).numpy() for c, t in enumerate(PARAMS.threshold)])
+        masks = masks.astype(np.uint8)[None]
+        clean(masks, PARAMS.min_component, PARAMS.min_area)
+        for c in range(4):
+            expected[(image_id, c + 1)] = rle.encode(masks[0, c])
+    assert dict(zip(zip(written.ImageId, written.ClassId), written.EncodedPixels)) == expected
+
+
+def test_original_layout_sample(data, ckpts, tmp_path):
+    sample = pd.read_csv(data / "sample_submission.csv", keep_default_na=False)
+    original = pd.DataFrame({"ImageId_ClassId": sample.ImageId + "_" + sample.ClassId.astype(str),
+                             "EncodedPixels": ""})
+    path = tmp_path / "sample_original.csv"
+    original.to_csv(path, index=False)
+    predict_test(data, ckpts[:1], PARAMS, ("none",), tmp_path / "s.csv", 4, 0, sample_path=path)
+    written = pd.read_csv(tmp_path / "s.csv", keep_default_na=False)
+    assert list(written.columns) == ["ImageId_ClassId", "EncodedPixels"]
+    assert written.ImageId_ClassId.tolist() == original.ImageId_ClassId.tolist()
+
+
+def bad_copy(data, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(data, bad)
+    return bad
+
+
+def test_bad_input_is_one_error_and_keeps_the_old_submission(data, ckpts, tmp_path):
+    out = tmp_path / "submission.csv"
+    out.write_text("the previous submission\n")
+
+    def fails(match, folder=data, paths=ckpts, **kw):
+        with pytest.raises(InputError, match=match):
+            predict_test(folder, paths, PARAMS, ("none",), out, 4, 0, **kw)
+        assert out.read_text() == "the previous submission\n"
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    empty = tmp_path / "empty"
+    (empty / "test_images").mkdir(parents=True)
+    fails("empty/test_images: no test images", folder=empty)
+
+    wrong = bad_copy(data, tmp_path / "w")
+    first = sorted((wrong / "test_images").iterdir())[0]
+    import cv2
+    cv2.imwrite(str(first), np.zeros((100, 200, 3), np.uint8))
+    fails(f"{first.name}: image is 200x100, expected 1600x256", folder=wrong)
+
+    missing = bad_copy(data, tmp_path / "m")
+    first = sorted((missing / "test_images").iterdir())[0]
+    first.unlink()
+    fails(f"sample_submission.csv: no image file .*{first.name} \\(1 of 4 missing\\)",
+          folder=missing)
+
+    corrupt = bad_copy(data, tmp_path / "c")
+    first = sorted((corrupt / "test_images").iterdir())[0]
+    first.write_bytes(b"not a jpeg")
+    fails(f"{first.name}: unreadable image", folder=corrupt)
+
+    fpn = random_checkpoint(tmp_path / "fpn.pt", arch="fpn")
+    fails("fpn.pt: fpn/resnet18 differs", paths=[ckpts[0], fpn])
+    fails("nope.pt: checkpoint not found", paths=[tmp_path / "nope.pt"])
+
+
+def test_cli_predict_errors_are_one_line(data, ckpts, tmp_path):
+    out = tmp_path / "submission.csv"
+    out.write_text("keep me\n")
+    pp = tmp_path / "postprocess.json"
+    pp.write_text(json.dumps({"classes": {c: {"threshold": 0.5, "min_component": 0,
+                                              "min_area": 0} for c in "123"}}))
+    result = run("predict", "--data", data, "--checkpoints", ckpts[0], "--postprocess", pp,
+                 "--out", out, "--workers", 0)
+    one_line_error(result, f"error: {pp}: needs \"classes\" with keys 1, 2, 3, 4, "
+                   "found ['1', '2', '3']")
+    assert out.read_text() == "keep me\n"
+    pp.write_text(json.dumps({"classes": {c: {"threshold": 0.5, "min_component": 0,
+                                              "min_area": 0} for c in "1234"}, "tta": ["none"]}))
+    result = run("predict", "--data", data, "--checkpoints", str(tmp_path / "fold*.pt"),
+                 "--postprocess", pp, "--out", out, "--workers", 0)
+    one_line_error(result, "no such checkpoint")
+    result = run("predict", "--data", data, "--checkpoints", ckpts[0], "--postprocess", pp,
+                 "--out", out, "--workers", 0, "--tta", "none,spin")
+    one_line_error(result, "error: --tta none,spin: unknown view 'spin'")
+    assert out.read_text() == "keep me\n"
+    result = run("predict", "--data", data, "--checkpoints", ckpts[0], "--postprocess", pp,
+                 "--out", out, "--workers", 1)
+    assert result.returncode == 0, result.stderr
+    assert "images/s" in result.stdout and "(validated)" in result.stdout
+    validate(out, data / "sample_submission.csv")

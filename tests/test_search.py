@@ -1,0 +1,170 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from competition.errors import InputError
+from competition.postprocess import grid_counts, threshold_levels
+from competition.search import class_table, pair_dice, read_params, search
+
+GRID = {"threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7],
+        "min_component": [0, 50, 100, 200, 300, 500],
+        "min_area": [0, 100, 200, 300, 400, 500, 600, 800, 1000, 2000, 2500]}
+
+
+def test_pair_dice_by_hand():
+    # (area, intersection) after components; truth areas; min area 50
+    stats = np.array([[100, 60], [40, 40], [0, 0], [30, 0], [80, 0]])
+    truth = np.array([140, 40, 0, 0, 10])
+    # kept: 2*60/(100+140)=0.5; area 40 < 50 dropped vs truth 40 -> 0; both empty -> 1;
+    # 30 < 50 dropped on an empty truth -> 1; kept 80 vs truth 10, no overlap -> 0
+    assert pair_dice(stats, truth, 50).tolist() == [0.5, 0.0, 1.0, 1.0, 0.0]
+    assert pair_dice(stats, truth, 0).tolist() == [0.5, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_class_table_equals_loops_over_the_grid():
+    rng = np.random.default_rng(0)
+    n, k, m = 37, 3, 2
+    truth = rng.integers(0, 300, n) * (rng.random(n) < 0.4)
+    area = rng.integers(0, 400, (n, k, m)) * (rng.random((n, k, m)) < 0.6)
+    inter = np.minimum(area, truth[:, None, None]) * rng.random((n, k, m))
+    stats = np.stack([area, inter.astype(int)], -1)
+    areas = [0, 50, 150, 350]
+    table = class_table(stats, truth, areas, chunk=5)  # chunks of 5: a partial last chunk
+    for ki in range(k):
+        for mi in range(m):
+            for ai, a in enumerate(areas):
+                dices = []
+                for i in range(n):
+                    p, x = stats[i, ki, mi]
+                    if p < a:
+                        p, x = 0, 0
+                    dices.append(1.0 if p + truth[i] == 0 else 2 * x / (p + truth[i]))
+                assert table[ki, mi, ai] == pytest.approx(np.mean(dices), abs=1e-12)
+
+
+def rect(h, w, y, x, dy, dx):
+    m = np.zeros((h, w), bool)
+    m[y:y + dy, x:x + dx] = True
+    return m
+
+
+def planted(h=64, w=128):
+    """Class-1 probability maps and truths whose best post-processing is (0.6, 200, 500),
+    the only setting that gets every pair right:
+    - defect images: a 40x50 defect at 0.62 with a halo at 0.52 around it (-> threshold
+      above 0.52), a second true defect of 250 px at 0.62 (-> min component <= 250), and
+      false specks of 100 and 160 px at 0.9 (-> min component > 160);
+    - a small-defect image: one true defect of 520 px at 0.62 (-> min area <= 520);
+    - empty images: a 5000 px blob at 0.58 (-> threshold >= 0.58), and lone false blobs of
+      220 and 450 px at 0.9 (-> min area > 450; a min component above 220 would also cost
+      the 250 px true defect)."""
+    probs, truth = [], []
+
+    def add(parts):
+        p = np.zeros((4, h, w), np.float32)
+        t = np.zeros((4, h, w), np.uint8)
+        for mask, value, true in parts:
+            p[0][mask] = value
+            t[0][mask] |= true
+        probs.append(p)
+        truth.append(t)
+
+    big = rect(h, w, 10, 10, 40, 50)
+    halo = rect(h, w, 8, 8, 44, 54) & ~big
+    for _ in range(3):
+        add([(halo, 0.52, 0), (big, 0.62, 1), (rect(h, w, 10, 70, 10, 25), 0.62, 1),
+             (rect(h, w, 54, 70, 10, 10), 0.9, 0), (rect(h, w, 30, 100, 10, 16), 0.9, 0)])
+    add([(rect(h, w, 5, 5, 20, 26), 0.62, 1)])
+    add([(rect(h, w, 0, 0, 50, 100), 0.58, 0)])
+    add([(rect(h, w, 3, 3, 10, 22), 0.9, 0)])
+    add([(rect(h, w, 20, 40, 15, 30), 0.9, 0)])
+    add([])
+    probs, truth = torch.from_numpy(np.stack(probs)), np.stack(truth)
+    levels = threshold_levels(probs, GRID["threshold"]).numpy()
+    stats = grid_counts(levels, truth, len(GRID["threshold"]), GRID["min_component"])
+    return stats, truth.sum(axis=(2, 3))
+
+
+def test_search_finds_the_planted_optimum():
+    stats, truth = planted()
+    assert truth[:3, 0].tolist() == [2250] * 3 and truth[3, 0] == 520
+    result, tables = search(stats, truth, np.zeros(len(truth), int), GRID)
+    chosen = result["classes"]["1"]
+    assert (chosen["threshold"], chosen["min_component"], chosen["min_area"]) == (0.6, 200, 500)
+    assert chosen["oof_dice"] == 1.0
+    assert (tables["1"] == 1.0).sum() == 1, "the planted setting is the only perfect one"
+    # the raw setting (0.5, nothing removed) keeps the halo (44*54 - 2000 = 376 px) and
+    # the specks (260 px) on the 3 defect images, and the blobs of 3 of the 4 empty images
+    defect = 2 * 2250 / (2250 + 376 + 260 + 2250)
+    assert chosen["raw_dice"] == pytest.approx((3 * defect + 1 + 0 + 0 + 0 + 1) / 8)
+    assert chosen["all_empty"] == pytest.approx(4 / 8)
+    # classes 2..4 are empty everywhere: every setting ties at 1, the first is chosen
+    assert result["classes"]["2"]["oof_dice"] == 1.0
+    assert result["classes"]["2"]["threshold"] == 0.3
+    assert result["oof_mean_dice"] == 1.0
+    assert result["all_empty_baseline"] == pytest.approx((4 / 8 + 3) / 4)
+
+
+def test_search_reports_folds_and_means_from_the_pairs():
+    # without a min-area step the best is to drop components under 500 px: the 220 and
+    # 450 px false blobs go, and so does the 250 px true defect of the 3 defect images
+    stats, truth = planted()
+    folds = np.array([0, 1, 0, 1, 0, 1, 0, 2])
+    result, _ = search(stats, truth, folds, dict(GRID, min_area=[0]))
+    chosen = result["classes"]["1"]
+    assert (chosen["threshold"], chosen["min_component"], chosen["min_area"]) == (0.6, 500, 0)
+    lost = 2 * 2000 / (2000 + 2250)
+    class1 = np.array([lost, lost, lost, 1, 1, 1, 1, 1])
+    assert chosen["oof_dice"] == pytest.approx(class1.mean())
+    for f, images in (("0", [0, 2, 4, 6]), ("1", [1, 3, 5]), ("2", [7])):
+        assert result["folds"][f]["images"] == len(images)
+        assert result["folds"][f]["mean_dice"] == pytest.approx((class1[images].mean() + 3) / 4)
+    assert result["images"] == 8
+    assert result["oof_mean_dice"] == pytest.approx((class1.mean() + 3) / 4)
+    assert result["raw_mean_dice"] == pytest.approx(
+        np.mean([result["classes"][c]["raw_dice"] for c in "1234"]))
+
+
+def write(tmp_path, spec):
+    path = tmp_path / "postprocess.json"
+    path.write_text(json.dumps(spec) if not isinstance(spec, str) else spec)
+    return path
+
+
+def good_spec():
+    return {"classes": {c: {"threshold": 0.5, "min_component": 150, "min_area": a}
+                        for c, a in zip("1234", (600, 600, 900, 2000))},
+            "tta": ["none", "hflip"]}
+
+
+def test_read_params_round_trip(tmp_path):
+    params = read_params(write(tmp_path, good_spec()))
+    assert params.threshold == (0.5,) * 4
+    assert params.min_component == (150,) * 4
+    assert params.min_area == (600, 600, 900, 2000)
+    assert params.tta == ("none", "hflip")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["classes"].pop("4"), "keys 1, 2, 3, 4"),
+    (lambda s: s["classes"]["2"].update(threshold=1.5), "classes.2.threshold is 1.5"),
+    (lambda s: s["classes"]["3"].update(threshold="0.5"), "classes.3.threshold is '0.5'"),
+    (lambda s: s["classes"]["1"].update(min_area=-1), "classes.1.min_area is -1"),
+    (lambda s: s["classes"]["4"].update(min_component=10.5), "classes.4.min_component is 10.5"),
+    (lambda s: s["classes"]["4"].pop("min_area"), "classes.4.min_area is None"),
+    (lambda s: s.pop("classes"), "needs \"classes\""),
+])
+def test_read_params_rejects_bad_files(tmp_path, change, message):
+    spec = good_spec()
+    change(spec)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        read_params(write(tmp_path, spec))
+
+
+def test_read_params_names_missing_and_broken_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_params(tmp_path / "nope.json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_params(write(tmp_path, "{\"classes\": "))

@@ -229,7 +229,6 @@ def bench_predict(args) -> None:
     and RLE encoding of a test set's masks on one core."""
     import torch
 
-    from competition.bench_postprocess import bench_postprocess
     from competition.config import build_config
     from competition.infer import Ensemble
     from competition.predict import device, encode
@@ -243,8 +242,7 @@ def bench_predict(args) -> None:
     config = build_config(args.config, encoder_weights="none")
     params = Params((0.5,) * 4, (150,) * 4, (600, 600, 900, 2000))
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"bench predict: {config.arch} {config.encoder} (output stride "
-          f"{config.output_stride or 'default'}), {n} images of 256x1600, batch "
+    print(f"bench predict: preset {args.config} ({config.arch} {config.encoder}), {n} images of 256x1600, batch "
           f"{args.batch_size}, {args.workers} workers, on {name}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -258,7 +256,7 @@ def bench_predict(args) -> None:
                  ("none", "hflip", "vflip"))]
         warm = ids[:args.batch_size * 2]
         print(f"{'ensemble':<36} {'images/s':>9} {'forward/s':>10} {'seconds':>8} "
-              f"{'x 5,506 images':>15}")
+              f"{'s per 5,506':>12}")
         for label, ensemble, views in rows:
             encode(ensemble, folder / "test_images", warm, params, views, dev, args.batch_size,
                    args.workers, "warm-up", {})
@@ -272,9 +270,15 @@ def bench_predict(args) -> None:
             seconds = time.perf_counter() - start
             forwards = n * len(ensemble.models) * len(views)
             print(f"{label:<36} {n / seconds:9.1f} {forwards / seconds:10.1f} {seconds:8.1f} "
-                  f"{5506 * seconds / n:14.1f}s")
-    bench_postprocess(masks=args.masks_pp, seed=args.seed)
+                  f"{5506 * seconds / n:12.1f}")
+    bench_postprocess(args)
+
+
+def bench_postprocess(args) -> None:
+    from competition.bench_postprocess import bench_postprocess as run
+
+    run(masks=args.masks_pp, seed=args.seed)
 
 
 BENCHES = {"rle": bench_rle, "score": bench_score, "train": bench_train,
-           "predict": bench_predict}
+           "predict": bench_predict, "postprocess": bench_postprocess}

@@ -6,7 +6,7 @@ classes (22,024 masks): remove small components, apply the min-area rule, encode
 (cv2.connectedComponents, a Python loop over components, the numpy mask2rle), side by side
 in one run, on the same realistic masks and per-class parameters (1st place's).
 
-Run: python -m competition.bench_postprocess
+Run: python -m competition bench postprocess (also the last part of `bench predict`)
 """
 from __future__ import annotations
 
@@ -128,6 +128,3 @@ def bench_postprocess(masks: int = 22024, seed: int = 0, pool: int = 512, batch:
     print(f"ratio {result['ratio']:.1f}x")
     return result
 
-
-if __name__ == "__main__":
-    bench_postprocess()

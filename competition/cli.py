@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("bench", help="benchmarks, measured side by side in one run")
-    p.add_argument("what", choices=["rle", "score", "train", "predict"])
+    p.add_argument("what", choices=["rle", "score", "train", "predict", "postprocess"])
     p.add_argument("--masks", type=int, default=200, help="rle: number of benchmark masks")
     p.add_argument("--repeat", type=int, default=5, help="rle: timing rounds (best is kept)")
     p.add_argument("--images", type=int, default=None,
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="predict: loader processes decoding JPEGs")
     p.add_argument("--masks-pp", type=int, default=22024,
-                   help="predict: masks post-processed and encoded on one core")
+                   help="predict, postprocess: masks post-processed and encoded on one core")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="deeplabv3_r34", help="train: preset to measure")
     p.add_argument("--batch-size", type=int, default=None,

@@ -107,7 +107,7 @@ def batches(ensemble: Ensemble, loader, views: tuple[str, ...], device: torch.de
         images = item[0].to(device, non_blocking=True)
         yield item, probabilities(ensemble, images, views, dtype)
         seen += len(images)
-        bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.1f}")
+        bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.1f}", refresh=False)
 
 
 class OneBehind:

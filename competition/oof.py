@@ -128,7 +128,15 @@ def run(data: Path, runs: Path, folds_csv: Path, folds: list[int], views, batch_
     for k, val_ids, ckpt in zip(folds, splits, ckpts):
         fold_stats(data, val_ids, encoded, ckpt, views, runs / f"fold{k}" / "oof", device,
                    batch_size, workers, desc=f"oof fold {k}")
-        print(f"fold {k}: {len(val_ids)} validation images -> {runs / f'fold{k}' / 'oof'}")
+        print(f"fold {k}: {len(val_ids)} validation images -> {runs / f'fold{k}' / 'oof'}; "
+              f"peak memory of this process so far {peak_rss_mib():.0f} MiB")
+
+
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process (not its loader workers), in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_stats(runs: Path, folds: list[int]) -> dict:

@@ -58,9 +58,10 @@ def search(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict) 
     """stats (N, 4, K, M, 2), truth areas (N, 4), fold of each image (N,), grid
     {"threshold": K, "min_component": M, "min_area": A values} -> (result, tables).
 
-    result: per class the chosen values (the first maximum in grid order: lowest threshold,
-    then smallest component and area), their OOF Dice, the raw Dice (threshold 0.5 alone)
-    and the all-empty Dice; the means; per-fold Dice. tables: {"1": (K, M, A) mean Dice}."""
+    result: per class the chosen values, their OOF Dice (ties go to the most cautious
+    setting: the highest threshold, then the largest min_component and min_area, which
+    predict the fewest false positives on unseen images; a class the model never finds
+    ties everywhere), the raw Dice (threshold 0.5 alone) and the all-empty Dice; the means; per-fold Dice. tables: {"1": (K, M, A) mean Dice}."""
     thresholds, components, areas = (list(grid[key]) for key in
                                       ("threshold", "min_component", "min_area"))
     raw = (thresholds.index(RAW[0]) if RAW[0] in thresholds else None,
@@ -68,7 +69,8 @@ def search(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict) 
     classes, tables, chosen_dice = {}, {}, []
     for c, class_id in enumerate(CLASSES):
         table = class_table(stats[:, c], truth[:, c], areas)
-        k, m, a = np.unravel_index(int(np.argmax(table)), table.shape)
+        last_max = table.size - 1 - int(np.argmax(table.ravel()[::-1]))
+        k, m, a = np.unravel_index(last_max, table.shape)
         tables[str(class_id)] = table
         dice = pair_dice(np.asarray(stats[:, c, k, m], np.int64), truth[:, c], areas[a])
         chosen_dice.append(dice)

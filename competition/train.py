@@ -136,7 +136,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, loader, c
         seen += len(images)
         rate = seen * rt.world / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
-                        img_s=f"{rate:.1f}")
+                        img_s=f"{rate:.1f}", refresh=False)
     seconds = time.perf_counter() - start
     return {"loss": total / max(seen, 1), "images": seen * rt.world, "seconds": seconds}
 

@@ -19,7 +19,8 @@ def run(*args, cwd=ROOT):
 def test_help_lists_the_stages():
     out = run("--help")
     assert out.returncode == 0
-    for stage in ("synth", "folds", "check", "baseline", "validate", "score", "train", "bench"):
+    for stage in ("synth", "folds", "check", "baseline", "validate", "score", "train", "oof",
+                  "search", "predict", "bench"):
         assert stage in out.stdout
 
 
@@ -115,3 +116,15 @@ def test_benches_run_small():
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith(("tuned", "seed"))]
     assert len(rows) == 3 and rows[1].split()[-2] == "1.00"  # ratios are to the seed-style loop
+    out = run("bench", "predict", "--config", "demo_cpu", "--images", "2", "--folds", "2",
+              "--batch-size", "1", "--workers", "0", "--masks-pp", "16")
+    assert out.returncode == 0, out.stderr
+    assert "one model, one view" in out.stdout and "2 folds x 3 views" in out.stdout
+    assert "16 masks of 256x1600" in out.stdout and "ratio" in out.stdout
+
+
+def test_tta_help_names_every_view():
+    from competition.cli import TTA_HELP
+    from competition.infer import TTA
+
+    assert TTA_HELP == ", ".join(TTA)

@@ -100,9 +100,10 @@ def test_search_finds_the_planted_optimum():
     defect = 2 * 2250 / (2250 + 376 + 260 + 2250)
     assert chosen["raw_dice"] == pytest.approx((3 * defect + 1 + 0 + 0 + 0 + 1) / 8)
     assert chosen["all_empty"] == pytest.approx(4 / 8)
-    # classes 2..4 are empty everywhere: every setting ties at 1, the first is chosen
+    # classes 2..4 are empty everywhere: every setting ties at 1; the most cautious wins
     assert result["classes"]["2"]["oof_dice"] == 1.0
-    assert result["classes"]["2"]["threshold"] == 0.3
+    assert [result["classes"]["2"][key] for key in ("threshold", "min_component",
+                                                     "min_area")] == [0.7, 500, 2500]
     assert result["oof_mean_dice"] == 1.0
     assert result["all_empty_baseline"] == pytest.approx((4 / 8 + 3) / 4)
 

@@ -181,6 +181,11 @@ def cmd_predict(args) -> None:
     from competition.search import read_params
 
     params = read_params(args.postprocess)
+    if params.tta:
+        try:
+            parse_tta(list(params.tta))
+        except InputError as e:
+            raise InputError(f"{args.postprocess}: \"tta\": {str(e).split(': ', 1)[1]}") from None
     views = parse_tta(args.tta or params.tta or "none,hflip,vflip")
     if params.tta and tuple(views) != params.tta:
         print(f"warning: TTA {','.join(views)} differs from {','.join(params.tta)}, the views "

@@ -230,8 +230,8 @@ def bench_predict(args) -> None:
     import torch
 
     from competition.config import build_config
-    from competition.infer import Ensemble
-    from competition.predict import device, encode
+    from competition.infer import Ensemble, device
+    from competition.predict import encode
     from competition.search import Params
     from competition.synth import make_split
     from competition.train import make_model

@@ -126,13 +126,20 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def fold_args(args) -> tuple[Path, Path, list[int]]:
+    """--runs, --folds-csv (default RUNS/folds.csv), --folds (default: all of folds.csv)."""
+    from competition.oof import parse_folds
+
+    runs = Path(args.runs)
+    folds_csv = Path(args.folds_csv or runs / "folds.csv")
+    return runs, folds_csv, parse_folds(args.folds, folds_csv)
+
+
 def cmd_oof(args) -> None:
     from competition import oof
     from competition.infer import parse_tta
 
-    runs = Path(args.runs)
-    folds_csv = Path(args.folds_csv or runs / "folds.csv")
-    folds = oof.parse_folds(args.folds, folds_csv)
+    runs, folds_csv, folds = fold_args(args)
     views, data, out = parse_tta(args.tta), Path(args.data), Path(args.out)
     oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers)
     result = oof.tune(runs, folds, out, args.min_areas, data)
@@ -156,8 +163,7 @@ def cmd_oof(args) -> None:
 def cmd_search(args) -> None:
     from competition import oof
 
-    runs = Path(args.runs)
-    folds = oof.parse_folds(args.folds, Path(args.folds_csv or runs / "folds.csv"))
+    runs, _, folds = fold_args(args)
     data = Path(args.data) if args.data else None
     print_search(oof.tune(runs, folds, Path(args.out), args.min_areas, data), Path(args.out))
 
@@ -192,13 +198,9 @@ def cmd_predict(args) -> None:
               f"{args.postprocess} was tuned with", file=sys.stderr)
     data = Path(args.data)
     if args.oof:
-        from competition.oof import parse_folds
-
-        runs = Path(args.runs)
-        folds_csv = Path(args.folds_csv or runs / "folds.csv")
         out = Path(args.out or "submissions/oof.csv")
-        frame = predict.predict_oof(data, runs, folds_csv, parse_folds(args.folds, folds_csv),
-                                    params, views, out, args.batch_size, args.workers)
+        frame = predict.predict_oof(data, *fold_args(args), params, views, out,
+                                    args.batch_size, args.workers)
     else:
         out = Path(args.out or "submissions/submission.csv")
         frame = predict.predict_test(data, checkpoint_paths(args.checkpoints), params, views,

@@ -23,6 +23,11 @@ from competition.progress import progress
 TTA = {"none": (), "hflip": (3,), "vflip": (2,), "hvflip": (2, 3)}
 
 
+def device() -> torch.device:
+    """The first GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def parse_tta(text: str | list) -> tuple[str, ...]:
     """'none,hflip' -> ('none', 'hflip'); an unknown or repeated view is an InputError."""
     views = tuple(v.strip() for v in text.split(",")) if isinstance(text, str) else tuple(text)

@@ -23,7 +23,7 @@ from competition import data as data_lib
 from competition.errors import InputError
 from competition.files import atomic_dir, write_json
 from competition.images import read_image
-from competition.infer import OneBehind, batches, load_ensemble
+from competition.infer import OneBehind, batches, device, load_ensemble
 from competition.labels import CLASSES, by_image, load_train, masks
 from competition.postprocess import clean, grid_counts, threshold_levels
 from competition.search import MIN_AREAS, MIN_COMPONENTS, THRESHOLDS, search
@@ -113,20 +113,25 @@ def parse_folds(text: str | None, folds_csv: Path) -> list[int]:
         raise InputError(f"--folds {text}: expected comma-separated fold numbers, e.g. 0,1,2") from None
 
 
-def run(data: Path, runs: Path, folds_csv: Path, folds: list[int], views, batch_size: int,
-        workers: int) -> None:
-    """OOF statistics of every fold in `folds` into runs/fold<k>/oof/."""
-    image_ids, labels = load_train(data)
-    encoded = by_image(labels)
+def fold_runs(runs: Path, folds_csv: Path, folds: list[int],
+              image_ids: list[str]) -> list[tuple[int, list[str], Path]]:
+    """(fold, its validation ImageIds, runs/fold<k>/best.pt) of each fold; every checkpoint
+    must exist (checked before any is loaded)."""
     ckpts = [runs / f"fold{k}" / "best.pt" for k in folds]
     missing = [str(p) for p in ckpts if not p.is_file()]
     if missing:
         raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} of {len(ckpts)} "
                          "folds missing); train it with `bash run.sh fold<K>` or pass --folds")
-    splits = [split(folds_csv, k, image_ids)[1] for k in folds]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for k, val_ids, ckpt in zip(folds, splits, ckpts):
-        fold_stats(data, val_ids, encoded, ckpt, views, runs / f"fold{k}" / "oof", device,
+    return [(k, split(folds_csv, k, image_ids)[1], ckpt) for k, ckpt in zip(folds, ckpts)]
+
+
+def run(data: Path, runs: Path, folds_csv: Path, folds: list[int], views, batch_size: int,
+        workers: int) -> None:
+    """OOF statistics of every fold in `folds` into runs/fold<k>/oof/."""
+    image_ids, labels = load_train(data)
+    encoded = by_image(labels)
+    for k, val_ids, ckpt in fold_runs(runs, folds_csv, folds, image_ids):
+        fold_stats(data, val_ids, encoded, ckpt, views, runs / f"fold{k}" / "oof", device(),
                    batch_size, workers, desc=f"oof fold {k}")
         print(f"fold {k}: {len(val_ids)} validation images -> {runs / f'fold{k}' / 'oof'}; "
               f"peak memory of this process so far {peak_rss_mib():.0f} MiB")

@@ -17,15 +17,11 @@ import torch
 from competition import data as data_lib, submission
 from competition.errors import InputError
 from competition.images import check_image, list_images
-from competition.infer import OneBehind, batches, load_ensemble
+from competition.infer import OneBehind, batches, device, load_ensemble
 from competition.labels import CLASSES, CURRENT, Sample, load_train, read_sample
 from competition.postprocess import clean, encode_masks
 from competition.search import Params
-from competition.train import amp_dtype, split
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from competition.train import amp_dtype
 
 
 def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, dev,
@@ -96,18 +92,18 @@ def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out
 def predict_oof(data: Path, runs: Path, folds_csv: Path, folds: list[int], params: Params,
                 views, out: Path, batch_size: int, workers: int) -> pd.DataFrame:
     """Each fold's validation images predicted by runs/fold<k>/best.pt alone."""
+    from competition.oof import fold_runs
+
     image_ids, _ = load_train(data)
-    ckpts = [runs / f"fold{k}" / "best.pt" for k in folds]
-    splits = [split(folds_csv, k, image_ids)[1] for k in folds]
+    todo = fold_runs(runs, folds_csv, folds, image_ids)
     dev = device()
-    ensembles = [load_ensemble([p], dev) for p in ckpts]
+    ensembles = [load_ensemble([ckpt], dev) for _, _, ckpt in todo]
     encoded: dict = {}
     start = time.perf_counter()
-    for k, val_ids, ensemble in zip(folds, splits, ensembles):
+    for (k, val_ids, _), ensemble in zip(todo, ensembles):
         encode(ensemble, data / "train_images", val_ids, params, views, dev, batch_size,
                workers, f"oof fold {k}", encoded)
-    n = sum(map(len, splits))
-    report_rate(n, 1, views, time.perf_counter() - start)
-    pairs = pd.DataFrame([(i, c) for ids in splits for i in ids for c in CLASSES],
+    report_rate(sum(len(ids) for _, ids, _ in todo), 1, views, time.perf_counter() - start)
+    pairs = pd.DataFrame([(i, c) for _, ids, _ in todo for i in ids for c in CLASSES],
                          columns=["ImageId", "ClassId"])
     return submission.write(out, Sample(CURRENT, "current", pairs), encoded)

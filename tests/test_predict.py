@@ -10,7 +10,6 @@ import torch
 
 from competition import infer, rle
 from competition.errors import InputError
-from competition.labels import read_sample
 from competition.postprocess import clean
 from competition.predict import predict_test
 from competition.search import Params

@@ -239,31 +239,32 @@ def bench_predict(args) -> None:
     dev = device()
     cuda = dev.type == "cuda"
     n = args.images or (5506 if cuda else 8)
+    batch = args.batch_size or 8
     config = build_config(args.config, encoder_weights="none")
     params = Params((0.5,) * 4, (150,) * 4, (600, 600, 900, 2000))
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"bench predict: preset {args.config} ({config.arch} {config.encoder}), {n} images of 256x1600, batch "
-          f"{args.batch_size}, {args.workers} workers, on {name}")
+    print(f"bench predict: preset {args.config} ({config.arch} {config.encoder}), {n} images "
+          f"of 256x1600, batch {batch}, {args.workers} workers, on {name}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_split(folder, "test", min(n, 256), args.seed, workers=max(args.workers, 1))
         distinct = sorted(p.name for p in (folder / "test_images").iterdir())
         ids = [distinct[i % len(distinct)] for i in range(n)]  # cycled: files in page cache
         models = [make_model(config, dev, encoder_weights="none").eval() for _ in range(args.folds)]
-        rows = [("one model, one view", Ensemble(models[:1], [config], ["m0"]), ("none",)),
+        rows = [("one model, one view", Ensemble(models[:1], [config]), ("none",)),
                 (f"{args.folds} folds x 3 views (none,hflip,vflip)",
-                 Ensemble(models, [config] * args.folds, list(range(args.folds))),
+                 Ensemble(models, [config] * args.folds),
                  ("none", "hflip", "vflip"))]
-        warm = ids[:args.batch_size * 2]
+        warm = ids[:batch * 2]
         print(f"{'ensemble':<36} {'images/s':>9} {'forward/s':>10} {'seconds':>8} "
               f"{'s per 5,506':>12}")
         for label, ensemble, views in rows:
-            encode(ensemble, folder / "test_images", warm, params, views, dev, args.batch_size,
+            encode(ensemble, folder / "test_images", warm, params, views, dev, batch,
                    args.workers, "warm-up", {})
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            encode(ensemble, folder / "test_images", ids, params, views, dev, args.batch_size,
+            encode(ensemble, folder / "test_images", ids, params, views, dev, batch,
                    args.workers, label, {})
             if cuda:
                 torch.cuda.synchronize()

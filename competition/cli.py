@@ -188,10 +188,7 @@ def cmd_predict(args) -> None:
 
     params = read_params(args.postprocess)
     if params.tta:
-        try:
-            parse_tta(list(params.tta))
-        except InputError as e:
-            raise InputError(f"{args.postprocess}: \"tta\": {str(e).split(': ', 1)[1]}") from None
+        parse_tta(params.tta, source=f"{args.postprocess}: \"tta\"")
     views = parse_tta(args.tta or params.tta or "none,hflip,vflip")
     if params.tta and tuple(views) != params.tta:
         print(f"warning: TTA {','.join(views)} differs from {','.join(params.tta)}, the views "
@@ -249,8 +246,6 @@ def tuple_of(parse):
 def cmd_bench(args) -> None:
     from competition import bench
 
-    if args.what == "predict":
-        args.batch_size = args.batch_size or 8
     bench.BENCHES[args.what](args)
 
 

@@ -28,15 +28,17 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def parse_tta(text: str | list) -> tuple[str, ...]:
-    """'none,hflip' -> ('none', 'hflip'); an unknown or repeated view is an InputError."""
+def parse_tta(text: str | list, source: str = "--tta") -> tuple[str, ...]:
+    """'none,hflip' -> ('none', 'hflip'); an unknown or repeated view is an InputError whose
+    message starts with `source` (the option, or the file the views came from)."""
     views = tuple(v.strip() for v in text.split(",")) if isinstance(text, str) else tuple(text)
     unknown = [v for v in views if v not in TTA]
     if unknown or not views:
-        raise InputError(f"--tta {','.join(views)}: unknown view {unknown[0] if unknown else ''!r}; "
-                         f"valid: {', '.join(TTA)} (comma-separated)")
+        raise InputError(f"{source} {','.join(views)}: unknown view "
+                         f"{unknown[0] if unknown else ''!r}; valid: {', '.join(TTA)} "
+                         "(comma-separated)")
     if len(set(views)) != len(views):
-        raise InputError(f"--tta {','.join(views)}: a view is repeated")
+        raise InputError(f"{source} {','.join(views)}: a view is repeated")
     return views
 
 
@@ -46,10 +48,9 @@ def flip(x: torch.Tensor, view: str) -> torch.Tensor:
 
 @dataclass
 class Ensemble:
-    """Models of one architecture, in eval mode on one device, and where they came from."""
+    """Models of one architecture, in eval mode on one device, with their configs."""
     models: list
     configs: list
-    paths: list
 
 
 def checkpoint_paths(pattern: str) -> list[Path]:
@@ -78,7 +79,7 @@ def load_ensemble(paths: list[Path], device: torch.device) -> Ensemble:
             model = model.to(memory_format=torch.channels_last)
         models.append(model)
         configs.append(config)
-    return Ensemble(models, configs, list(paths))
+    return Ensemble(models, configs)
 
 
 @torch.no_grad()

@@ -146,7 +146,7 @@ def peak_rss_mib() -> float:
 
 def load_stats(runs: Path, folds: list[int]) -> dict:
     """The OOF files of `folds`, concatenated: stats (N, 4, K, M, 2), truth (N, 4), fold (N,),
-    image_ids, and each fold's meta. Folds scored on another grid or TTA are an error."""
+    and each fold's meta. Folds scored on another grid or TTA are an error."""
     parts = []
     for k in folds:
         folder = runs / f"fold{k}" / "oof"
@@ -166,7 +166,6 @@ def load_stats(runs: Path, folds: list[int]) -> dict:
         "stats": np.concatenate([p[2] for p in parts]),
         "truth": np.concatenate([p[3] for p in parts]),
         "fold": np.concatenate([np.full(len(p[3]), p[0]) for p in parts]),
-        "image_ids": [i for p in parts for i in p[1]["image_ids"]],
         "metas": {p[0]: p[1] for p in parts},
     }
 

@@ -41,7 +41,7 @@ def test_flips_are_undone_before_averaging():
     h, w = 8, 12
     model = Ramp(h, w).eval()
     images = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8)
-    ens = infer.Ensemble([model], [config()], ["ramp"])
+    ens = infer.Ensemble([model], [config()])
     views = ("none", "hflip", "vflip", "hvflip")
     got = infer.probabilities(ens, images, views, None)
     # by hand: the view's image flipped, its logits flipped back: conv(x) + ramp flipped
@@ -71,7 +71,7 @@ class Constant(torch.nn.Module):
 def test_ensemble_averages_probabilities_not_logits():
     images = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
     ens = infer.Ensemble([Constant([0.0, 2.0, -1.0, 4.0]), Constant([2.0, 2.0, 1.0, -4.0])],
-                         [config(), config(channels_last=True)], ["a", "b"])
+                         [config(), config(channels_last=True)])
     got = infer.probabilities(ens, images, ("none", "hflip"), None)[0, :, 0, 0]
     s = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     expected = [(s(0) + s(2)) / 2, s(2), (s(-1) + s(1)) / 2, (s(4) + s(-4)) / 2]

@@ -140,7 +140,7 @@ def test_cli_predict_errors_are_one_line(data, ckpts, tmp_path):
     bad_tta.write_text(json.dumps(dict(spec, tta=["none", "rot90"])))
     result = run("predict", "--data", data, "--checkpoints", ckpts[0], "--postprocess", bad_tta,
                  "--out", out, "--workers", 0)
-    one_line_error(result, f"error: {bad_tta}: \"tta\": unknown view 'rot90'")
+    one_line_error(result, f"error: {bad_tta}: \"tta\" none,rot90: unknown view 'rot90'")
     result = run("predict", "--data", data, "--checkpoints", ckpts[0], "--postprocess", pp,
                  "--out", out, "--workers", 0, "--tta", "none,spin")
     one_line_error(result, "error: --tta none,spin: unknown view 'spin'")

@@ -243,6 +243,24 @@ def tuple_of(parse):
     return parse_tuple
 
 
+def cmd_kernel(args) -> None:
+    from competition import kernel
+    from competition.infer import checkpoint_paths
+
+    out = Path(args.out)
+    wheels = [w.strip() for w in args.wheels.split(",") if w.strip()]
+    sizes = kernel.build(args.owner, checkpoint_paths(args.checkpoints), Path(args.postprocess),
+                         out, args.name, wheels,
+                         Path(args.wheelhouse) if args.wheelhouse else None)
+    for kind, (folder, size) in sizes.items():
+        files = sorted(p.name for p in folder.iterdir())
+        print(f"{folder}: {size / 2**20:.1f} MiB: {', '.join(files)}")
+    if args.push:
+        kernel.push(out, args.wait)
+    else:
+        print(f"upload: python -m competition kernel ... --push, or by hand: {kernel.by_hand(out)}")
+
+
 def cmd_bench(args) -> None:
     from competition import bench
 
@@ -356,6 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "with its own model (train layout, for `score --truth train.csv`)")
     fold_options(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("kernel", help="Kaggle bundle: weights and code datasets, offline "
+                       "inference kernel (--push uploads them)")
+    p.add_argument("--owner", required=True, help="your Kaggle user name (owns the datasets)")
+    p.add_argument("--checkpoints", default="folds/fold*/best.pt",
+                   help="glob or comma-separated checkpoint files averaged")
+    p.add_argument("--postprocess", default="submissions/postprocess.json")
+    p.add_argument("--out", default="kaggle", help="folder of weights/, code/ and kernel/")
+    p.add_argument("--name", default="severstal-deeplabv3",
+                   help="slug prefix: NAME-weights, NAME-code, NAME-inference")
+    p.add_argument("--wheels", default="segmentation-models-pytorch,timm",
+                   help="comma-separated packages for the code dataset (pinned to the "
+                   "versions installed here unless a spec gives one; '' for none)")
+    p.add_argument("--wheelhouse", default=None,
+                   help="take those wheels from this folder instead of the package index")
+    p.add_argument("--push", action="store_true",
+                   help="upload with the kaggle CLI (datasets create/version, kernels push)")
+    p.add_argument("--wait", type=float, default=1200,
+                   help="--push: seconds to wait for Kaggle to process the datasets")
+    p.set_defaults(func=cmd_kernel)
 
     p = sub.add_parser("bench", help="benchmarks, measured side by side in one run")
     p.add_argument("what", choices=["rle", "score", "train", "predict", "postprocess"])

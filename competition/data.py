@@ -6,8 +6,8 @@ queue); `normalize` turns them into ImageNet-normalised floats on the device.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -15,12 +15,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from competition.images import read_image
 from competition.labels import masks
 
+if TYPE_CHECKING:  # imported where used: inference (and the Kaggle kernel) never loads it
+    import albumentations as A
+
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, what the encoders were trained with
 STD = (0.229, 0.224, 0.225)
 
 
 def train_transform(config) -> A.Compose:
     """Crop (biased to defects), flips, brightness/contrast. Image (H, W, 3), mask (H, W, 4)."""
+    import albumentations as A
+
     h, w, p = config.crop_height, config.crop_width, config.defect_crop_p
     crop = A.OneOf([A.CropNonEmptyMaskIfExists(h, w, p=p), A.RandomCrop(h, w, p=1.0 - p)], p=1.0)
     if p in (0.0, 1.0):  # OneOf would drop a child of probability 0

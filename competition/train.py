@@ -66,7 +66,9 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for config.amp on this device (None: full fp32)."""
     if device.type != "cuda" or amp == "off":
         return None
-    if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
+    # bf16 where the GPU has it natively (Ampere, compute 8.0, and later); Kaggle's T4 and
+    # P100 do not, and torch.cuda.is_bf16_supported() would say yes there (emulation)
+    if amp == "fp16" or (amp == "auto" and torch.cuda.get_device_capability(device) < (8, 0)):
         return torch.float16
     return torch.bfloat16
 

@@ -1,0 +1,293 @@
+"""The Kaggle submission bundle: trained folds -> two datasets and an offline kernel.
+
+`build` writes three folders under `out` (the whole of `out` is written beside it under a
+temporary name and renamed into place, so a failed build leaves the previous bundle):
+
+  weights/  fold<k>.pt (the weights inference uses, EMA where kept; no optimizer state),
+            fold<k>.config.json, postprocess.json, severstal-bundle.json (the manifest, with
+            each file's SHA-256) and dataset-metadata.json
+  code/     this package as a wheel, wheels of what the Kaggle image lacks or has in another
+            version (pip download, pure Python, pinned to the versions installed here) and
+            dataset-metadata.json
+  kernel/   <name>-inference.py (kernel_script.py with its inputs filled in) and
+            kernel-metadata.json (a GPU script with the internet off)
+
+`push` uploads them with the kaggle CLI: `datasets create` (or `version`) with `-r zip`, then
+`kernels push` once both datasets are ready.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+from competition import __version__
+from competition.errors import InputError
+from competition.files import atomic_dir
+
+COMPETITION = "severstal-steel-defect-detection"
+MANIFEST = "severstal-bundle.json"
+LICENSE = "CC0-1.0"  # the kaggle CLI's default dataset licence
+DEFAULT_WHEELS = ("segmentation-models-pytorch", "timm")  # pinned to the installed versions
+SCRIPT_TEMPLATE = Path(__file__).with_name("kernel_script.py")
+BUNDLE_LINE = re.compile(r"^BUNDLE = \{.*?\}  # filled by `competition kernel`$", re.M | re.S)
+NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def slugs(name: str) -> dict[str, str]:
+    """--name -> the weights dataset, code dataset and kernel slugs."""
+    if not NAME.match(name) or not 3 <= len(name) <= 40:
+        raise InputError(f"--name {name!r}: needs 3 to 40 lowercase letters, digits and single "
+                         "hyphens (it starts the Kaggle slugs, at most 50 characters)")
+    return {"weights": f"{name}-weights", "code": f"{name}-code", "kernel": f"{name}-inference"}
+
+
+def title(slug: str) -> str:
+    """'severstal-r34-inference' -> 'severstal r34 inference', which Kaggle slugifies back."""
+    return slug.replace("-", " ")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_names(paths: list[Path]) -> list[str]:
+    """folds/fold0/best.pt -> 'fold0' (the run folder), or model<i> when those repeat."""
+    names = [p.parent.name or p.stem for p in paths]
+    if len(set(names)) != len(names) or not all(OWNER.match(n) for n in names):
+        names = [f"model{i}" for i in range(len(paths))]
+    return names
+
+
+def write_weights(folder: Path, paths: list[Path], postprocess: Path, owner: str,
+                  slug: str) -> dict:
+    """Slim checkpoints, configs, postprocess.json and the manifest. Every slim file is
+    loaded back as the kernel will load it (same architecture, weights that fit)."""
+    import torch
+
+    from competition import checkpoint
+    from competition.infer import load_ensemble, parse_tta
+    from competition.search import read_params
+
+    params = read_params(postprocess)
+    if params.tta:
+        parse_tta(params.tta, source=f"{postprocess}: \"tta\"")
+    shutil.copyfile(postprocess, folder / "postprocess.json")
+    models = []
+    for path, name in zip(paths, model_names(paths)):
+        state = checkpoint.load(path)
+        config = checkpoint.config_of(state, path)
+        slim = {"config": state["config"], "model": state.get("ema") or state["model"],
+                "epoch": state.get("epoch"), "score": state.get("score")}
+        torch.save(slim, folder / f"{name}.pt")
+        (folder / f"{name}.config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
+        score = (state.get("score") or {}).get("mean_dice")
+        models.append({"file": f"{name}.pt", "source": str(path), "arch": config.arch,
+                       "encoder": config.encoder, "epoch": state.get("epoch"),
+                       "val_dice": score, "sha256": sha256(folder / f"{name}.pt"),
+                       "bytes": (folder / f"{name}.pt").stat().st_size})
+    load_ensemble([folder / m["file"] for m in models], torch.device("cpu"))
+    manifest = {"format": 1, "package": {"name": "competition", "version": __version__},
+                "models": models, "postprocess": "postprocess.json",
+                "tta": list(params.tta) if params.tta else None,
+                "built_with": {"python": sys.version.split()[0],
+                               **{d: metadata.version(d) for d in ("torch", *DEFAULT_WHEELS)}}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    dataset_metadata(folder, owner, slug, f"severstal weights {len(models)} models")
+    return manifest
+
+
+def dataset_metadata(folder: Path, owner: str, slug: str, name: str) -> None:
+    """dataset-metadata.json as `kaggle datasets create` reads it: id, a title of 6 to 50
+    characters and exactly one licence."""
+    meta = {"title": name[:50], "id": f"{owner}/{slug}", "licenses": [{"name": LICENSE}]}
+    (folder / "dataset-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def pinned(spec: str) -> str:
+    """'timm' -> 'timm==<the version installed here>'; a spec with a version is kept."""
+    if re.search(r"[=<>!~@]", spec):
+        return spec
+    try:
+        return f"{spec}=={metadata.version(spec)}"
+    except metadata.PackageNotFoundError:
+        raise InputError(f"--wheels {spec}: not installed here, so its version is unknown; "
+                         f"give one ({spec}==X.Y)") from None
+
+
+def pip(args: list[str], what: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [ln for ln in (done.stderr + done.stdout).splitlines()
+                 if ln.strip() and "opt/pypi" not in ln]
+        raise InputError(f"{what}: pip failed: {lines[-1] if lines else done.returncode}")
+
+
+def package_source() -> Path:
+    """The checkout this package runs from (its pyproject.toml builds the wheel)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        raise InputError(f"{root}: no pyproject.toml: run `python -m competition kernel` from "
+                         "a checkout of the pipeline")
+    return root
+
+
+def write_code(folder: Path, wheels: list[str], wheelhouse: Path | None, owner: str,
+               slug: str) -> list[str]:
+    """This package's wheel (built from a copy of its source, so no build/ is left in the
+    checkout) and the pinned extra wheels, downloaded with --no-deps."""
+    root = package_source()
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(root / "competition", src / "competition",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy(root / "pyproject.toml", src / "pyproject.toml")
+        build = ["wheel", "--no-deps", "-q", "-w", str(folder), str(src)]
+        if _has("setuptools"):  # build here, offline; else pip fetches setuptools to build
+            build.insert(1, "--no-build-isolation")
+        pip(build, "building the wheel")
+    if wheels:
+        source = (["--no-index", "--find-links", str(wheelhouse)] if wheelhouse else [])
+        pip(["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder), *source,
+             *[pinned(w) for w in wheels]], f"--wheels {','.join(wheels)}")
+    names = sorted(p.name for p in folder.glob("*.whl"))
+    for name in names:
+        if not name.endswith("-none-any.whl"):
+            print(f"warning: {name} is not pure Python: it installs on Kaggle only if Kaggle's "
+                  "Python version and platform match this machine's")
+    dataset_metadata(folder, owner, slug, "severstal code wheels")
+    return names
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def write_kernel(folder: Path, owner: str, names: dict[str, str]) -> Path:
+    """The kernel script (BUNDLE filled in) and kernel-metadata.json."""
+    template = SCRIPT_TEMPLATE.read_text()
+    bundle = {"owner": owner, "weights": names["weights"], "code": names["code"],
+              "competition": COMPETITION}
+    script, n = BUNDLE_LINE.subn(f"BUNDLE = {bundle!r}", template)
+    assert n == 1, f"{SCRIPT_TEMPLATE}: expected one BUNDLE line, found {n}"
+    code_file = f"{names['kernel']}.py"
+    (folder / code_file).write_text(script)
+    meta = {"id": f"{owner}/{names['kernel']}", "title": title(names["kernel"]),
+            "code_file": code_file, "language": "python", "kernel_type": "script",
+            "is_private": "true", "enable_gpu": "true", "enable_tpu": "false",
+            # written out: the kaggle CLI turns the internet on when this key is missing
+            "enable_internet": "false",
+            "dataset_sources": [f"{owner}/{names['weights']}", f"{owner}/{names['code']}"],
+            "competition_sources": [COMPETITION], "kernel_sources": [], "model_sources": []}
+    (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder / code_file
+
+
+def size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
+          name: str = "severstal-deeplabv3", wheels: list[str] = list(DEFAULT_WHEELS),
+          wheelhouse: Path | None = None) -> dict:
+    """Write the bundle to `out` (replacing a previous bundle, refusing any other folder).
+    Returns {folder kind: (path, bytes)} for the three folders."""
+    if not OWNER.match(owner):
+        raise InputError(f"--owner {owner!r}: not a Kaggle user name (letters, digits, - and _)")
+    names = slugs(name)
+    if out.exists() and any(out.iterdir()) and not (out / "weights" / MANIFEST).is_file():
+        raise InputError(f"{out}: exists and is not a bundle made by this command; give "
+                         "another --out (the folder is replaced as a whole)")
+    if wheelhouse is not None and not wheelhouse.is_dir():
+        raise InputError(f"--wheelhouse {wheelhouse}: no such folder")
+    with atomic_dir(out) as tmp:
+        for kind in ("weights", "code", "kernel"):
+            (tmp / kind).mkdir()
+        write_weights(tmp / "weights", checkpoints, postprocess, owner, names["weights"])
+        write_code(tmp / "code", wheels, wheelhouse, owner, names["code"])
+        write_kernel(tmp / "kernel", owner, names)
+    return {kind: (out / kind, size(out / kind)) for kind in ("weights", "code", "kernel")}
+
+
+def credentials() -> str | None:
+    """Where the kaggle CLI (2.x) would find credentials, or None: an API token, a legacy
+    key (environment or kaggle.json), or `kaggle auth login`'s cached OAuth credentials."""
+    for names in (("KAGGLE_API_TOKEN",), ("KAGGLE_USERNAME", "KAGGLE_KEY")):
+        if all(os.environ.get(n) for n in names):
+            return "/".join(names)
+    home = Path.home() / ".kaggle"
+    config = Path(os.environ.get("KAGGLE_CONFIG_DIR") or home)
+    for file in (config / "kaggle.json", Path.home() / ".config" / "kaggle" / "kaggle.json",
+                 home / "access_token", home / "access_token.txt", home / "credentials.json"):
+        if file.is_file():
+            return str(file)
+    return None
+
+
+def kaggle_cli() -> str | None:
+    return shutil.which("kaggle") or shutil.which("kaggle", path=str(Path(sys.executable).parent))
+
+
+def by_hand(out: Path) -> str:
+    return (f"kaggle datasets create -p {out / 'weights'} -r zip; kaggle datasets create -p "
+            f"{out / 'code'} -r zip; kaggle kernels push -p {out / 'kernel'}")
+
+
+def push(out: Path, wait_s: float = 1200, poll_s: float = 15, run=subprocess.run) -> None:
+    """Create (or version) both datasets, wait until Kaggle has processed them, then push the
+    kernel (which Kaggle runs at once). Anything missing is one clear InputError."""
+    cli = kaggle_cli()
+    if cli is None:
+        raise InputError(f"--push: the kaggle CLI is not installed (pip install kaggle); the "
+                         f"bundle in {out} is complete, upload it by hand: {by_hand(out)}")
+    if credentials() is None:
+        raise InputError("--push: no Kaggle credentials: run `kaggle auth login`, or generate "
+                         "an API token (kaggle.com/settings/api) and export KAGGLE_API_TOKEN or "
+                         "save it to ~/.kaggle/access_token (a legacy kaggle.json in ~/.kaggle "
+                         f"also works); the bundle in {out} is complete")
+
+    def kaggle(*args: str) -> str:
+        done = run([cli, *args], capture_output=True, text=True)
+        text = (done.stdout + done.stderr).strip()
+        if done.returncode != 0 or re.search(r"\berror\b", text, re.I):
+            last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
+            raise InputError(f"kaggle {' '.join(args)}: {last}")
+        print(text)
+        return text
+
+    refs = []
+    for kind in ("weights", "code"):
+        folder = out / kind
+        ref = json.loads((folder / "dataset-metadata.json").read_text())["id"]
+        exists = run([cli, "datasets", "status", ref], capture_output=True,
+                     text=True).returncode == 0
+        if exists:
+            kaggle("datasets", "version", "-p", str(folder), "-m",
+                   f"competition kernel {time.strftime('%Y-%m-%d %H:%M')}", "-r", "zip")
+        else:
+            kaggle("datasets", "create", "-p", str(folder), "-r", "zip")
+        refs.append(ref)
+    deadline = time.monotonic() + wait_s
+    for ref in refs:
+        while (status := kaggle("datasets", "status", ref).splitlines()[-1].strip()) != "ready":
+            if time.monotonic() > deadline:
+                raise InputError(f"{ref}: still {status!r} after {wait_s:.0f} s; push the "
+                                 f"kernel when it is ready: kaggle kernels push -p {out / 'kernel'}")
+            time.sleep(poll_s)
+    kaggle("kernels", "push", "-p", str(out / "kernel"))

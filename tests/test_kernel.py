@@ -1,0 +1,356 @@
+"""The Kaggle bundle: built from a tiny trained model, read by the real kaggle CLI code, and
+its kernel script run end to end with the network cut off, on a simulated /kaggle/input."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from competition import checkpoint, kernel, kernel_script, train as train_lib
+from competition.errors import InputError
+from competition.files import write_csv
+from competition.folds import make_folds
+from competition.labels import load_train
+from competition.predict import predict_test
+from competition.search import Params
+from competition.submission import validate
+from conftest import random_checkpoint
+from test_cli import one_line_error, run
+from test_train import tiny
+
+OWNER, NAME = "alice", "sev-test"
+PARAMS = Params((0.4, 0.5, 0.6, 0.5), (0, 20, 100, 300), (0, 50, 400, 800))
+VIEWS = ("none", "hflip")
+SLUGS = {"weights": "sev-test-weights", "code": "sev-test-code", "kernel": "sev-test-inference"}
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory):
+    """The pinned smp and timm wheels, downloaded once (a kernel build may use the index)."""
+    folder = tmp_path_factory.mktemp("wheelhouse")
+    kernel.pip(["download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder),
+                *[kernel.pinned(w) for w in kernel.DEFAULT_WHEELS]], "wheelhouse")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(synthetic, tmp_path_factory):
+    """A model trained for one epoch (its last.pt: optimizer state, EMA weights) and an
+    untrained one of the same architecture."""
+    root = tmp_path_factory.mktemp("runs")
+    image_ids, labels = load_train(synthetic)
+    write_csv(root / "folds.csv", make_folds(image_ids, labels, n_folds=5, seed=0))
+    train_lib.fit(tiny(epochs=1), synthetic, 0, root / "fold0", root / "folds.csv")
+    (root / "fold1").mkdir()
+    return [root / "fold0" / "last.pt", random_checkpoint(root / "fold1" / "best.pt", seed=5)]
+
+
+@pytest.fixture(scope="module")
+def postprocess(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pp") / "postprocess.json"
+    classes = {str(c + 1): {"threshold": PARAMS.threshold[c], "min_component":
+                            PARAMS.min_component[c], "min_area": PARAMS.min_area[c]}
+               for c in range(4)}
+    path.write_text(json.dumps({"classes": classes, "tta": list(VIEWS)}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(models, postprocess, wheelhouse, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "kaggle"
+    kernel.build(OWNER, models, postprocess, out, NAME, list(kernel.DEFAULT_WHEELS), wheelhouse)
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_data(synthetic, tmp_path_factory):
+    """Four synthetic test images, their sample rows shuffled."""
+    root = tmp_path_factory.mktemp("comp") / "data"
+    (root / "test_images").mkdir(parents=True)
+    sample = pd.read_csv(synthetic / "sample_submission.csv", keep_default_na=False)
+    ids = sorted(set(sample.ImageId))[:4]
+    for image_id in ids:
+        shutil.copy(synthetic / "test_images" / image_id, root / "test_images" / image_id)
+    sample[sample.ImageId.isin(ids)].sample(frac=1.0, random_state=2).to_csv(
+        root / "sample_submission.csv", index=False)
+    return root
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_bundle_holds_weights_only_configs_and_wheels(bundle, models, postprocess):
+    weights, code, script = bundle / "weights", bundle / "code", bundle / "kernel"
+    assert sorted(p.name for p in weights.iterdir()) == sorted([
+        "fold0.pt", "fold0.config.json", "fold1.pt", "fold1.config.json", "postprocess.json",
+        "severstal-bundle.json", "dataset-metadata.json"])
+    assert (weights / "postprocess.json").read_bytes() == postprocess.read_bytes()
+    manifest = json.loads((weights / "severstal-bundle.json").read_text())
+    for entry, source in zip(manifest["models"], models):
+        assert entry["sha256"] == sha256(weights / entry["file"])
+        assert entry["source"] == str(source)
+        slim = torch.load(weights / entry["file"], weights_only=True)
+        full = checkpoint.load(source)
+        assert set(slim) == {"config", "model", "epoch", "score"}  # no optimizer, no RNG
+        assert slim["config"] == full["config"]
+        config = json.loads((weights / entry["file"].replace(".pt", ".config.json")).read_text())
+        assert config == json.loads(json.dumps(full["config"]))
+        expected = full["ema"] or full["model"]  # the weights inference uses
+        assert slim["model"].keys() == expected.keys()
+        assert all(torch.equal(slim["model"][k], expected[k]) for k in expected)
+    assert "optimizer" in checkpoint.load(models[0])  # the source was a full last.pt
+    wheels = sorted(p.name for p in code.glob("*.whl"))
+    assert [w.split("-")[0] for w in wheels] == ["competition", "segmentation_models_pytorch",
+                                                 "timm"]
+    assert all(w.endswith("-py3-none-any.whl") for w in wheels)
+    assert sorted(p.name for p in script.iterdir()) == ["kernel-metadata.json",
+                                                        "sev-test-inference.py"]
+    text = (script / "sev-test-inference.py").read_text()
+    assert ("BUNDLE = {'owner': 'alice', 'weights': 'sev-test-weights', 'code': "
+            "'sev-test-code', 'competition': 'severstal-steel-defect-detection'}") in text
+
+
+def test_the_kaggle_cli_reads_the_metadata_as_intended(bundle, monkeypatch, capsys):
+    """The real kaggle client code (2.x) reads kernel-metadata.json into the request it
+    would send, and accepts both dataset-metadata.json files; the network is faked."""
+    from kaggle.api.kaggle_api_extended import KaggleApi, should_ignore, DEFAULT_IGNORE_PATTERNS
+
+    sent = []
+
+    class Client:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        class kernels:
+            class kernels_api_client:
+                @staticmethod
+                def save_kernel(request):
+                    sent.append(request)
+                    return "saved"
+
+    api = KaggleApi()
+    api.config_values = {"username": OWNER}
+    monkeypatch.setattr(api, "build_kaggle_client", lambda: Client())
+    assert api.kernels_push(str(bundle / "kernel")) == "saved"
+    request = sent[0]
+    assert request.slug == f"{OWNER}/{SLUGS['kernel']}"
+    assert (request.enable_internet, request.enable_gpu, request.enable_tpu) == \
+        (False, True, False)
+    assert request.is_private is True
+    assert (request.kernel_type, request.language) == ("script", "python")
+    assert request.dataset_data_sources == [f"{OWNER}/{SLUGS['weights']}",
+                                            f"{OWNER}/{SLUGS['code']}"]
+    assert request.competition_data_sources == ["severstal-steel-defect-detection"]
+    assert request.text == (bundle / "kernel" / "sev-test-inference.py").read_text()
+    assert "does not resolve" not in capsys.readouterr().out  # the title gives the slug
+
+    class Reached(Exception):
+        pass
+
+    def status(ref):  # create validates the metadata, then asks whether the dataset exists
+        raise Reached(ref)
+
+    monkeypatch.setattr(api, "dataset_status", status)
+    for kind in ("weights", "code"):
+        with pytest.raises(Reached, match=f"{OWNER}/{SLUGS[kind]}"):
+            api.dataset_create_new(str(bundle / kind), dir_mode="zip")
+        for p in (bundle / kind).iterdir():
+            assert p.is_file() and not should_ignore(p.name, False, DEFAULT_IGNORE_PATTERNS)
+
+
+def offline_prefix():
+    """`unshare -rn` (a new network namespace with no interfaces) where the machine allows it."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"],
+                                                  capture_output=True).returncode == 0:
+        return ["unshare", "-rn"]
+    return []
+
+
+GUARD = '''import socket
+_connect = socket.socket.connect
+def _offline(self, *args):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        raise OSError("network access from an offline kernel")
+    return _connect(self, *args)
+socket.socket.connect = _offline
+'''
+
+
+def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, test_data, tmp_path):
+    """Kaggle's newer layout (competitions/<slug>, datasets/<owner>/<slug>); the script installs
+    the wheels, finds everything, and writes the same submission.csv as a local predict."""
+    root = tmp_path / "input"
+    shutil.copytree(test_data, root / "competitions" / "severstal-steel-defect-detection")
+    for kind in ("weights", "code"):
+        shutil.copytree(bundle / kind, root / "datasets" / OWNER / SLUGS[kind])
+    work, guard, tmp = tmp_path / "working", tmp_path / "guard", tmp_path / "tmp"
+    for folder in (work, guard, tmp):
+        folder.mkdir()
+    (guard / "sitecustomize.py").write_text(GUARD)  # and cut at the socket, in every process
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEVERSTAL_", "PYTHON"))}
+    env.update(SEVERSTAL_INPUT_ROOT=str(root), PYTHONPATH=str(guard), TMPDIR=str(tmp))
+    reach = "import socket; socket.create_connection(('pypi.org', 443), timeout=10)"
+    cut = subprocess.run([*offline_prefix(), sys.executable, "-c", reach], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert cut.returncode != 0 and ("gaierror" in cut.stderr or "offline kernel" in cut.stderr)
+    script = bundle / "kernel" / "sev-test-inference.py"
+    done = subprocess.run([*offline_prefix(), sys.executable, str(script)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    packages = tmp / "severstal-packages"
+    assert f"competition 0.1.0 from {packages / 'competition'}" in done.stdout
+    assert "installed 3 wheels" in done.stdout and "submission.csv written in" in done.stdout
+    assert sorted(p.name for p in work.iterdir()) == ["submission.csv"]
+    validate(work / "submission.csv", test_data / "sample_submission.csv")
+
+    expected = tmp_path / "local.csv"
+    predict_test(test_data, models, PARAMS, VIEWS, expected, batch_size=3, workers=0)
+    assert (work / "submission.csv").read_text() == expected.read_text()
+    assert pd.read_csv(expected, keep_default_na=False).EncodedPixels.ne("").any()
+
+
+def test_find_input_probes_the_kaggle_layouts(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernel_script, "BUNDLE", {"owner": "bob", "weights": "w-set",
+                                                  "code": "c-set", "competition": "comp"})
+    monkeypatch.setattr(kernel_script, "PATHS", {"data": None, "weights": None, "code": None})
+
+    def mark(folder, name):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("")
+        return str(folder)
+
+    markers = {"data": "sample_submission.csv", "weights": "severstal-bundle.json",
+               "code": "competition-0.1.0-py3-none-any.whl"}
+    slugs = {"data": "comp", "weights": "w-set", "code": "c-set"}
+    classic, new = tmp_path / "classic", tmp_path / "new"
+    for kind, slug in slugs.items():
+        mark(classic / slug, markers[kind])
+        place = new / "competitions" / slug if kind == "data" else new / "datasets" / "bob" / slug
+        mark(place, markers[kind])
+        assert kernel_script.find_input(str(classic), kind) == str(classic / slug)
+        assert kernel_script.find_input(str(new), kind) == str(place)
+    # both layouts present: the classic one first
+    mark(classic / "datasets" / "bob" / "w-set", markers["weights"])
+    assert kernel_script.find_input(str(classic), "weights") == str(classic / "w-set")
+    # another owner's copy of the dataset, then anywhere 4 levels down
+    other = mark(tmp_path / "other" / "datasets" / "carol" / "w-set", markers["weights"])
+    assert kernel_script.find_input(str(tmp_path / "other"), "weights") == other
+    deep = mark(tmp_path / "deep" / "a" / "b" / "renamed", markers["weights"])
+    assert kernel_script.find_input(str(tmp_path / "deep"), "weights") == deep
+    with pytest.raises(SystemExit, match=r"no code input \(competition-\*\.whl\) under .*empty; "
+                       r"looked in .*empty/c-set, .*empty/datasets/bob/c-set"):
+        kernel_script.find_input(str(tmp_path / "empty"), "code")
+    # a path set by hand wins, and must hold the marker
+    monkeypatch.setitem(kernel_script.PATHS, "weights", deep)
+    assert kernel_script.find_input(str(classic), "weights") == deep
+    monkeypatch.setitem(kernel_script.PATHS, "weights", str(tmp_path))
+    with pytest.raises(SystemExit, match="no severstal-bundle.json there"):
+        kernel_script.find_input(str(classic), "weights")
+
+
+def test_a_weights_file_that_differs_from_the_manifest_stops_the_kernel(bundle, tmp_path):
+    weights = shutil.copytree(bundle / "weights", tmp_path / "weights")
+    assert kernel_script.checkpoints(str(weights)) == [str(weights / "fold0.pt"),
+                                                       str(weights / "fold1.pt")]
+    with open(weights / "fold1.pt", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SystemExit, match=r"fold1.pt: missing or not the file the bundle"):
+        kernel_script.checkpoints(str(weights))
+
+
+def fake_kaggle(statuses):
+    """A stand-in for subprocess.run on the kaggle CLI: records each command; `datasets
+    status` answers from `statuses` (exit 1 = no such dataset)."""
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd[1:])
+        if cmd[1:3] == ["datasets", "status"]:
+            code, text = statuses.pop(0)
+            return subprocess.CompletedProcess(cmd, code, text, "")
+        return subprocess.CompletedProcess(cmd, 0, "Your private Dataset is being created", "")
+    return run, calls
+
+
+def test_push_creates_or_versions_the_datasets_then_pushes_the_kernel(bundle, monkeypatch):
+    monkeypatch.setattr(kernel, "kaggle_cli", lambda: "kaggle")
+    monkeypatch.setattr(kernel, "credentials", lambda: "KAGGLE_API_TOKEN")
+    run, calls = fake_kaggle([(1, "404 Not Found"), (0, "ready"), (0, "running"), (0, "ready"),
+                              (0, "ready")])
+    kernel.push(bundle, poll_s=0, run=run)
+    weights, code = f"{OWNER}/{SLUGS['weights']}", f"{OWNER}/{SLUGS['code']}"
+    assert [c[:3] for c in calls] == [
+        ["datasets", "status", weights], ["datasets", "create", "-p"],
+        ["datasets", "status", code], ["datasets", "version", "-p"],
+        ["datasets", "status", weights], ["datasets", "status", weights],
+        ["datasets", "status", code], ["kernels", "push", "-p"]]
+    assert calls[1] == ["datasets", "create", "-p", str(bundle / "weights"), "-r", "zip"]
+    assert calls[3][3] == str(bundle / "code") and calls[3][-2:] == ["-r", "zip"]
+    assert calls[-1] == ["kernels", "push", "-p", str(bundle / "kernel")]
+
+    run, calls = fake_kaggle([(1, ""), (1, ""), (0, "pending")])
+    with pytest.raises(InputError, match=r"still 'pending' after 0 s; push the kernel"):
+        kernel.push(bundle, wait_s=0, poll_s=0, run=run)
+    assert not any(c[0] == "kernels" for c in calls)
+
+
+def test_push_says_what_is_missing(bundle, monkeypatch, tmp_path):
+    monkeypatch.setattr(kernel, "kaggle_cli", lambda: None)
+    with pytest.raises(InputError, match=r"kaggle CLI is not installed \(pip install kaggle\)"):
+        kernel.push(bundle)
+    monkeypatch.setattr(kernel, "kaggle_cli", lambda: "kaggle")
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(InputError, match="no Kaggle credentials: run `kaggle auth login`"):
+        kernel.push(bundle)
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text("{}")
+    assert kernel.credentials() == str(tmp_path / ".kaggle" / "kaggle.json")
+
+
+def test_bad_input_is_one_line_and_keeps_the_previous_bundle(bundle, models, postprocess,
+                                                             wheelhouse, tmp_path):
+    out = shutil.copytree(bundle, tmp_path / "kaggle")
+    before = {p: sha256(p) for p in out.rglob("*") if p.is_file()}
+    base = ["kernel", "--owner", OWNER, "--checkpoints", ",".join(map(str, models)),
+            "--postprocess", postprocess, "--out", out, "--wheelhouse", wheelhouse]
+    cases = [
+        (["--owner", "a b"], "--owner 'a b': not a Kaggle user name"),
+        (["--name", "Sev_Test"], "--name 'Sev_Test': needs 3 to 40 lowercase"),
+        (["--checkpoints", tmp_path / "nothing*.pt"], "no such checkpoint file"),
+        (["--postprocess", tmp_path / "none.json"], "post-processing file not found"),
+        (["--wheels", "no-such-package-xyz==1.0"], "--wheels no-such-package-xyz==1.0: pip "
+                                                   "failed"),
+        (["--wheels", "not-installed-here"], "not installed here, so its version is unknown"),
+        (["--out", tmp_path], "exists and is not a bundle made by this command"),
+    ]
+    for extra, message in cases:
+        one_line_error(run(*base, *extra), message)
+    mixed = random_checkpoint(tmp_path / "fold9" / "best.pt", encoder="resnet34")
+    one_line_error(run(*base, "--checkpoints", f"{models[0]},{mixed}"),
+                   "differs from", "an ensemble takes checkpoints of one architecture")
+    assert {p: sha256(p) for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_cli_builds_and_prints_the_sizes(models, postprocess, wheelhouse, tmp_path):
+    out = run("kernel", "--owner", OWNER, "--checkpoints", ",".join(map(str, models)),
+              "--postprocess", postprocess, "--out", tmp_path / "kaggle", "--wheelhouse",
+              wheelhouse)
+    assert out.returncode == 0, out.stderr
+    assert f"{tmp_path / 'kaggle' / 'weights'}: " in out.stdout
+    assert "kaggle kernels push -p" in out.stdout
+    meta = json.loads((tmp_path / "kaggle" / "kernel" / "kernel-metadata.json").read_text())
+    assert meta["id"] == f"{OWNER}/severstal-deeplabv3-inference"
+    assert meta["enable_internet"] == "false"

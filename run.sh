@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Thin front door over `python -m competition <stage>`; see README.md for every stage.
 #   bash run.sh setup | demo | test [pytest args] | folds | fold0..foldN [options] | oof | predict
-#   | score ... | bench rle|score|train|predict      (DATA=dataset folder, NPROC=GPUs for torchrun)
+#   | kernel --owner USER [--check DATA] [--push] | score ... | bench rle|score|train|predict
+#   (DATA=dataset folder, NPROC=GPUs for torchrun)
 # Any other stage is passed through: `bash run.sh synth --out input/x` = python -m competition synth ...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -59,8 +60,13 @@ case "$stage" in
     "$PY" -m competition validate --submission submissions/demo/submission.csv \
       --sample "$syn/sample_submission.csv"
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/submission.csv
+    # the Kaggle bundle, and its kernel run here as on Kaggle: offline, on a simulated /kaggle/input
+    "$PY" -m competition kernel --owner demo-user --checkpoints 'folds/demo/fold*/best.pt' \
+      --postprocess submissions/demo/postprocess.json --out kaggle/demo --check "$syn"
+    cmp kaggle/demo/rehearsal/working/submission.csv submissions/demo/submission.csv
+    echo "demo: the offline kernel's submission.csv is identical to submissions/demo/submission.csv"
     echo "demo: done: folds/demo/fold0 (model), submissions/demo/ (postprocess.json," \
-      "cv_report/, oof.csv, submission.csv)" ;;
+      "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
   folds)
     setup; need_data
     "$PY" -m competition folds --data "$DATA" "$@" ;;
@@ -85,9 +91,14 @@ case "$stage" in
     # fold ensemble + TTA + post-processing -> submissions/submission.csv (validated)
     setup
     "$PY" -m competition predict --data "$DATA" "$@" ;;
+  kernel)
+    # Kaggle bundle (kaggle/weights, kaggle/code, kaggle/kernel) from folds/fold*/best.pt and
+    # submissions/postprocess.json; --check DATA rehearses the kernel offline; --push uploads
+    setup
+    "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)
-    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup demo test folds fold<K> oof predict train search score validate check synth bench (python -m competition --help)" ;;
+    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    echo "stages: setup demo test folds fold<K> oof predict kernel train search score validate check synth bench (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

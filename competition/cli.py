@@ -255,6 +255,9 @@ def cmd_kernel(args) -> None:
     for kind, (folder, size) in sizes.items():
         files = sorted(p.name for p in folder.iterdir())
         print(f"{folder}: {size / 2**20:.1f} MiB: {', '.join(files)}")
+    if args.check:
+        result = kernel.rehearse(out, Path(args.check), out / "rehearsal")
+        print(f"rehearsal: ok: {result} validated against {args.check}/sample_submission.csv")
     if args.push:
         kernel.push(out, args.wait)
     else:
@@ -389,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "versions installed here unless a spec gives one; '' for none)")
     p.add_argument("--wheelhouse", default=None,
                    help="take those wheels from this folder instead of the package index")
+    p.add_argument("--check", default=None, metavar="DATA",
+                   help="then run the kernel here as Kaggle would, offline, on DATA's "
+                   "test_images/ (a simulated /kaggle/input), and validate its submission")
     p.add_argument("--push", action="store_true",
                    help="upload with the kaggle CLI (datasets create/version, kernels push)")
     p.add_argument("--wait", type=float, default=1200,

@@ -12,6 +12,9 @@ temporary name and renamed into place, so a failed build leaves the previous bun
   kernel/   <name>-inference.py (kernel_script.py with its inputs filled in) and
             kernel-metadata.json (a GPU script with the internet off)
 
+`rehearse` runs the kernel script here as Kaggle would, on a simulated /kaggle/input made of
+links to a local dataset and the bundle, with the network cut off, and validates its output.
+
 `push` uploads them with the kaggle CLI: `datasets create` (or `version`) with `-r zip`, then
 `kernels push` once both datasets are ready.
 """
@@ -223,6 +226,71 @@ def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
         write_code(tmp / "code", wheels, wheelhouse, owner, names["code"])
         write_kernel(tmp / "kernel", owner, names)
     return {kind: (out / kind, size(out / kind)) for kind in ("weights", "code", "kernel")}
+
+
+# Put first on PYTHONPATH in a rehearsal: every Python process (the kernel, pip, loader
+# workers) fails to open an internet socket; local sockets still work.
+OFFLINE_GUARD = """import socket
+_connect = socket.socket.connect
+def _offline(self, *args):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        raise OSError("network access from an offline kernel rehearsal")
+    return _connect(self, *args)
+socket.socket.connect = _offline
+"""
+
+
+def network_cut() -> list[str]:
+    """`unshare -rn` (a network namespace with no interfaces) where the machine allows it."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"],
+                                                  capture_output=True).returncode == 0:
+        return ["unshare", "-rn"]
+    return []
+
+
+def rehearse(out: Path, data: Path, folder: Path, layout: str = "new") -> Path:
+    """Run out/kernel's script on `data` (test_images/, sample_submission.csv) as Kaggle
+    would: inputs at /kaggle/input's places (`layout` "new": competitions/<slug> and
+    datasets/<owner>/<slug>; "classic": <slug>), no network, an empty working directory.
+    Returns the validated working/submission.csv. `folder` is replaced."""
+    from competition.submission import validate
+
+    out, folder = out.resolve(), folder.resolve()  # the kernel runs in folder/working
+    meta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+    for name in ("test_images", "sample_submission.csv"):
+        if not (data / name).exists():
+            raise InputError(f"--check {data}: no {name} (a dataset folder in Kaggle layout)")
+    if folder.exists():
+        shutil.rmtree(folder)
+    root = folder / "input"
+    new = layout == "new"
+    competition = root / "competitions" / COMPETITION if new else root / COMPETITION
+    competition.mkdir(parents=True)
+    for name in ("test_images", "sample_submission.csv"):
+        (competition / name).symlink_to((data / name).resolve())
+    for kind in ("weights", "code"):
+        ref = json.loads((out / kind / "dataset-metadata.json").read_text())["id"]
+        owner, slug = ref.split("/")
+        link = root / "datasets" / owner / slug if new else root / slug
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(out / kind)
+    for name in ("working", "tmp", "guard"):
+        (folder / name).mkdir()
+    (folder / "guard" / "sitecustomize.py").write_text(OFFLINE_GUARD)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEVERSTAL_", "PYTHON"))}
+    env.update(SEVERSTAL_INPUT_ROOT=str(root), TMPDIR=str(folder / "tmp"),
+               PYTHONPATH=str(folder / "guard"))
+    cut = network_cut()
+    print(f"rehearsal: {root} ({layout} layout), network cut by "
+          f"{'unshare -rn and ' if cut else ''}a socket guard", flush=True)
+    script = out / "kernel" / meta["code_file"]
+    done = subprocess.run([*cut, sys.executable, str(script)], cwd=folder / "working", env=env)
+    result = folder / "working" / "submission.csv"
+    if done.returncode != 0 or not result.is_file():
+        raise InputError(f"{script}: the kernel failed in the rehearsal (exit status "
+                         f"{done.returncode}); its output is above")
+    validate(result, data / "sample_submission.csv")
+    return result
 
 
 def credentials() -> str | None:

@@ -168,55 +168,45 @@ def test_the_kaggle_cli_reads_the_metadata_as_intended(bundle, monkeypatch, caps
             assert p.is_file() and not should_ignore(p.name, False, DEFAULT_IGNORE_PATTERNS)
 
 
-def offline_prefix():
-    """`unshare -rn` (a new network namespace with no interfaces) where the machine allows it."""
-    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"],
-                                                  capture_output=True).returncode == 0:
-        return ["unshare", "-rn"]
-    return []
-
-
-GUARD = '''import socket
-_connect = socket.socket.connect
-def _offline(self, *args):
-    if self.family in (socket.AF_INET, socket.AF_INET6):
-        raise OSError("network access from an offline kernel")
-    return _connect(self, *args)
-socket.socket.connect = _offline
-'''
-
-
-def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, test_data, tmp_path):
-    """Kaggle's newer layout (competitions/<slug>, datasets/<owner>/<slug>); the script installs
-    the wheels, finds everything, and writes the same submission.csv as a local predict."""
-    root = tmp_path / "input"
-    shutil.copytree(test_data, root / "competitions" / "severstal-steel-defect-detection")
-    for kind in ("weights", "code"):
-        shutil.copytree(bundle / kind, root / "datasets" / OWNER / SLUGS[kind])
-    work, guard, tmp = tmp_path / "working", tmp_path / "guard", tmp_path / "tmp"
-    for folder in (work, guard, tmp):
-        folder.mkdir()
-    (guard / "sitecustomize.py").write_text(GUARD)  # and cut at the socket, in every process
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SEVERSTAL_", "PYTHON"))}
-    env.update(SEVERSTAL_INPUT_ROOT=str(root), PYTHONPATH=str(guard), TMPDIR=str(tmp))
+def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, test_data, tmp_path,
+                                                         capfd):
+    """The rehearsal: Kaggle's newer layout (competitions/<slug>, datasets/<owner>/<slug>) of
+    links, the network cut; the script installs the wheels, finds everything, and writes the
+    same submission.csv as a local predict of the original checkpoints."""
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(kernel.OFFLINE_GUARD)
     reach = "import socket; socket.create_connection(('pypi.org', 443), timeout=10)"
-    cut = subprocess.run([*offline_prefix(), sys.executable, "-c", reach], env=env,
-                         capture_output=True, text=True, timeout=60)
+    cut = subprocess.run([*kernel.network_cut(), sys.executable, "-c", reach],
+                         env=dict(os.environ, PYTHONPATH=str(guard)), capture_output=True,
+                         text=True, timeout=60)
     assert cut.returncode != 0 and ("gaierror" in cut.stderr or "offline kernel" in cut.stderr)
-    script = bundle / "kernel" / "sev-test-inference.py"
-    done = subprocess.run([*offline_prefix(), sys.executable, str(script)], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    packages = tmp / "severstal-packages"
-    assert f"competition 0.1.0 from {packages / 'competition'}" in done.stdout
-    assert "installed 3 wheels" in done.stdout and "submission.csv written in" in done.stdout
-    assert sorted(p.name for p in work.iterdir()) == ["submission.csv"]
-    validate(work / "submission.csv", test_data / "sample_submission.csv")
+
+    result = kernel.rehearse(bundle, test_data, tmp_path / "rehearsal")
+    printed = capfd.readouterr().out
+    packages = tmp_path / "rehearsal" / "tmp" / "severstal-packages"
+    assert f"competition 0.1.0 from {packages / 'competition'}" in printed
+    assert "installed 3 wheels" in printed and "submission.csv written in" in printed
+    assert "competitions/severstal-steel-defect-detection" in printed
+    assert f"datasets/{OWNER}/{SLUGS['weights']}" in printed
+    assert result == tmp_path / "rehearsal" / "working" / "submission.csv"
+    assert sorted(p.name for p in result.parent.iterdir()) == ["submission.csv"]
+    validate(result, test_data / "sample_submission.csv")
 
     expected = tmp_path / "local.csv"
     predict_test(test_data, models, PARAMS, VIEWS, expected, batch_size=3, workers=0)
-    assert (work / "submission.csv").read_text() == expected.read_text()
+    assert result.read_text() == expected.read_text()
     assert pd.read_csv(expected, keep_default_na=False).EncodedPixels.ne("").any()
+
+
+def test_a_kernel_that_fails_in_the_rehearsal_is_an_input_error(bundle, tmp_path, capfd):
+    broken = tmp_path / "data"
+    (broken / "test_images").mkdir(parents=True)
+    (broken / "sample_submission.csv").write_text("ImageId,ClassId,EncodedPixels\n"
+                                                  "missing.jpg,1,\n")
+    with pytest.raises(InputError, match="the kernel failed in the rehearsal"):
+        kernel.rehearse(bundle, broken, tmp_path / "rehearsal")
+    assert "no test images" in capfd.readouterr().err  # the kernel's own error line
 
 
 def test_find_input_probes_the_kaggle_layouts(tmp_path, monkeypatch):

@@ -283,3 +283,16 @@ def test_torchrun_two_cpu_processes_match_a_single_process_evaluation(
     assert single["mean_dice"] == pytest.approx(state["score"]["mean_dice"], abs=1e-12)
     # float32 sums over other batches and thread counts: equal to about 1e-5
     assert single["loss"] == pytest.approx(state["score"]["loss"], rel=1e-4)
+
+
+def test_amp_uses_bf16_only_where_the_gpu_has_it(monkeypatch):
+    """A T4 or P100 (compute 7.5, 6.0: Kaggle's GPUs) gets fp16; Ampere and later bf16."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for capability, expected in (((6, 0), torch.float16), ((7, 5), torch.float16),
+                                 ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
+        assert train_lib.amp_dtype("auto", cuda) == expected
+        assert train_lib.amp_dtype("fp16", cuda) == torch.float16
+        assert train_lib.amp_dtype("bf16", cuda) == torch.bfloat16
+        assert train_lib.amp_dtype("off", cuda) is None
+    assert train_lib.amp_dtype("auto", cpu) is None

@@ -20,7 +20,6 @@ links to a local dataset and the bundle, with the network cut off, and validates
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,15 +31,16 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from competition import __version__
+from competition import __version__, kernel_script
 from competition.errors import InputError
 from competition.files import atomic_dir
+from competition.kernel_script import sha256
 
-COMPETITION = "severstal-steel-defect-detection"
-MANIFEST = "severstal-bundle.json"
+COMPETITION = kernel_script.BUNDLE["competition"]
+MANIFEST = kernel_script.MARKERS["weights"]
 LICENSE = "CC0-1.0"  # the kaggle CLI's default dataset licence
 DEFAULT_WHEELS = ("segmentation-models-pytorch", "timm")  # pinned to the installed versions
-SCRIPT_TEMPLATE = Path(__file__).with_name("kernel_script.py")
+SCRIPT_TEMPLATE = Path(kernel_script.__file__)
 BUNDLE_LINE = re.compile(r"^BUNDLE = \{.*?\}  # filled by `competition kernel`$", re.M | re.S)
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -57,14 +57,6 @@ def slugs(name: str) -> dict[str, str]:
 def title(slug: str) -> str:
     """'severstal-r34-inference' -> 'severstal r34 inference', which Kaggle slugifies back."""
     return slug.replace("-", " ")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_names(paths: list[Path]) -> list[str]:

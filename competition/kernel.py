@@ -20,6 +20,7 @@ links to a local dataset and the bundle, with the network cut off, and validates
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -105,10 +106,10 @@ def write_weights(folder: Path, paths: list[Path], postprocess: Path, owner: str
     return manifest
 
 
-def dataset_metadata(folder: Path, owner: str, slug: str, name: str) -> None:
+def dataset_metadata(folder: Path, owner: str, slug: str, heading: str) -> None:
     """dataset-metadata.json as `kaggle datasets create` reads it: id, a title of 6 to 50
     characters and exactly one licence."""
-    meta = {"title": name[:50], "id": f"{owner}/{slug}", "licenses": [{"name": LICENSE}]}
+    meta = {"title": heading[:50], "id": f"{owner}/{slug}", "licenses": [{"name": LICENSE}]}
     (folder / "dataset-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -126,10 +127,10 @@ def pinned(spec: str) -> str:
 def pip(args: list[str], what: str) -> None:
     done = subprocess.run([sys.executable, "-m", "pip", *args, "--disable-pip-version-check"],
                           capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [ln for ln in (done.stderr + done.stdout).splitlines()
-                 if ln.strip() and "opt/pypi" not in ln]
-        raise InputError(f"{what}: pip failed: {lines[-1] if lines else done.returncode}")
+    if done.returncode != 0:  # pip's last ERROR line says why (its warnings come first)
+        lines = [ln for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines
+        raise InputError(f"{what}: pip failed: {errors[-1] if errors else done.returncode}")
 
 
 def package_source() -> Path:
@@ -141,7 +142,7 @@ def package_source() -> Path:
     return root
 
 
-def write_code(folder: Path, wheels: list[str], wheelhouse: Path | None, owner: str,
+def write_code(folder: Path, wheels: tuple | list, wheelhouse: Path | None, owner: str,
                slug: str) -> list[str]:
     """This package's wheel (built from a copy of its source, so no build/ is left in the
     checkout) and the pinned extra wheels, downloaded with --no-deps."""
@@ -152,7 +153,7 @@ def write_code(folder: Path, wheels: list[str], wheelhouse: Path | None, owner: 
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy(root / "pyproject.toml", src / "pyproject.toml")
         build = ["wheel", "--no-deps", "-q", "-w", str(folder), str(src)]
-        if _has("setuptools"):  # build here, offline; else pip fetches setuptools to build
+        if importlib.util.find_spec("setuptools"):  # build offline; else pip fetches it
             build.insert(1, "--no-build-isolation")
         pip(build, "building the wheel")
     if wheels:
@@ -166,12 +167,6 @@ def write_code(folder: Path, wheels: list[str], wheelhouse: Path | None, owner: 
                   "Python version and platform match this machine's")
     dataset_metadata(folder, owner, slug, "severstal code wheels")
     return names
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def write_kernel(folder: Path, owner: str, names: dict[str, str]) -> Path:
@@ -199,7 +194,7 @@ def size(folder: Path) -> int:
 
 
 def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
-          name: str = "severstal-deeplabv3", wheels: list[str] = list(DEFAULT_WHEELS),
+          name: str = "severstal-deeplabv3", wheels: tuple | list = DEFAULT_WHEELS,
           wheelhouse: Path | None = None) -> dict:
     """Write the bundle to `out` (replacing a previous bundle, refusing any other folder).
     Returns {folder kind: (path, bytes)} for the three folders."""

@@ -70,7 +70,7 @@ def install(code: str, target: str) -> None:
     """Every wheel of the code dataset into `target`, offline, put first on sys.path."""
     wheels = sorted(glob.glob(os.path.join(glob.escape(code), "**", "*.whl"), recursive=True))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-                    "--quiet", "--target", target, *wheels], check=True)
+                    "--quiet", "--upgrade", "--target", target, *wheels], check=True)
     sys.path.insert(0, target)
     print(f"installed {len(wheels)} wheels from {code}: "
           f"{', '.join(os.path.basename(w).split('-')[0] for w in wheels)}")

@@ -256,7 +256,7 @@ def cmd_kernel(args) -> None:
         files = sorted(p.name for p in folder.iterdir())
         print(f"{folder}: {size / 2**20:.1f} MiB: {', '.join(files)}")
     if args.check:
-        result = kernel.rehearse(out, Path(args.check), out / "rehearsal")
+        result = kernel.rehearse(out, Path(args.check), out / "rehearsal", args.layout)
         print(f"rehearsal: ok: {result} validated against {args.check}/sample_submission.csv")
     if args.push:
         kernel.push(out, args.wait)
@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", default=None, metavar="DATA",
                    help="then run the kernel here as Kaggle would, offline, on DATA's "
                    "test_images/ (a simulated /kaggle/input), and validate its submission")
+    p.add_argument("--layout", choices=["new", "classic"], default="new",
+                   help="--check: /kaggle/input as competitions/<slug> and datasets/<owner>/"
+                   "<slug> (new) or <slug> for each (classic)")
     p.add_argument("--push", action="store_true",
                    help="upload with the kaggle CLI (datasets create/version, kernels push)")
     p.add_argument("--wait", type=float, default=1200,

@@ -5,6 +5,8 @@ queue); `normalize` turns them into ImageNet-normalised floats on the device.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from competition.errors import InputError
 from competition.images import read_image
 from competition.labels import masks
 
@@ -147,10 +150,23 @@ def _worker_init(worker_id: int) -> None:
 def loader(dataset: SteelDataset, batch_size: int, num_workers: int, *, sampler=None,
            drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose workers reseed their augmentations; `reseed_loader` per epoch."""
+    if num_workers:
+        check_temp_dir()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
                       worker_init_fn=_worker_init if num_workers else None,
                       generator=torch.Generator())
+
+
+def check_temp_dir() -> None:
+    """Workers hand batches over through a Unix socket in TMPDIR/pymp-XXXXXXXX/; a path past
+    the 107-byte limit fails in the worker's feeder thread and the loader waits forever."""
+    folder = tempfile.gettempdir()
+    longest = len(os.fsencode(os.path.join(folder, "pymp-12345678", "listener-12345678")))
+    if longest > 107:
+        raise InputError(f"TMPDIR {folder}: {len(folder)} characters is too long for the loader "
+                         "workers' sockets (their paths must fit in 107 bytes); set TMPDIR to a "
+                         "shorter folder, e.g. TMPDIR=/tmp, or use --workers 0")
 
 
 def reseed_loader(dl: DataLoader, seed: int, epoch: int, rank: int = 0) -> None:

@@ -261,11 +261,11 @@ def rehearse(out: Path, data: Path, folder: Path, layout: str = "new") -> Path:
         link = root / "datasets" / owner / slug if new else root / slug
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(out / kind)
-    for name in ("working", "tmp", "guard"):
+    for name in ("working", "guard"):
         (folder / name).mkdir()
     (folder / "guard" / "sitecustomize.py").write_text(OFFLINE_GUARD)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEVERSTAL_", "PYTHON"))}
-    env.update(SEVERSTAL_INPUT_ROOT=str(root), TMPDIR=str(folder / "tmp"),
+    env.update(SEVERSTAL_INPUT_ROOT=str(root), SEVERSTAL_PACKAGES=str(folder / "packages"),
                PYTHONPATH=str(folder / "guard"))
     cut = network_cut()
     print(f"rehearsal: {root} ({layout} layout), network cut by "

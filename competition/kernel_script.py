@@ -7,7 +7,8 @@ against their manifest, run the fold ensemble with TTA and the tuned post-proces
 write submission.csv in the working directory.
 
 When Kaggle mounts an input somewhere this script does not look, set its path in PATHS (or
-the environment variable named there) and push again; SEVERSTAL_INPUT_ROOT moves the root.
+the environment variable named there) and push again; SEVERSTAL_INPUT_ROOT moves the root and
+SEVERSTAL_PACKAGES the folder the wheels are installed in.
 Standard library only until the wheels are installed.
 """
 import glob
@@ -105,7 +106,8 @@ def main() -> int:
     found = {kind: find_input(root, kind) for kind in ("data", "weights", "code")}
     for kind, folder in found.items():
         print(f"{kind}: {folder}")
-    install(found["code"], os.path.join(tempfile.gettempdir(), "severstal-packages"))
+    install(found["code"], os.environ.get("SEVERSTAL_PACKAGES") or
+            os.path.join(tempfile.gettempdir(), "severstal-packages"))
     paths = checkpoints(found["weights"])
 
     import torch

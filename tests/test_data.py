@@ -1,4 +1,5 @@
 import dataclasses
+import tempfile
 
 import numpy as np
 import pytest
@@ -150,3 +151,18 @@ def test_normalize_by_hand():
         assert out[0, c, 0].tolist() == pytest.approx([lo, hi], rel=1e-6)
     assert data_lib.normalize(images, channels_last=True).is_contiguous(
         memory_format=torch.channels_last)
+
+
+def test_a_temp_dir_too_long_for_the_worker_sockets_is_one_clear_error(monkeypatch, tmp_path):
+    """With TMPDIR past 75 characters the workers' Unix sockets cannot bind and the loader
+    would wait forever (seen in a rehearsal); the limit is the 107 bytes of sun_path."""
+    from competition.errors import InputError
+
+    dataset = list(range(4))
+    fits = "/" + "a" * 74  # 75 + len("/pymp-12345678/listener-12345678") = 107
+    monkeypatch.setattr(tempfile, "tempdir", fits)
+    data_lib.check_temp_dir()
+    monkeypatch.setattr(tempfile, "tempdir", fits + "b")
+    with pytest.raises(InputError, match=r"TMPDIR /a+b: 76 characters is too long"):
+        data_lib.loader(dataset, 2, num_workers=2)
+    assert len(list(data_lib.loader(dataset, 2, num_workers=0))) == 2  # no workers, no sockets

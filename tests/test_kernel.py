@@ -184,7 +184,7 @@ def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, test_da
 
     result = kernel.rehearse(bundle, test_data, tmp_path / "rehearsal")
     printed = capfd.readouterr().out
-    packages = tmp_path / "rehearsal" / "tmp" / "severstal-packages"
+    packages = tmp_path / "rehearsal" / "packages"
     assert f"competition 0.1.0 from {packages / 'competition'}" in printed
     assert "installed 3 wheels" in printed and "submission.csv written in" in printed
     assert "competitions/severstal-steel-defect-detection" in printed
@@ -334,13 +334,31 @@ def test_bad_input_is_one_line_and_keeps_the_previous_bundle(bundle, models, pos
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_cli_builds_and_prints_the_sizes(models, postprocess, wheelhouse, tmp_path):
+def test_cli_builds_prints_the_sizes_and_rehearses_the_classic_layout(
+        models, postprocess, wheelhouse, test_data, tmp_path):
     out = run("kernel", "--owner", OWNER, "--checkpoints", ",".join(map(str, models)),
               "--postprocess", postprocess, "--out", tmp_path / "kaggle", "--wheelhouse",
-              wheelhouse)
+              wheelhouse, "--check", test_data, "--layout", "classic")
     assert out.returncode == 0, out.stderr
     assert f"{tmp_path / 'kaggle' / 'weights'}: " in out.stdout
     assert "kaggle kernels push -p" in out.stdout
+    root = tmp_path / "kaggle" / "rehearsal" / "input"
+    assert f"data: {root / 'severstal-steel-defect-detection'}\n" in out.stdout
+    assert f"weights: {root / 'severstal-deeplabv3-weights'}\n" in out.stdout
+    assert "rehearsal: ok" in out.stdout
     meta = json.loads((tmp_path / "kaggle" / "kernel" / "kernel-metadata.json").read_text())
     assert meta["id"] == f"{OWNER}/severstal-deeplabv3-inference"
     assert meta["enable_internet"] == "false"
+
+
+def test_inference_imports_nothing_the_kernel_does_not_ship_or_kaggle_lacks():
+    """The kernel imports competition.cli and runs predict: training-only packages (the
+    augmentations, fold stratification, plots) and the kaggle CLI must stay unloaded."""
+    code = ("import sys, competition.cli, competition.predict; "
+            "print(sorted({m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(kernel.__file__).parents[1], timeout=120)
+    loaded = set(json.loads(out.stdout.strip().replace("'", '"')))
+    assert {"torch", "segmentation_models_pytorch", "numba"} <= loaded
+    assert loaded.isdisjoint({"albumentations", "iterstrat", "matplotlib", "sklearn", "kaggle",
+                              "hypothesis", "pytest"})

@@ -40,3 +40,20 @@ def random_checkpoint(path, seed=0, scale=30.0, **overrides):
     checkpoint.save(path, {"config": to_dict(config), "model": state, "ema": None, "epoch": 1,
                            "step": 1})
     return path
+
+
+def small_test_set(synthetic, root, n=4, seed=1):
+    """`root`: the first `n` test images of the synthetic set, with their sample rows shuffled
+    (the order a submission must follow)."""
+    import shutil
+
+    import pandas as pd
+
+    (root / "test_images").mkdir(parents=True)
+    sample = pd.read_csv(synthetic / "sample_submission.csv", keep_default_na=False)
+    ids = sorted(set(sample.ImageId))[:n]
+    for image_id in ids:
+        shutil.copy(synthetic / "test_images" / image_id, root / "test_images" / image_id)
+    rows = sample[sample.ImageId.isin(ids)].sample(frac=1.0, random_state=seed)
+    rows.to_csv(root / "sample_submission.csv", index=False)
+    return root

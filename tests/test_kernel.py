@@ -20,7 +20,7 @@ from competition.labels import load_train
 from competition.predict import predict_test
 from competition.search import Params
 from competition.submission import validate
-from conftest import random_checkpoint
+from conftest import random_checkpoint, small_test_set
 from test_cli import one_line_error, run
 from test_train import tiny
 
@@ -71,15 +71,7 @@ def bundle(models, postprocess, wheelhouse, tmp_path_factory):
 @pytest.fixture(scope="module")
 def test_data(synthetic, tmp_path_factory):
     """Four synthetic test images, their sample rows shuffled."""
-    root = tmp_path_factory.mktemp("comp") / "data"
-    (root / "test_images").mkdir(parents=True)
-    sample = pd.read_csv(synthetic / "sample_submission.csv", keep_default_na=False)
-    ids = sorted(set(sample.ImageId))[:4]
-    for image_id in ids:
-        shutil.copy(synthetic / "test_images" / image_id, root / "test_images" / image_id)
-    sample[sample.ImageId.isin(ids)].sample(frac=1.0, random_state=2).to_csv(
-        root / "sample_submission.csv", index=False)
-    return root
+    return small_test_set(synthetic, tmp_path_factory.mktemp("comp") / "data", seed=2)
 
 
 def sha256(path):

@@ -14,7 +14,7 @@ from competition.postprocess import clean
 from competition.predict import predict_test
 from competition.search import Params
 from competition.submission import validate
-from conftest import random_checkpoint
+from conftest import random_checkpoint, small_test_set
 from test_cli import one_line_error, run
 
 PARAMS = Params((0.3, 0.5, 0.6, 0.7), (0, 30, 100, 400), (0, 50, 500, 1000))
@@ -24,15 +24,7 @@ VIEWS = ("none", "hflip", "vflip")
 @pytest.fixture(scope="module")
 def data(synthetic, tmp_path_factory):
     """The synthetic test set cut to 4 images, its sample shuffled (the order to follow)."""
-    root = tmp_path_factory.mktemp("predict") / "data"
-    (root / "test_images").mkdir(parents=True)
-    sample = pd.read_csv(synthetic / "sample_submission.csv", keep_default_na=False)
-    ids = sorted(set(sample.ImageId))[:4]
-    for image_id in ids:
-        shutil.copy(synthetic / "test_images" / image_id, root / "test_images" / image_id)
-    rows = sample[sample.ImageId.isin(ids)].sample(frac=1.0, random_state=1)
-    rows.to_csv(root / "sample_submission.csv", index=False)
-    return root
+    return small_test_set(synthetic, tmp_path_factory.mktemp("predict") / "data", seed=1)
 
 
 @pytest.fixture(scope="module")

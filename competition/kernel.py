@@ -34,7 +34,7 @@ from pathlib import Path
 
 from competition import __version__, kernel_script
 from competition.errors import InputError
-from competition.files import atomic_dir
+from competition.files import atomic_dir, write_json
 from competition.kernel_script import sha256
 
 COMPETITION = kernel_script.BUNDLE["competition"]
@@ -88,8 +88,8 @@ def write_weights(folder: Path, paths: list[Path], postprocess: Path, owner: str
         config = checkpoint.config_of(state, path)
         slim = {"config": state["config"], "model": state.get("ema") or state["model"],
                 "epoch": state.get("epoch"), "score": state.get("score")}
-        torch.save(slim, folder / f"{name}.pt")
-        (folder / f"{name}.config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
+        checkpoint.save(folder / f"{name}.pt", slim)
+        write_json(folder / f"{name}.config.json", state["config"])
         score = (state.get("score") or {}).get("mean_dice")
         models.append({"file": f"{name}.pt", "source": str(path), "arch": config.arch,
                        "encoder": config.encoder, "epoch": state.get("epoch"),
@@ -101,7 +101,7 @@ def write_weights(folder: Path, paths: list[Path], postprocess: Path, owner: str
                 "tta": list(params.tta) if params.tta else None,
                 "built_with": {"python": sys.version.split()[0],
                                **{d: metadata.version(d) for d in ("torch", *DEFAULT_WHEELS)}}}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(folder / MANIFEST, manifest)
     dataset_metadata(folder, owner, slug, f"severstal weights {len(models)} models")
     return manifest
 
@@ -110,7 +110,12 @@ def dataset_metadata(folder: Path, owner: str, slug: str, heading: str) -> None:
     """dataset-metadata.json as `kaggle datasets create` reads it: id, a title of 6 to 50
     characters and exactly one licence."""
     meta = {"title": heading[:50], "id": f"{owner}/{slug}", "licenses": [{"name": LICENSE}]}
-    (folder / "dataset-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(folder / "dataset-metadata.json", meta)
+
+
+def dataset_ref(folder: Path) -> str:
+    """'owner/slug' of a dataset folder, from its dataset-metadata.json."""
+    return json.loads((folder / "dataset-metadata.json").read_text())["id"]
 
 
 def pinned(spec: str) -> str:
@@ -185,7 +190,7 @@ def write_kernel(folder: Path, owner: str, names: dict[str, str]) -> Path:
             "enable_internet": "false",
             "dataset_sources": [f"{owner}/{names['weights']}", f"{owner}/{names['code']}"],
             "competition_sources": [COMPETITION], "kernel_sources": [], "model_sources": []}
-    (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(folder / "kernel-metadata.json", meta)
     return folder / code_file
 
 
@@ -256,8 +261,7 @@ def rehearse(out: Path, data: Path, folder: Path, layout: str = "new") -> Path:
     for name in ("test_images", "sample_submission.csv"):
         (competition / name).symlink_to((data / name).resolve())
     for kind in ("weights", "code"):
-        ref = json.loads((out / kind / "dataset-metadata.json").read_text())["id"]
-        owner, slug = ref.split("/")
+        owner, slug = dataset_ref(out / kind).split("/")
         link = root / "datasets" / owner / slug if new else root / slug
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(out / kind)
@@ -329,7 +333,7 @@ def push(out: Path, wait_s: float = 1200, poll_s: float = 15, run=subprocess.run
     refs = []
     for kind in ("weights", "code"):
         folder = out / kind
-        ref = json.loads((folder / "dataset-metadata.json").read_text())["id"]
+        ref = dataset_ref(folder)
         exists = run([cli, "datasets", "status", ref], capture_output=True,
                      text=True).returncode == 0
         if exists:

@@ -10,7 +10,6 @@ was drawn. Same seed, same bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from competition import rle
-from competition.files import atomic_dir
+from competition.files import atomic_dir, write_json
 from competition.images import HEIGHT, WIDTH
 from competition.labels import CLASSES
 from competition.progress import progress
@@ -244,5 +243,5 @@ def make_dataset(out: str | Path, n_train: int = 400, n_test: int = 100, seed: i
             "train_images_per_class": {str(c): int((train.ClassId == c).sum()) for c in CLASSES},
             "train_defect_free": n_train - int(train.ImageId.nunique()),
         }
-        (tmp / "synth.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_json(tmp / "synth.json", info)
     return info

@@ -3,12 +3,14 @@
 rle:   our numba encode/decode against the numpy kernels found in most Kaggle notebooks,
        on realistic defect masks (~700 runs), best of several interleaved rounds.
 score: offline scoring of a full-size test set (5,506 images x 4 classes) from CSV files.
-train: training images per second of a preset: the tuned path (AMP, channels_last, loader
-       workers) against a seed-style loop for the same model (fp32, NCHW, no workers), and
-       the seeds' own setup (torchvision DeepLabV3-ResNet101, output stride 8, fp32).
+train: training images per second of a preset, steady state, on the same in-memory batches:
+       the pipeline's step (AMP, channels_last, no per-step host sync) against a plain fp32
+       loop of the same model (--seeds adds the seeds' torchvision DeepLabV3-ResNet101 OS8),
+       and the loader's own steady-state rate.
 """
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -149,12 +151,40 @@ def bench_score(args) -> None:
     print(f"same Dice from decoded masks (no CSV reading):                {decoded_seconds:.2f} s")
 
 
-def train_rate(config, data: Path, encoded: dict, steps: int, warmup: int, rt) -> dict:
-    """Images per second of `steps` optimizer updates of the real training loop (after
-    `warmup` updates), and the peak GPU memory."""
+def train_batches(config, data: Path, encoded: dict, n: int, rt) -> tuple[list, float]:
+    """`n` training batches of `config` (crops, flips, brightness: the real transform),
+    decoded once and kept in memory, so that every loop times the same batches without the
+    loader; and the loader's steady-state rate in images/s (workers started and one pass
+    done before the timed pass: start-up is not counted)."""
     import torch
 
-    from competition import data as data_lib, train as train_lib
+    from competition import data as data_lib
+
+    image_ids = sorted(p.name for p in (data / "train_images").iterdir())
+    ids = [image_ids[i % len(image_ids)] for i in range(n * config.batch_size)]
+    dataset = data_lib.SteelDataset(data / "train_images", ids, encoded,
+                                    data_lib.train_transform(config), config.seed)
+    loader = data_lib.loader(dataset, config.batch_size, config.num_workers, drop_last=True,
+                             sampler=data_lib.train_sampler(dataset, config.seed),
+                             pin_memory=rt.device.type == "cuda", persistent=True)
+    batches = list(loader)  # epoch 0: starts the workers, fills the page cache
+    data_lib.set_epoch(loader, 1)
+    it = iter(loader)
+    next(it)  # the first batch of a pass waits for the pipeline to fill
+    start = time.perf_counter()
+    count = sum(len(images) for images, _, _ in it)
+    rate = count / (time.perf_counter() - start) if count else float("nan")
+    del it, loader
+    return [(i.pin_memory() if rt.device.type == "cuda" else i, m, k) for i, m, k in batches], rate
+
+
+def pipeline_rate(config, batches: list, warmup: int, rt) -> dict:
+    """Images/s of the pipeline's training step (train.train_one_epoch: AMP, channels_last,
+    device-side loss checks, EMA when the config has one) on in-memory batches, after
+    `warmup` untimed updates; and the peak GPU memory."""
+    import torch
+
+    from competition import train as train_lib
 
     model = train_lib.make_model(config, rt.device, encoder_weights="none")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -162,28 +192,58 @@ def train_rate(config, data: Path, encoded: dict, steps: int, warmup: int, rt) -
     dtype = train_lib.amp_dtype(config.amp, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
     loss_fn = train_lib.make_loss(config, rt.device)
-    image_ids = sorted(p.name for p in (data / "train_images").iterdir())
-    result = {}
-    for n in (warmup, steps):  # untimed, then timed
-        ids = [image_ids[i % len(image_ids)] for i in range(n * config.batch_size)]
-        dataset = data_lib.SteelDataset(data / "train_images", ids, encoded,
-                                        data_lib.train_transform(config))
-        loader = data_lib.loader(dataset, config.batch_size, config.num_workers, drop_last=True,
-                                 pin_memory=rt.device.type == "cuda")
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        result = train_lib.train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, None,
-                                           loader, config, rt, 0, dtype)
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize()
+    ema = train_lib.make_ema(model) if config.ema_decay > 0 else None
+    train_lib.configure_backends(rt.device)
+    args = (model, loss_fn, optimizer, scheduler, scaler, ema)
+    if warmup:
+        train_lib.train_one_epoch(*args, batches[:warmup], config, rt, 0, dtype)
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    result = train_lib.train_one_epoch(*args, batches[warmup:], config, rt, 0, dtype,
+                                       ema_updates=warmup)  # ends with a host read: synced
     peak = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else None
     return {"rate": result["images"] / result["seconds"], "peak_gib": peak}
 
 
-def bench_train(args) -> None:
-    import dataclasses
+def plain_rate(config, batches: list, warmup: int, rt) -> dict:
+    """Images/s of a plain fp32 training loop, as in most notebooks, for the same model and
+    batches: NCHW, no autocast, normalisation constants built per batch, the loss read with
+    .item() every step, no EMA."""
+    import torch
 
+    from competition import data as data_lib, train as train_lib
+
+    model = train_lib.make_model(dataclasses.replace(config, channels_last=False), rt.device,
+                                 encoder_weights="none")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = train_lib.make_loss(config, rt.device)
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step(images, masks) -> float:
+        x = images.to(rt.device).float()
+        mean = torch.tensor(data_lib.MEAN, device=rt.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(data_lib.STD, device=rt.device).view(1, 3, 1, 1) * 255
+        loss = loss_fn(model((x - mean) / std), masks.to(rt.device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    for images, masks, _ in batches[:warmup]:
+        step(images, masks)
+    start, seen = time.perf_counter(), 0
+    for images, masks, _ in batches[warmup:]:
+        step(images, masks)
+        seen += len(images)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else None
+    return {"rate": seen / seconds, "peak_gib": peak}
+
+
+def bench_train(args) -> None:
     import torch
 
     from competition.config import build_config
@@ -198,28 +258,42 @@ def bench_train(args) -> None:
     sizes = {} if args.batch_size is None else {"batch_size": args.batch_size}
     if not cuda and args.batch_size is None:
         sizes["batch_size"] = 4
-    tuned = build_config(args.config, encoder_weights="none", **sizes)
-    seed_style = dataclasses.replace(tuned, amp="off", channels_last=False, num_workers=0)
-    seeds = dataclasses.replace(seed_style, arch="tv_deeplabv3", encoder="resnet101",
-                                output_stride=8)
-    rows = [("tuned (AMP, channels_last, workers)", tuned),
-            ("seed-style loop (fp32, NCHW, no workers)", seed_style),
-            ("seeds' setup: torchvision DeepLabV3-R101 OS8 fp32", seeds)]
+    config = build_config(args.config, encoder_weights="none", **sizes)
+    if not cuda:
+        config = dataclasses.replace(config, num_workers=min(config.num_workers, 2))
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"bench train: preset {args.config} ({tuned.arch} {tuned.encoder}, output stride "
-          f"{tuned.output_stride or 'default'}), crops {tuned.crop_height}x{tuned.crop_width}, "
-          f"batch {tuned.batch_size}, {steps} timed updates after {warmup}, on {name}")
+    print(f"bench train: preset {args.config} ({config.arch} {config.encoder}, output stride "
+          f"{config.output_stride or 'default'}), crops {config.crop_height}x{config.crop_width}, "
+          f"batch {config.batch_size}, {steps} timed updates after {warmup}, on {name}, "
+          f"torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         make_dataset(data, n_train=64, n_test=1, seed=args.seed)  # cycled through
         encoded = by_image(load_train(data)[1])
-        results = [(label, train_rate(config, data, encoded, steps, warmup, rt))
-                   for label, config in rows]
-    base = results[1][1]["rate"]
-    print(f"{'loop':<52} {'img/s':>8} {'x seed-style':>13} {'peak GiB':>9}")
-    for label, r in results:
+        batches, loader_rate = train_batches(config, data, encoded, warmup + steps, rt)
+    rows = [("pipeline step (" + ("AMP " + train_amp(config, rt) + ", " if cuda else "fp32, ")
+             + "channels_last" + (", EMA" if config.ema_decay > 0 else "") + ")",
+             pipeline_rate(config, batches, warmup, rt)),
+            ("plain fp32 loop (NCHW, .item() per step)", plain_rate(config, batches, warmup, rt))]
+    if args.seeds:
+        seeds = dataclasses.replace(config, arch="tv_deeplabv3", encoder="resnet101",
+                                    output_stride=8)
+        rows.append(("seeds' model: tv DeepLabV3-R101 OS8, plain fp32",
+                     plain_rate(seeds, batches, warmup, rt)))
+    base = rows[1][1]["rate"]
+    print(f"{'training step, same in-memory batches':<48} {'img/s':>8} {'x plain':>8} "
+          f"{'peak GiB':>9}")
+    for label, r in rows:
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        print(f"{label:<52} {r['rate']:8.1f} {r['rate'] / base:13.2f} {peak:>9}")
+        print(f"{label:<48} {r['rate']:8.1f} {r['rate'] / base:8.2f} {peak:>9}")
+    print(f"loader alone, steady state ({config.num_workers} workers decoding and augmenting): "
+          f"{loader_rate:.1f} img/s")
+
+
+def train_amp(config, rt) -> str:
+    from competition.train import PRECISION, amp_dtype
+
+    return PRECISION[amp_dtype(config.amp, rt.device)]
 
 
 def bench_predict(args) -> None:

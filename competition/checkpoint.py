@@ -64,16 +64,20 @@ def model_from(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), config
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """This process's generators: CPU torch, Python, numpy, and the CUDA generator of its own
+    `device` only (under torchrun each rank saves its own; see train.gather_rng)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": np.random.get_state(legacy=False)}
     state["numpy"]["state"]["key"] = state["numpy"]["state"]["key"].tolist()
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore what rng_state saved. The CUDA generator goes to this process's `device`; an
+    older checkpoint's list of every GPU's state gives its entry for this device, if any."""
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -81,5 +85,12 @@ def set_rng_state(state: dict) -> None:
     numpy_state["state"] = dict(numpy_state["state"],
                                 key=np.asarray(numpy_state["state"]["key"], np.uint32))
     np.random.set_state(numpy_state)
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):  # before per-rank states: every visible GPU's
+        index = device.index or 0
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)

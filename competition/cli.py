@@ -425,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train: timed optimizer updates (default 30 on CUDA, 2 on CPU)")
     p.add_argument("--warmup", type=int, default=None,
                    help="train: untimed updates first (default 5 on CUDA, 1 on CPU)")
+    p.add_argument("--seeds", action="store_true",
+                   help="train: add the seeds' model (torchvision DeepLabV3-R101, stride 8)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -2,10 +2,17 @@
 
 Workers return uint8 tensors (a quarter of the bytes of float32 through the pinned-memory
 queue); `normalize` turns them into ImageNet-normalised floats on the device.
+
+A training sample's augmentation is a function of (seed, epoch, position in the epoch)
+alone: the sampler hands the loader (epoch, position, index) keys and the dataset seeds the
+transform from them. So the number of loader workers changes nothing, a resumed run sees
+the augmentations an uninterrupted one would, and the workers can live for the whole run.
 """
 from __future__ import annotations
 
+import functools
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,41 +40,56 @@ def train_transform(config) -> A.Compose:
     crop = A.OneOf([A.CropNonEmptyMaskIfExists(h, w, p=p), A.RandomCrop(h, w, p=1.0 - p)], p=1.0)
     if p in (0.0, 1.0):  # OneOf would drop a child of probability 0
         crop = A.CropNonEmptyMaskIfExists(h, w) if p == 1.0 else A.RandomCrop(h, w)
-    return A.Compose([
+    transform = A.Compose([
         crop,
         A.HorizontalFlip(p=config.hflip_p),
         A.VerticalFlip(p=config.vflip_p),
         A.RandomBrightnessContrast(0.15, 0.15, p=config.brightness_contrast_p),
-    ], seed=config.seed)
+    ])
+    seed_transform(transform, config.seed, 0, 0)  # a stream for direct calls; items reseed it
+    return transform
+
+
+def seed_transform(transform: A.Compose, seed: int, epoch: int, position: int) -> None:
+    """Give `transform` one random stream drawn from (seed, epoch, position) alone.
+
+    One numpy Generator and one random.Random shared by every child transform:
+    albumentations' own `set_random_seed` (and `Compose(seed=...)`) gives each child a
+    generator of the same seed, so that HorizontalFlip and VerticalFlip of equal p draw the
+    same number and flip together every time (measured: 200 of 200 items)."""
+    sequence = np.random.SeedSequence([seed, epoch, position])
+    transform.set_random_state(np.random.default_rng(sequence),
+                               random.Random(int(sequence.generate_state(1, np.uint64)[0])))
 
 
 class SteelDataset(Dataset):
-    """Item i: (image (3, H, W) uint8, masks (4, H, W) uint8, index i).
+    """Item key -> (image (3, H, W) uint8, masks (4, H, W) uint8, index i).
 
+    The key is an index i, or (epoch, position, i) from `EpochSampler`: the augmentation of
+    the item is seeded from (seed, epoch, position) (an index alone: epoch 0, position i).
     `encoded` maps ImageId -> {ClassId: RLE} for the images that have defects. Without a
     transform the items are full size (256x1600), as validation needs.
     """
 
     def __init__(self, folder: str | Path, image_ids: list[str],
-                 encoded: dict[str, dict[int, str]], transform: A.Compose | None = None):
+                 encoded: dict[str, dict[int, str]], transform: A.Compose | None = None,
+                 seed: int = 0):
         self.folder = Path(folder)
         self.image_ids = list(image_ids)
         self.encoded = encoded
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def reseed(self, seed: int) -> None:
-        """Seed the augmentations (each worker and each epoch gets its own stream)."""
-        if self.transform is not None:
-            self.transform.set_random_seed(seed % 2**32)
-
-    def __getitem__(self, i: int):
+    def __getitem__(self, key):
+        epoch, position, i = key if isinstance(key, tuple) else (0, key, key)
         image_id = self.image_ids[i]
         image = read_image(self.folder / image_id)
         mask = masks(self.encoded.get(image_id, {}))
         if self.transform is not None:
+            seed_transform(self.transform, self.seed, epoch, position)
             out = self.transform(image=image, mask=np.ascontiguousarray(mask.transpose(1, 2, 0)))
             image, mask = out["image"], out["mask"].transpose(2, 0, 1)
         return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
@@ -82,9 +104,6 @@ class ImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.image_ids)
-
-    def reseed(self, seed: int) -> None:  # the loader's worker init calls it; nothing random
-        pass
 
     def __getitem__(self, i: int):
         image = read_image(self.folder / self.image_ids[i])
@@ -130,32 +149,46 @@ class WeightedEpochSampler(Sampler):
         return self.n // self.world
 
 
+class EpochSampler(Sampler):
+    """Wraps a per-epoch sampler of rank `rank` of `world` and yields (epoch, position, index)
+    keys, position being the sample's place in the epoch's global order (rank r takes every
+    world-th from r, as both inner samplers do). The key seeds the item's augmentation."""
+
+    def __init__(self, sampler, rank: int = 0, world: int = 1):
+        self.sampler, self.rank, self.world, self.epoch = sampler, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for k, i in enumerate(self.sampler):
+            yield self.epoch, self.rank + k * self.world, int(i)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def train_sampler(dataset, seed: int, rank: int = 0, world: int = 1,
-                  weights: np.ndarray | None = None) -> Sampler:
+                  weights: np.ndarray | None = None) -> EpochSampler:
     """torch's DistributedSampler (shuffled per epoch, cut to equal shards; also right for
-    one process), or the weighted sampler when `weights` are given."""
+    one process), or the weighted sampler when `weights` are given; keys from EpochSampler."""
     if weights is not None:
-        return WeightedEpochSampler(weights, seed, rank, world)
-    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                              drop_last=True)
-
-
-def _worker_init(worker_id: int) -> None:
-    """albumentations 2.x copies one RNG state into every worker: reseed each from torch's
-    per-worker seed (which the loader draws afresh from its generator every epoch)."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.reseed(torch.initial_seed())
+        return EpochSampler(WeightedEpochSampler(weights, seed, rank, world), rank, world)
+    return EpochSampler(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                           seed=seed, drop_last=True), rank, world)
 
 
 def loader(dataset: SteelDataset, batch_size: int, num_workers: int, *, sampler=None,
-           drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader whose workers reseed their augmentations; `reseed_loader` per epoch."""
+           drop_last: bool = False, pin_memory: bool = False,
+           persistent: bool = False) -> DataLoader:
+    """A DataLoader; `persistent` keeps its workers between epochs (a loader iterated every
+    epoch of a run), instead of forking them anew at every pass."""
     if num_workers:
         check_temp_dir()
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                       num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
-                      worker_init_fn=_worker_init if num_workers else None,
-                      generator=torch.Generator())
+                      persistent_workers=persistent and num_workers > 0)
 
 
 def check_temp_dir() -> None:
@@ -169,21 +202,24 @@ def check_temp_dir() -> None:
                          "shorter folder, e.g. TMPDIR=/tmp, or use --workers 0")
 
 
-def reseed_loader(dl: DataLoader, seed: int, epoch: int, rank: int = 0) -> None:
-    """Make the epoch's augmentations a function of (seed, epoch, rank) alone, so that a
-    resumed run sees the same crops and flips as an uninterrupted one."""
-    epoch_seed = (seed * 1_000_003 + epoch * 1009 + rank) % 2**62
-    dl.generator.manual_seed(epoch_seed)
-    if dl.num_workers == 0:
-        dl.dataset.reseed(epoch_seed)
-    if hasattr(dl.sampler, "set_epoch"):
-        dl.sampler.set_epoch(epoch)
+def set_epoch(dl: DataLoader, epoch: int) -> None:
+    """Start epoch `epoch` of a training loader: its shuffle and, through the sampler's keys,
+    its augmentations are functions of (seed, epoch) alone, so a resumed run sees the same
+    crops and flips as an uninterrupted one, whatever the number of workers."""
+    dl.sampler.set_epoch(epoch)
+
+
+@functools.cache
+def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation's mean and std (1, 3, 1, 1) on `device`, made once per device: a
+    `torch.tensor(..., device=cuda)` per call is a host-to-device copy on every batch."""
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    return mean, torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
 
 
 def normalize(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """(N, 3, H, W) uint8 on any device -> float32 ImageNet-normalised, same device."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+    mean, std = _constants(images.device)
     out = (images.float() - mean) / std
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 

@@ -8,8 +8,10 @@ and history.csv, each atomically.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import functools
 import itertools
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from competition import checkpoint, config as config_lib, data as data_lib
 from competition.errors import InputError
@@ -30,7 +31,7 @@ from competition.metric import dice_from_counts
 from competition.model import from_config, param_groups
 from competition.postprocess import binarize, pair_counts
 from competition.progress import progress
-from competition.schedules import build_scheduler
+from competition.schedules import build_scheduler, lr_factor
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,45 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
+
+
+def resume_dtype(saved: str, device: torch.device, path: Path) -> torch.dtype | None:
+    """The autocast dtype for resuming a run trained in `saved` precision (bf16, fp16 or fp32,
+    as recorded in last.pt) on `device`: the same precision, or an InputError when this
+    device cannot run it (bf16 runs keep no loss scale, fp16 runs need theirs: switching
+    precision mid-run is a different run)."""
+    wanted = {v: k for k, v in PRECISION.items()}[saved]
+    if wanted is None:
+        return None
+    if device.type != "cuda":
+        raise InputError(f"{path}: the run trained with {saved} mixed precision on a GPU; "
+                         f"{device.type} has no {saved} autocast here: resume it on a GPU")
+    if wanted == torch.bfloat16 and torch.cuda.get_device_capability(device) < (8, 0):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise InputError(f"{path}: the run trained in bf16, and {torch.cuda.get_device_name(device)}"
+                         f" (compute {major}.{minor}) has no native bf16 (fp16 would need a loss "
+                         "scale the run never had): resume it on an Ampere or later GPU, or start "
+                         "a new run here")
+    return wanted
+
+
+def saved_precision(state: dict) -> str:
+    """The precision a last.pt was trained in; before it was recorded, an fp16 run is the one
+    whose GradScaler state is not empty, and the others are taken as bf16 on CUDA."""
+    if "precision" in state:
+        return state["precision"]
+    if state.get("scaler"):
+        return "fp16"
+    return "bf16" if config_lib.from_dict(state["config"]).amp != "off" else "fp32"
+
+
+def configure_backends(device: torch.device) -> None:
+    """cuDNN autotuning: every training batch has the crop's size and every validation batch
+    256x1600, so the fastest algorithm for each is searched once and reused."""
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+
+
 def split(folds_csv: str | Path, fold: int, image_ids: list[str]) -> tuple[list[str], list[str]]:
     """folds.csv and a fold number -> (train ImageIds, validation ImageIds)."""
     path = Path(folds_csv)
@@ -97,16 +137,100 @@ def split(folds_csv: str | Path, fold: int, image_ids: list[str]) -> tuple[list[
     return train, val
 
 
+CHECK_EVERY = 20  # optimizer updates between host reads of the loss (one sync each)
+MAX_SKIPPED_IN_A_ROW = 10  # fp16: updates with a non-finite loss in a row before stopping
+
+
+def make_ema(model: torch.nn.Module) -> torch.nn.Module:
+    """An EMA copy of `model` on its device, out of autograd."""
+    ema = copy.deepcopy(model)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, first: bool) -> None:
+    """ema <- decay * ema + (1 - decay) * model for every float parameter and buffer (BatchNorm
+    statistics too), other buffers copied; `first`: copy everything. Our own rather than
+    torch's AveragedModel, whose update reads its update counter back from the device
+    (`bool(n_averaged == 0)`) or copies it there, on every update; here the count is Python's."""
+    ours = [*ema.parameters(), *ema.buffers()]
+    theirs = [*model.parameters(), *model.buffers()]
+    floats = [(a, b) for a, b in zip(ours, theirs) if a.is_floating_point()]
+    others = [(a, b) for a, b in zip(ours, theirs) if not a.is_floating_point()]
+    if first:
+        others += floats
+    elif floats:
+        torch._foreach_lerp_([a for a, _ in floats], [b for _, b in floats], 1.0 - decay)
+    for a, b in others:
+        a.copy_(b)
+
+
+class Health:
+    """Device-side loss bookkeeping of one epoch, read on the host every CHECK_EVERY updates.
+
+    Per micro-batch: the sum of finite losses (x images) and their image count; per update:
+    whether any micro-batch (on any rank) had a non-finite loss, how many such updates were
+    skipped, and the longest run of them in a row. Nothing here waits for the device."""
+
+    def __init__(self, device: torch.device, rt):
+        zero = functools.partial(torch.zeros, (), device=device)
+        self.rt, self.loss, self.images = rt, zero(dtype=torch.float64), zero(dtype=torch.float64)
+        self.bad_update, self.skipped = zero(dtype=torch.int64), zero(dtype=torch.int64)
+        self.streak, self.worst = zero(dtype=torch.int64), zero(dtype=torch.int64)
+
+    def micro(self, loss: torch.Tensor, n: int) -> None:
+        value = loss.detach().double()
+        finite = torch.isfinite(value)
+        self.loss += torch.where(finite, value, 0.0) * n
+        self.images += finite * n
+        self.bad_update |= ~finite
+
+    def update(self) -> None:
+        if self.rt.world > 1:  # a NaN on one rank spoils the averaged gradient of all
+            dist.all_reduce(self.bad_update, op=dist.ReduceOp.MAX)
+        self.skipped += self.bad_update
+        self.streak = (self.streak + 1) * self.bad_update
+        self.worst = torch.maximum(self.worst, self.streak)
+        self.bad_update.zero_()
+
+    def read(self) -> dict:
+        """One host sync (and one all_reduce under DDP, where `skipped` and `worst` are
+        already the same on every rank)."""
+        packed = torch.stack([self.loss, self.images, self.skipped.double(),
+                              self.worst.double()])
+        if self.rt.world > 1:
+            dist.all_reduce(packed)
+            packed[2:] /= self.rt.world
+        loss, images, skipped, worst = packed.tolist()
+        return {"loss": loss / images if images else float("nan"), "skipped": int(skipped),
+                "worst": int(worst)}
+
+
+def check_health(h: dict, scaled: bool, epoch: int, step: int) -> None:
+    """Under fp16 the GradScaler skips an update whose gradients are not finite: tolerated
+    until MAX_SKIPPED_IN_A_ROW in a row. In bf16 or fp32 nothing rescales, so any stops."""
+    if h["worst"] >= (MAX_SKIPPED_IN_A_ROW if scaled else 1):
+        why = (f"{h['worst']} updates in a row (the fp16 loss scale could not absorb it)"
+               if scaled else "bf16/fp32: nothing rescales it")
+        raise NonFiniteLoss(f"the loss is not finite (nan or inf) in epoch {epoch + 1} by "
+                            f"optimizer step {step}: {why}")
+
+
 def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, loader, config, rt,
-                    epoch: int, dtype) -> dict:
+                    epoch: int, dtype, ema_updates: int = 0) -> dict:
     """One pass over the training loader: `accumulate` micro-batches per optimizer update,
-    the scheduler stepped once per update. Returns mean loss, images and seconds."""
+    the scheduler stepped once per update, the EMA (if any) updated after each. The loss is
+    kept on the device and read every CHECK_EVERY updates and at the end (see Health).
+    Returns mean loss, images, seconds, skipped updates and the EMA's update count."""
     model.train()
     updates = len(loader) // config.accumulate
     batches = itertools.islice(loader, updates * config.accumulate)
     bar = progress(batches, total=updates * config.accumulate, desc=f"epoch {epoch + 1} train",
                    unit="batch", disable=not rt.main, leave=False)
-    total, seen, start = 0.0, 0, time.perf_counter()
+    health, scaled = Health(rt.device, rt), scaler.is_enabled()
+    seen, start, h = 0, time.perf_counter(), {}
     optimizer.zero_grad(set_to_none=True)
     for i, (images, masks, _) in enumerate(bar):
         images = data_lib.normalize(images.to(rt.device, non_blocking=True), config.channels_last)
@@ -117,39 +241,49 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, loader, c
             with torch.autocast(rt.device.type, dtype=dtype, enabled=dtype is not None):
                 loss = loss_fn(model(images), masks)
             scaler.scale(loss / config.accumulate).backward()
-        if last_micro:
-            if config.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(unwrap(model))
-        value = loss.detach().float()
-        if rt.world > 1:
-            dist.all_reduce(value)
-            value /= rt.world
-        value = value.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(value, epoch, scheduler.last_epoch)
-        total += value * len(images)
+        health.micro(loss, len(images))
         seen += len(images)
-        rate = seen * rt.world / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
-                        img_s=f"{rate:.1f}", refresh=False)
+        if not last_micro:
+            continue
+        if config.clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        health.update()
+        if ema is not None:
+            update_ema(ema, unwrap(model), config.ema_decay, first=ema_updates == 0)
+            ema_updates += 1
+        done = (i + 1) // config.accumulate
+        if done % CHECK_EVERY == 0 or done == updates:
+            h = health.read()
+            check_health(h, scaled, epoch, scheduler.last_epoch)
+            rate = seen * rt.world / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{h['loss']:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
+                            img_s=f"{rate:.1f}", skipped=h["skipped"], refresh=False)
     seconds = time.perf_counter() - start
-    return {"loss": total / max(seen, 1), "images": seen * rt.world, "seconds": seconds}
+    return {"loss": h.get("loss", float("nan")), "images": seen * rt.world, "seconds": seconds,
+            "skipped": h.get("skipped", 0), "ema_updates": ema_updates}
 
 
 class NonFiniteLoss(Exception):
-    def __init__(self, value: float, epoch: int, step: int):
-        super().__init__(f"loss is {value} in epoch {epoch + 1} after optimizer step {step}")
+    pass
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def same_on_every_rank(module: torch.nn.Module, rt) -> None:
+    """Broadcast rank 0's parameters and buffers of `module` to every rank. Under DDP each
+    rank updates its own BatchNorm statistics (DDP only broadcasts rank 0's at the start of a
+    forward) and each rank's EMA averages its own; validating without this would score a mix
+    of slightly different models, not the one rank 0 saves."""
+    if rt.world > 1:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, 0)
 
 
 @torch.no_grad()
@@ -204,16 +338,17 @@ def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime):
     image pooling cannot train on a batch of one), full-size validation split by rank."""
     folder = data / "train_images"
     train_set = data_lib.SteelDataset(folder, train_ids, encoded,
-                                      data_lib.train_transform(config))
+                                      data_lib.train_transform(config), config.seed)
     weights = (data_lib.balance_weights(data_lib.has_defect(train_ids, encoded))
                if config.balance else None)
     sampler = data_lib.train_sampler(train_set, config.seed, rt.rank, rt.world, weights)
     pin = rt.device.type == "cuda"
     train_loader = data_lib.loader(train_set, config.batch_size, config.num_workers,
-                                   sampler=sampler, drop_last=True, pin_memory=pin)
+                                   sampler=sampler, drop_last=True, pin_memory=pin,
+                                   persistent=True)
     val_set = data_lib.SteelDataset(folder, val_ids[rt.rank::rt.world], encoded)
     val_loader = data_lib.loader(val_set, config.val_batch_size, config.num_workers,
-                                 pin_memory=pin)
+                                 pin_memory=pin, persistent=True)
     if len(train_loader) < config.accumulate:
         raise InputError(f"{len(train_ids)} training images give {len(train_loader)} batches "
                          f"of {config.batch_size} per process: fewer than one optimizer update "
@@ -225,7 +360,8 @@ def resolve_config(config, out: Path, resume: bool, overwrite: bool, explicit: d
     """The config to run with and the state to resume from (None for a new run).
 
     A new run refuses an output folder that holds a run unless `overwrite`; a resumed run
-    takes its config from last.pt, and any option given that differs is an error."""
+    takes its config from last.pt, and any option given that differs is an error, except a
+    larger --epochs (extending a run whose curve still rises: the schedule is re-planned)."""
     last = out / "last.pt"
     if not resume:
         if last.exists() and not overwrite:
@@ -235,7 +371,10 @@ def resolve_config(config, out: Path, resume: bool, overwrite: bool, explicit: d
     state = checkpoint.load(last)
     saved = checkpoint.config_of(state, last)
     wanted = config_lib.from_dict({**config_lib.to_dict(saved), **explicit})
-    diffs = config_lib.differences(saved, wanted)
+    if wanted.epochs < saved.epochs:
+        raise InputError(f"{last}: cannot resume with --epochs {wanted.epochs}, fewer than the "
+                         f"run's {saved.epochs} (a run can be extended, not shortened)")
+    diffs = config_lib.differences(saved, dataclasses.replace(wanted, epochs=saved.epochs))
     if diffs:
         raise InputError(f"{last}: cannot resume with another config ({diffs[0]}"
                          + (f", and {len(diffs) - 1} more" if len(diffs) > 1 else "") + ")")
@@ -248,6 +387,49 @@ def describe(result: dict) -> str:
             f"(all-empty {result['all_empty_baseline']:.4f})")
 
 
+def schedule_args(config, updates: int) -> dict:
+    """build_scheduler's arguments for `config` with `updates` optimizer updates per epoch."""
+    total = config.epochs * updates
+    return dict(schedule=config.schedule, total_steps=total, min_factor=config.min_lr_factor,
+                warmup_steps=min(round(config.warmup_epochs * updates), total))
+
+
+def announce_extension(saved, config, state: dict, updates: int) -> None:
+    """A run resumed with more epochs than it was planned for is re-planned for the new end
+    (as timm and torchvision's references do): from the current step on, the LR follows the
+    schedule of the longer run, so a cosine that had reached its floor rises to where the
+    longer cosine is at this step and decays to the new end. Said once."""
+    if config.epochs == saved.epochs:
+        return
+    step = state["step"]
+    old = lr_factor(step, **schedule_args(saved, updates))
+    new = lr_factor(step, **schedule_args(config, updates))
+    print(f"resume: extending the run from {saved.epochs} to {config.epochs} epochs: the "
+          f"{config.schedule} schedule is re-planned to end at step {config.epochs * updates}; "
+          f"at step {step} the LR factor goes from {old:.4g} to {new:.4g}", flush=True)
+
+
+def gather_rng(rt) -> list[dict]:
+    """Every rank's own generator states, in rank order (a collective: all ranks call it)."""
+    mine = checkpoint.rng_state(rt.device)
+    if rt.world == 1:
+        return [mine]
+    states = [None] * rt.world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def restore_rng(saved, rt) -> None:
+    """This rank's entry of last.pt's RNG states (one dict in checkpoints before per-rank
+    states); a rank the saved run did not have keeps the seed's state, said once."""
+    states = [saved] if isinstance(saved, dict) else list(saved)
+    if len(states) != rt.world and rt.main:
+        print(f"resume: last.pt holds the RNG states of {len(states)} process(es), this run has "
+              f"{rt.world}: the random streams (dropout) differ from the original run's")
+    if rt.rank < len(states):
+        checkpoint.set_rng_state(states[rt.rank], rt.device)
+
+
 def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | Path,
         resume: bool = False, overwrite: bool = False, explicit: dict | None = None) -> dict:
     """Train `fold` of `folds_csv` on dataset `data` into `out`; returns the last epoch's
@@ -255,9 +437,12 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     rt = runtime()
     data, out = Path(data), Path(out)
     config, state = resolve_config(config, out, resume, overwrite, explicit or {})
+    dtype = (amp_dtype(config.amp, rt.device) if state is None else
+             resume_dtype(saved_precision(state), rt.device, out / "last.pt"))
     image_ids, labels = load_train(data)
     train_ids, val_ids = split(folds_csv, fold, image_ids)
     encoded = by_image(labels)
+    configure_backends(rt.device)
     torch.manual_seed(config.seed)
     model = make_model(config, rt.device)
     encoder_params, head_params = param_groups(model)
@@ -266,28 +451,28 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                                   weight_decay=config.weight_decay)
     train_loader, val_loader = build_loaders(config, data, train_ids, val_ids, encoded, rt)
     updates = len(train_loader) // config.accumulate
-    scheduler = build_scheduler(optimizer, schedule=config.schedule,
-                                total_steps=config.epochs * updates,
-                                warmup_steps=min(round(config.warmup_epochs * updates),
-                                                 config.epochs * updates),
-                                min_factor=config.min_lr_factor)
-    dtype = amp_dtype(config.amp, rt.device)
+    if state is not None:
+        announce_extension(checkpoint.config_of(state, out / "last.pt"), config, state, updates)
+    scheduler = build_scheduler(optimizer, **schedule_args(config, updates))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay),
-                         use_buffers=True) if config.ema_decay > 0 else None)
+    ema = make_ema(model) if config.ema_decay > 0 else None
     loss_fn = make_loss(config, rt.device)
 
-    start_epoch, best, history = 0, -1.0, []
+    start_epoch, best, history, ema_updates = 0, -1.0, [], 0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs,
+                                       scheduler.lr_lambdas):  # the plan's LR (re-planned?)
+            group["lr"] = base * factor(scheduler.last_epoch)
+        if state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
         if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-            ema.n_averaged.fill_(state["ema_updates"])
+            ema.load_state_dict(state["ema"])
+            ema_updates = state["ema_updates"]
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
-        checkpoint.set_rng_state(state["rng"])
+        restore_rng(state["rng"], rt)
     if rt.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
@@ -296,23 +481,25 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
         print("config:\n" + "\n".join(f"  {k:<22} {v}" for k, v in
                                         config_lib.to_dict(config).items()))
         print(f"fold {fold}: {len(train_ids)} train / {len(val_ids)} validation images; "
-              f"{rt.world} process(es) on {rt.device}, amp {dtype or 'off'}; {updates} updates "
+              f"{rt.world} process(es) on {rt.device}, amp {PRECISION[dtype]}; {updates} updates "
               f"per epoch, epochs {start_epoch + 1}..{config.epochs}"
               + (f" (resumed from {out / 'last.pt'})" if state is not None else ""))
         write_json(out / "config.json", config_lib.to_dict(config))
 
     row = history[-1] if history else {}
     for epoch in range(start_epoch, config.epochs):
-        data_lib.reseed_loader(train_loader, config.seed, epoch, rt.rank)
+        data_lib.set_epoch(train_loader, epoch)
         try:
             trained = train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema,
-                                      train_loader, config, rt, epoch, dtype)
+                                      train_loader, config, rt, epoch, dtype, ema_updates)
         except NonFiniteLoss as e:
             kept = (f"the last good checkpoint {out / 'last.pt'} (epoch {epoch}) is kept"
                     if epoch > start_epoch or state is not None else "no checkpoint was written")
             raise InputError(f"{out}: {e}: stopped; {kept}. Try a lower --lr or --amp off") from None
-        result = evaluate(ema.module if ema is not None else unwrap(model), val_loader, loss_fn,
-                          config, rt, dtype)
+        ema_updates = trained["ema_updates"]
+        evaluated = ema if ema is not None else unwrap(model)
+        same_on_every_rank(evaluated, rt)
+        result = evaluate(evaluated, val_loader, loss_fn, config, rt, dtype)
         improved = result["mean_dice"] > best
         best = max(best, result["mean_dice"])
         row = {"epoch": epoch + 1, "step": scheduler.last_epoch,
@@ -321,21 +508,25 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                **{f"dice_{c}": v for c, v in result["per_class"].items()},
                "all_empty": result["all_empty_baseline"], "best": best,
                "images_per_s": trained["images"] / trained["seconds"],
-               "epoch_s": trained["seconds"]}
+               "epoch_s": trained["seconds"], "skipped_steps": trained["skipped"],
+               "planned_epochs": config.epochs}
         history.append(row)
+        rngs = gather_rng(rt)
         if rt.main:
             weights = {"config": config_lib.to_dict(config), "model": unwrap(model).state_dict(),
-                       "ema": ema.module.state_dict() if ema is not None else None,
+                       "ema": ema.state_dict() if ema is not None else None,
                        "epoch": epoch + 1, "step": scheduler.last_epoch}
             checkpoint.save(out / "last.pt", {
-                **weights, "ema_updates": int(ema.n_averaged) if ema is not None else 0,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "best": best, "history": history,
-                "rng": checkpoint.rng_state()})
+                **weights, "ema_updates": ema_updates, "precision": PRECISION[dtype],
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "best": best, "history": history, "rng": rngs})
             if improved:
                 checkpoint.save(out / "best.pt", {**weights, "score": result})
             write_csv(out / "history.csv", pd.DataFrame(history))
+            skipped = (f" ({trained['skipped']} updates skipped: non-finite loss)"
+                       if trained["skipped"] else "")
             print(f"epoch {epoch + 1}/{config.epochs} loss {trained['loss']:.4f} "
                   f"{describe(result)} lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s"
-                  + (" *best" if improved else ""), flush=True)
+                  + skipped + (" *best" if improved else ""), flush=True)
     return row

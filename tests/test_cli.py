@@ -114,8 +114,9 @@ def test_benches_run_small():
     out = run("bench", "train", "--config", "demo_cpu", "--batch-size", "2", "--steps", "1",
               "--warmup", "0")
     assert out.returncode == 0, out.stderr
-    rows = [line for line in out.stdout.splitlines() if line.startswith(("tuned", "seed"))]
-    assert len(rows) == 3 and rows[1].split()[-2] == "1.00"  # ratios are to the seed-style loop
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("pipeline", "plain"))]
+    assert len(rows) == 2 and rows[1].split()[-2] == "1.00"  # ratios are to the plain loop
+    assert "loader alone, steady state" in out.stdout
     out = run("bench", "predict", "--config", "demo_cpu", "--images", "2", "--folds", "2",
               "--batch-size", "1", "--workers", "0", "--masks-pp", "16")
     assert out.returncode == 0, out.stderr

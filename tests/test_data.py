@@ -68,29 +68,65 @@ def test_random_crops_miss_a_small_defect_that_defect_crops_always_hit():
     assert hits[1.0] == 1.0 and hits[0.0] < 0.4
 
 
-def crops(dataset, indices):
-    return [dataset[i][0][0].float().mean().item() for i in indices]
+def crop_means(dataset, keys):
+    return [dataset[k][0][0].float().mean().item() for k in keys]
 
 
-def test_reseed_makes_augmentations_repeatable(train_set):
+def test_an_items_augmentation_depends_on_seed_epoch_and_position_only(train_set):
     folder, image_ids, encoded, _ = train_set
     config = dataclasses.replace(TrainConfig(), crop_height=128, crop_width=256)
-    dataset = data_lib.SteelDataset(folder, image_ids[:1] * 6, encoded,
+
+    def dataset(seed):
+        return data_lib.SteelDataset(folder, image_ids[:1] * 6, encoded,
+                                     data_lib.train_transform(config), seed)
+
+    keys = [(0, p, p) for p in range(6)]
+    first = crop_means(dataset(5), keys)
+    assert len(set(first)) > 1, "one image, six positions, different crops"
+    assert crop_means(dataset(5), keys[::-1]) == first[::-1], "order of requests is irrelevant"
+    assert crop_means(dataset(6), keys) != first
+    assert crop_means(dataset(5), [(1, p, p) for p in range(6)]) != first, "epoch matters"
+
+
+def test_flips_are_drawn_independently():
+    """albumentations' set_random_seed gives HorizontalFlip and VerticalFlip generators of
+    the same seed: with equal p they flipped together on every item (200 of 200)."""
+    config = dataclasses.replace(TrainConfig(), crop_height=256, crop_width=1600,
+                                 brightness_contrast_p=0.0, defect_crop_p=0.0)
+    transform = data_lib.train_transform(config)
+    image = np.zeros((256, 1600, 3), np.uint8)
+    image[0, 0] = 255  # top left: where it lands tells which flips were applied
+    seen = set()
+    for position in range(64):
+        data_lib.seed_transform(transform, 0, 0, position)
+        out = transform(image=image, mask=np.zeros((256, 1600, 4), np.uint8))["image"]
+        row, col = np.argwhere(out[..., 0] == 255)[0]
+        seen.add((bool(row), bool(col)))  # (vflip, hflip)
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def loader_batches(dataset, epoch, workers, batch_size=2):
+    dl = data_lib.loader(dataset, batch_size=batch_size, num_workers=workers,
+                         sampler=data_lib.train_sampler(dataset, seed=0), drop_last=True,
+                         persistent=True)
+    data_lib.set_epoch(dl, epoch)
+    return [(images, masks, index) for images, masks, index in dl]
+
+
+def test_the_number_of_workers_changes_no_batch(train_set):
+    """Each item is augmented from (seed, epoch, position) in whichever process decodes it:
+    0, 1 or 2 workers give bit-identical batches (the same code on the same inputs)."""
+    folder, image_ids, encoded, _ = train_set
+    config = dataclasses.replace(TrainConfig(), crop_height=128, crop_width=256,
+                                 defect_crop_p=0.5, brightness_contrast_p=0.5)
+    dataset = data_lib.SteelDataset(folder, image_ids[:8], encoded,
                                     data_lib.train_transform(config))
-    dataset.reseed(5)
-    first = crops(dataset, range(6))
-    dataset.reseed(5)
-    assert crops(dataset, range(6)) == first
-    dataset.reseed(6)
-    assert crops(dataset, range(6)) != first
-    assert len(set(first)) > 1, "one image, six different crops"
-
-
-def loader_crops(dataset, epoch, workers):
-    dl = data_lib.loader(dataset, batch_size=1, num_workers=workers,
-                         sampler=data_lib.train_sampler(dataset, seed=0))
-    data_lib.reseed_loader(dl, seed=0, epoch=epoch)
-    return {int(i): img[0, 0].float().mean().item() for img, _, i in dl}
+    runs = {w: loader_batches(dataset, 1, w) for w in (0, 1, 2)}
+    for w in (1, 2):
+        for (a, am, ai), (b, bm, bi) in zip(runs[0], runs[w]):
+            assert torch.equal(ai, bi) and torch.equal(a, b) and torch.equal(am, bm)
+    assert not all(torch.equal(a[0], b[0]) for (a, _, _), (b, _, _) in
+                   zip(runs[0], loader_batches(dataset, 2, 0))), "a new epoch, new batches"
 
 
 def test_workers_do_not_repeat_each_others_augmentations(train_set):
@@ -101,10 +137,9 @@ def test_workers_do_not_repeat_each_others_augmentations(train_set):
                                  defect_crop_p=0.0)
     dataset = data_lib.SteelDataset(folder, image_ids[:1] * 8, encoded,
                                     data_lib.train_transform(config))
-    epoch0 = loader_crops(dataset, 0, workers=2)
-    assert len(set(epoch0.values())) == 8
-    assert loader_crops(dataset, 0, workers=2) == epoch0, "same epoch, same augmentations"
-    assert loader_crops(dataset, 1, workers=2) != epoch0, "next epoch, new augmentations"
+    epoch0 = [images[0, 0].float().mean().item()
+              for images, _, _ in loader_batches(dataset, 0, 2, batch_size=1)]
+    assert len(set(epoch0)) == 8
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -113,7 +148,10 @@ def test_train_sampler_shards_and_reshuffles_per_epoch(weighted):
     weights = np.full(n, 1 / n) if weighted else None
 
     def sampler(rank=0, world=1):
-        return data_lib.train_sampler(range(n), 3, rank, world, weights)
+        keyed = data_lib.train_sampler(range(n), 3, rank, world, weights)
+        positions = [p for _, p, _ in keyed]
+        assert positions == [rank + k * world for k in range(len(keyed))]
+        return keyed.sampler
 
     full = sampler()
     order0 = list(full)
@@ -151,6 +189,8 @@ def test_normalize_by_hand():
         assert out[0, c, 0].tolist() == pytest.approx([lo, hi], rel=1e-6)
     assert data_lib.normalize(images, channels_last=True).is_contiguous(
         memory_format=torch.channels_last)
+    # the constants are made once per device, not copied to it on every batch
+    assert data_lib._constants(images.device)[0] is data_lib._constants(images.device)[0]
 
 
 def test_a_temp_dir_too_long_for_the_worker_sockets_is_one_clear_error(monkeypatch, tmp_path):

@@ -166,7 +166,8 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     out = tmp_path / "nan"
     NanAfter.calls = 0
     monkeypatch.setattr(train_lib, "DiceBCELoss", NanAfter)
-    with pytest.raises(InputError, match=r"loss is nan in epoch 2 .* last good checkpoint"):
+    with pytest.raises(InputError, match=r"loss is not finite .* in epoch 2 .*nothing rescales"
+                                         r".* last good checkpoint"):
         train_lib.fit(tiny(), synthetic, 0, out, folds_csv)
     assert checkpoint.load(out / "last.pt")["epoch"] == 1
     assert len(pd.read_csv(out / "history.csv")) == 1
@@ -257,20 +258,28 @@ def test_a_run_killed_mid_epoch_resumes_and_finishes(synthetic, folds_csv, tmp_p
     assert checkpoint.load(out / "last.pt")["epoch"] == 2
 
 
-def test_torchrun_two_cpu_processes_match_a_single_process_evaluation(
-        synthetic, folds_csv, tmp_path):
-    """DDP with gloo: training completes, the checkpoint loads, and its validation Dice,
-    reduced over two ranks that each scored half of the images, equals the Dice that one
-    process computes from the checkpoint on all of them."""
-    out = tmp_path / "ddp"
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
+def test_torchrun_ranks_validate_the_saved_model(synthetic, folds_csv, tmp_path):
+    """DDP with gloo, two processes: every rank validates bit-identical weights and buffers
+    (without the broadcast, rank 1's BatchNorm statistics and EMA differ from rank 0's); the
+    validation Dice reduced over the two ranks, each scoring half of the images, equals the
+    Dice one process computes from the saved best.pt on all of them; each rank's own RNG
+    state is in last.pt."""
+    out, probes = tmp_path / "ddp", tmp_path / "probes"
+    probes.mkdir()
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1",
+               PROBE_DIR=str(probes), PYTHONPATH=str(ROOT))
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "-m", "competition", *map(str, cli_args(synthetic, folds_csv, out, "--epochs", 1))]
+            str(ROOT / "tests" / "ddp_probe.py"),
+            *map(str, cli_args(synthetic, folds_csv, out, "--epochs", 2))]
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stdout and done.stdout.count("best val dice") == 1
+    for epoch in (1, 2):
+        digests = [(probes / f"rank{r}_eval{epoch}.txt").read_text() for r in (0, 1)]
+        assert digests[0] == digests[1], f"epoch {epoch}: the ranks validated different models"
+    last = checkpoint.load(out / "last.pt")
+    assert last["step"] == 12 and len(last["rng"]) == 2  # 48 images, 2 ranks x batch 4
     state = checkpoint.load(out / "best.pt")
-    assert state["step"] == 6  # 48 images over 2 ranks, batch 4 each: 6 updates
     model, config = checkpoint.model_from(out / "best.pt")
     folds = pd.read_csv(folds_csv)
     _, labels = load_train(synthetic)
@@ -280,7 +289,10 @@ def test_torchrun_two_cpu_processes_match_a_single_process_evaluation(
     single = train_lib.evaluate(model, data_lib.loader(val_set, 5, 0), loss_fn, config,
                                 train_lib.Runtime(), None)
     assert single["images"] == 12
-    assert single["mean_dice"] == pytest.approx(state["score"]["mean_dice"], abs=1e-12)
+    # The same weights on the same images; forwards of other batch sizes and thread counts
+    # differ in the last bits of the logits, which can move a pixel across the threshold:
+    # one pixel changes a pair's Dice by at most 2/(area) and the mean by that / 48 pairs.
+    assert single["mean_dice"] == pytest.approx(state["score"]["mean_dice"], abs=1e-4)
     # float32 sums over other batches and thread counts: equal to about 1e-5
     assert single["loss"] == pytest.approx(state["score"]["loss"], rel=1e-4)
 
@@ -296,3 +308,235 @@ def test_amp_uses_bf16_only_where_the_gpu_has_it(monkeypatch):
         assert train_lib.amp_dtype("bf16", cuda) == torch.bfloat16
         assert train_lib.amp_dtype("off", cuda) is None
     assert train_lib.amp_dtype("auto", cpu) is None
+
+
+# --- the training step: device-side loss checks, skipped fp16 updates, the EMA -------------
+
+class ScriptedLoss(DiceBCELoss):
+    """The real loss, NaN on the training calls numbered in `bad` (1-based)."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad, self.calls, self.finite = set(bad), 0, []
+
+    def forward(self, logits, targets):
+        loss = super().forward(logits, targets)
+        if not torch.is_grad_enabled():
+            return loss
+        self.calls += 1
+        if self.calls in self.bad:
+            return loss * float("nan")
+        self.finite.append(loss.item())
+        return loss
+
+
+def tiny_step_setup(scaled, updates=12):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                torch.nn.Conv2d(8, 4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=scaled)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 256, (2, 3, 16, 32), dtype=torch.uint8, generator=g),
+                torch.randint(0, 2, (2, 4, 16, 32), dtype=torch.uint8, generator=g),
+                torch.arange(2)) for _ in range(updates)]
+    config = tiny(channels_last=False, clip_grad_norm=1.0, ema_decay=0.0)
+    return model, optimizer, scheduler, scaler, batches, config
+
+
+def test_fp16_updates_with_a_non_finite_loss_are_skipped_and_counted():
+    """Under a GradScaler (fp16) a NaN loss is what the scaler absorbs: the update is skipped
+    (the weights do not move), counted, and the epoch goes on; its mean loss is that of the
+    finite micro-batches."""
+    model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=True)
+    loss_fn = ScriptedLoss(bad={3, 4, 9})
+    before = {}
+
+    def remember(module, args):
+        if loss_fn.calls + 1 in loss_fn.bad:  # the forward of a call that will be NaN
+            before.update({k: v.clone() for k, v in model.state_dict().items()
+                           if "running" not in k and "num_batches" not in k})
+    hook = model.register_forward_pre_hook(remember)
+    result = train_lib.train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, None,
+                                       batches, config, train_lib.Runtime(), 0, None)
+    hook.remove()
+    assert result["skipped"] == 3 and result["images"] == 24
+    assert result["loss"] == pytest.approx(np.mean(loss_fn.finite), rel=1e-9)
+    assert scaler.get_scale() < 65536.0, "the scaler lowered its scale on the skipped steps"
+
+    model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=True, updates=1)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    train_lib.train_one_epoch(model, ScriptedLoss(bad={1}), optimizer, scheduler, scaler, None,
+                              batches, config, train_lib.Runtime(), 0, None)
+    for key, value in model.state_dict().items():
+        if "running" not in key and "num_batches" not in key:
+            assert torch.equal(value, start[key]), f"{key} moved on a skipped update"
+
+
+def test_a_loss_that_stays_non_finite_stops_fp16_and_one_non_finite_loss_stops_fp32():
+    model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=True)
+    with pytest.raises(train_lib.NonFiniteLoss, match="10 updates in a row"):
+        train_lib.train_one_epoch(model, ScriptedLoss(bad=range(3, 13)), optimizer, scheduler,
+                                  scaler, None, batches, config, train_lib.Runtime(), 0, None)
+    model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=True)
+    result = train_lib.train_one_epoch(model, ScriptedLoss(bad=range(3, 12)), optimizer,
+                                       scheduler, scaler, None, batches, config,
+                                       train_lib.Runtime(), 0, None)
+    assert result["skipped"] == 9, "nine in a row are absorbed"
+    model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=False)
+    with pytest.raises(train_lib.NonFiniteLoss, match="nothing rescales it"):
+        train_lib.train_one_epoch(model, ScriptedLoss(bad={5}), optimizer, scheduler, scaler,
+                                  None, batches, config, train_lib.Runtime(), 0, None)
+
+
+def test_the_step_reads_the_device_only_every_check_every_updates(monkeypatch):
+    """The loss is kept on the device and read on the host every CHECK_EVERY updates and at
+    the end of the epoch (each read waits for the GPU); the EMA keeps its count on the host.
+    Counted: every item/tolist/bool/cpu call on a tensor made from train.py."""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "cpu"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename == train_lib.__file__:
+                reads.append(_name)
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    monkeypatch.setattr(train_lib, "CHECK_EVERY", 5)
+    model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=False)
+    ema = train_lib.make_ema(model)
+    result = train_lib.train_one_epoch(model, DiceBCELoss(), optimizer, scheduler, scaler, ema,
+                                       batches, dataclasses.replace(config, ema_decay=0.9),
+                                       train_lib.Runtime(), 0, None)
+    assert result["ema_updates"] == 12
+    assert reads == ["tolist"] * 3, reads  # after updates 5, 10 and 12 (the end)
+
+
+def test_ema_update_by_hand():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    ema = train_lib.make_ema(model)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].running_mean.fill_(2.0)
+        model[1].num_batches_tracked.fill_(7)
+    train_lib.update_ema(ema, model, 0.9, first=True)
+    assert torch.equal(ema[0].weight, model[0].weight)
+    with torch.no_grad():
+        model[0].weight.fill_(3.0)
+        model[1].running_mean.fill_(4.0)
+        model[1].num_batches_tracked.fill_(9)
+    train_lib.update_ema(ema, model, 0.9, first=False)
+    assert torch.allclose(ema[0].weight, torch.full((1, 2), 0.9 * 1 + 0.1 * 3))
+    assert torch.allclose(ema[1].running_mean, torch.tensor([0.9 * 2 + 0.1 * 4]))
+    assert ema[1].num_batches_tracked.item() == 9 and not ema[0].weight.requires_grad
+
+
+def test_cudnn_autotuning_is_on_for_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    train_lib.configure_backends(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark
+    train_lib.configure_backends(torch.device("cpu"))
+    assert not torch.backends.cudnn.benchmark
+
+
+def test_training_loaders_keep_their_workers(synthetic, folds_csv):
+    image_ids, labels = load_train(synthetic)
+    train_ids, val_ids = train_lib.split(folds_csv, 0, image_ids)
+    loaders = train_lib.build_loaders(tiny(num_workers=1), synthetic, train_ids, val_ids,
+                                      by_image(labels), train_lib.Runtime())
+    assert all(dl.persistent_workers for dl in loaders)
+
+
+# --- resuming where users resume --------------------------------------------------------------
+
+def test_resume_keeps_the_runs_precision(monkeypatch, tmp_path):
+    """A bf16 run (no loss scale) resumed on a T4 (fp16 by --amp auto, scaler on) would die
+    in GradScaler.load_state_dict: the recorded precision is kept, or the resume refused."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla T4")
+    last = tmp_path / "last.pt"
+    for capability, saved, expected in (((8, 0), "bf16", torch.bfloat16),
+                                        ((7, 5), "fp16", torch.float16),
+                                        ((8, 0), "fp16", torch.float16),
+                                        ((7, 5), "fp32", None), ((8, 0), "fp32", None)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
+        assert train_lib.resume_dtype(saved, cuda, last) == expected
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
+    with pytest.raises(InputError, match=r"last.pt: the run trained in bf16, and Tesla T4 "
+                                         r"\(compute 7.5\) has no native bf16"):
+        train_lib.resume_dtype("bf16", cuda, last)
+    with pytest.raises(InputError, match="resume it on a GPU"):
+        train_lib.resume_dtype("fp16", torch.device("cpu"), last)
+    assert train_lib.saved_precision({"scaler": {"scale": 1024.0}, "config": {}}) == "fp16"
+
+
+def test_a_gpu_run_resumed_on_the_cpu_is_refused_in_one_line(trained, synthetic, folds_csv,
+                                                              tmp_path):
+    out = tmp_path / "gpu-run"
+    shutil.copytree(trained[0], out)
+    state = checkpoint.load(out / "last.pt")
+    assert state["precision"] == "fp32"  # recorded: this run was on the CPU
+    checkpoint.save(out / "last.pt", {**state, "precision": "bf16", "epoch": 1})
+    before = digest(out)
+    one_line_error(run(*cli_args(synthetic, folds_csv, out, "--resume")),
+                   "trained with bf16 mixed precision on a GPU")
+    assert digest(out) == before
+
+
+def test_rng_states_are_this_processes_own(monkeypatch):
+    """Each rank saves and restores its own device's CUDA generator (not every visible GPU's:
+    fewer GPUs at resume raised IndexError, and every rank restored rank 0's)."""
+    restored, device = [], torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda d: torch.tensor([d.index]))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, d: restored.append((s, d)))
+    state = checkpoint.rng_state(device)
+    assert state["cuda"].tolist() == [1]
+    checkpoint.set_rng_state(state, device)
+    assert restored == [(state["cuda"], device)]
+    old = {**state, "cuda": [torch.tensor([0])]}  # a list of every GPU's, from one GPU
+    checkpoint.set_rng_state(old, device)  # device 1 had no entry: left alone, no IndexError
+    checkpoint.set_rng_state(old, torch.device("cuda", 0))
+    assert len(restored) == 2 and restored[1][0].tolist() == [0]
+    assert "cuda" not in checkpoint.rng_state(torch.device("cpu"))
+
+
+def test_resume_with_more_epochs_extends_the_run_and_replans_the_schedule(
+        trained, synthetic, folds_csv, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "extended"
+    shutil.copytree(trained[0], out)
+    first_lr, real = [], train_lib.train_one_epoch
+    monkeypatch.setattr(train_lib, "train_one_epoch", lambda *a, **k: first_lr.append(
+        a[2].param_groups[-1]["lr"]) or real(*a, **k))
+    row = train_lib.fit(tiny(), synthetic, 0, out, folds_csv, resume=True,
+                        explicit={"epochs": 3})
+    said = capsys.readouterr().out
+    assert said.count("extending the run from 2 to 3 epochs") == 1
+    history = pd.read_csv(out / "history.csv")
+    assert history.epoch.tolist() == [1, 2, 3] and row["step"] == 36
+    assert history.planned_epochs.tolist() == [2, 2, 3]
+    assert checkpoint.load(out / "last.pt")["config"]["epochs"] == 3
+    # the LR now follows the 3-epoch plan: 12 updates an epoch, 6 of warmup (0.5 epoch), so
+    # the cosine of the 2-epoch run ended at min_lr_factor at step 24, and the 3-epoch one is
+    # at progress (24 - 6) / (36 - 6) = 0.6 there, and at its end at step 36
+    config = tiny()
+    cosine = lambda p: config.min_lr_factor + (1 - config.min_lr_factor) * 0.5 * (  # noqa: E731
+        1 + np.cos(np.pi * p))
+    assert "LR factor goes from 0.01 to " + f"{cosine(0.6):.4g}" in said
+    assert history.lr.iloc[1] == pytest.approx(config.lr * config.min_lr_factor)
+    assert history.lr.iloc[2] == pytest.approx(config.lr * config.min_lr_factor)
+    assert first_lr == [pytest.approx(config.lr * cosine(0.6))], "epoch 3's first update"
+    with pytest.raises(InputError, match="cannot resume with --epochs 1, fewer than"):
+        train_lib.fit(tiny(), synthetic, 0, out, folds_csv, resume=True,
+                      explicit={"epochs": 1})
+
+
+def test_batch_size_one_is_refused_for_deeplab_before_anything_is_written(
+        synthetic, folds_csv, tmp_path):
+    with pytest.raises(InputError, match="cannot train on a batch of one"):
+        tiny(batch_size=1)
+    build_config("demo_cpu", arch="unet", batch_size=1)  # no pooling branch: fine
+    out = tmp_path / "b1"
+    one_line_error(run(*cli_args(synthetic, folds_csv, out, "--batch-size", 1,
+                                 "--accumulate", 16)), "batch_size 1", "--accumulate")
+    assert not out.exists()

@@ -18,7 +18,6 @@ from competition.config import build_config, to_dict
 from competition.errors import InputError
 from competition.files import write_csv
 from competition.folds import make_folds
-from competition.images import read_image
 from competition.labels import by_image, load_train
 from competition.losses import DiceBCELoss
 from competition.metric import score_tables
@@ -67,24 +66,37 @@ def test_fit_writes_config_checkpoints_and_history(trained):
     assert 0 <= history.all_empty.iloc[0] <= 1
 
 
-def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic, folds_csv):
-    """Predict the validation images with best.pt, post-process, encode to RLE and score
-    with metric.score_tables: the same Dice as the loop's tensor evaluation. The threshold
-    is the 99th percentile of the probabilities and the minimum areas vary by class, so that
-    whatever the barely trained model predicts, some masks are kept and some are not."""
+def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic, folds_csv,
+                                                               monkeypatch):
+    """Take the probabilities the loop's evaluation computes for best.pt, post-process them,
+    encode to RLE and score with metric.score_tables: the same Dice as the loop's tensor
+    evaluation. The probabilities are captured from `evaluate` itself (a forward of another
+    batch size or memory layout may differ in the last bits, and a pixel on the threshold
+    would flip). The threshold is the 99th percentile of the probabilities and the minimum
+    areas vary by class, so that whatever the barely trained model predicts, some masks are
+    kept and some are not."""
     out, _ = trained
     model, config = checkpoint.model_from(out / "best.pt")
     folds = pd.read_csv(folds_csv)
     val_ids = folds.ImageId[folds.fold == 0].tolist()
-    with torch.no_grad():
-        probs = {i: torch.sigmoid(model(data_lib.normalize(torch.from_numpy(
-            read_image(synthetic / "train_images" / i)).permute(2, 0, 1)[None])))
-            for i in val_ids}
+    _, labels = load_train(synthetic)
+    val_set = data_lib.SteelDataset(synthetic / "train_images", val_ids, by_image(labels))
+    seen, real = [], train_lib.binarize
+    monkeypatch.setattr(train_lib, "binarize", lambda p, *a: seen.append(p.clone()) or real(p, *a))
+
+    def evaluate(config):
+        seen.clear()
+        return train_lib.evaluate(model, data_lib.loader(val_set, 1, 0), DiceBCELoss(), config,
+                                  train_lib.Runtime(), None)
+    evaluate(config)
+    probs = dict(zip(val_ids, seen))
     threshold = torch.quantile(torch.cat([p[0, :, ::8, ::8].flatten() for p in probs.values()]),
                                0.99).item()
     areas = torch.stack([(p > threshold).sum(dim=(2, 3))[0] for p in probs.values()])
     min_area = areas.float().median(dim=0).values.long().tolist()  # keeps about half
     config = dataclasses.replace(config, val_threshold=threshold, val_min_area=tuple(min_area))
+    saved = evaluate(config)
+    assert all(torch.equal(a, b) for a, b in zip(seen, probs.values())), "same code, same bits"
     rows = []
     for image_id, p in probs.items():
         masks = binarize(p, config.val_threshold, config.val_min_area)
@@ -92,11 +104,7 @@ def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic
                  for c in range(4)]
     submission = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
     assert 0 < (submission.EncodedPixels != "").sum() < len(submission), "a non-trivial case"
-    _, labels = load_train(synthetic)
     result = score_tables(submission, labels[labels.ImageId.isin(val_ids)])
-    val_set = data_lib.SteelDataset(synthetic / "train_images", val_ids, by_image(labels))
-    saved = train_lib.evaluate(model, data_lib.loader(val_set, 1, 0), DiceBCELoss(), config,
-                               train_lib.Runtime(), None)
     assert result["mean_dice"] == pytest.approx(saved["mean_dice"], abs=1e-12)
     assert result["all_empty_baseline"] == pytest.approx(saved["all_empty_baseline"])
     for c in "1234":

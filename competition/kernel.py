@@ -270,7 +270,7 @@ def rehearse(out: Path, data: Path, folder: Path, layout: str = "new") -> Path:
     (folder / "guard" / "sitecustomize.py").write_text(OFFLINE_GUARD)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEVERSTAL_", "PYTHON"))}
     env.update(SEVERSTAL_INPUT_ROOT=str(root), SEVERSTAL_PACKAGES=str(folder / "packages"),
-               PYTHONPATH=str(folder / "guard"))
+               PYTHONPATH=str(folder / "guard"), SEVERSTAL_ALLOW_CPU="1")  # no GPU here
     cut = network_cut()
     print(f"rehearsal: {root} ({layout} layout), network cut by "
           f"{'unshare -rn and ' if cut else ''}a socket guard", flush=True)

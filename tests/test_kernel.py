@@ -139,6 +139,7 @@ def test_the_kaggle_cli_reads_the_metadata_as_intended(bundle, monkeypatch, caps
     assert (request.enable_internet, request.enable_gpu, request.enable_tpu) == \
         (False, True, False)
     assert request.is_private is True
+    assert request.machine_shape == "NvidiaTeslaT4"  # a T4: enable_gpu alone may get a P100
     assert (request.kernel_type, request.language) == ("script", "python")
     assert request.dataset_data_sources == [f"{OWNER}/{SLUGS['weights']}",
                                             f"{OWNER}/{SLUGS['code']}"]
@@ -251,9 +252,15 @@ def test_a_weights_file_that_differs_from_the_manifest_stops_the_kernel(bundle, 
         kernel_script.checkpoints(str(weights))
 
 
-def fake_kaggle(statuses):
+# `kaggle kernels push --help`'s usage line in kaggle 2.2.4, and before 1.8.4
+PUSH_USAGE = {True: "usage: kaggle kernels push [-h] [-p FOLDER] [-t TIMEOUT] [--accelerator ACC]",
+              False: "usage: kaggle kernels push [-h] [-p FOLDER] [-t TIMEOUT]"}
+
+
+def fake_kaggle(statuses, accelerator=True):
     """A stand-in for subprocess.run on the kaggle CLI: records each command; `datasets
-    status` answers from `statuses` (exit 1 = no such dataset)."""
+    status` answers from `statuses` (exit 1 = no such dataset); `kernels push --help` shows
+    the --accelerator option or not."""
     calls = []
 
     def run(cmd, **kwargs):
@@ -261,6 +268,8 @@ def fake_kaggle(statuses):
         if cmd[1:3] == ["datasets", "status"]:
             code, text = statuses.pop(0)
             return subprocess.CompletedProcess(cmd, code, text, "")
+        if cmd[1:] == ["kernels", "push", "--help"]:
+            return subprocess.CompletedProcess(cmd, 0, PUSH_USAGE[accelerator] + "\n", "")
         return subprocess.CompletedProcess(cmd, 0, "Your private Dataset is being created", "")
     return run, calls
 
@@ -276,15 +285,42 @@ def test_push_creates_or_versions_the_datasets_then_pushes_the_kernel(bundle, mo
         ["datasets", "status", weights], ["datasets", "create", "-p"],
         ["datasets", "status", code], ["datasets", "version", "-p"],
         ["datasets", "status", weights], ["datasets", "status", weights],
-        ["datasets", "status", code], ["kernels", "push", "-p"]]
+        ["datasets", "status", code], ["kernels", "push", "--help"], ["kernels", "push", "-p"]]
     assert calls[1] == ["datasets", "create", "-p", str(bundle / "weights"), "-r", "zip"]
     assert calls[3][3] == str(bundle / "code") and calls[3][-2:] == ["-r", "zip"]
-    assert calls[-1] == ["kernels", "push", "-p", str(bundle / "kernel")]
+    assert calls[-1] == ["kernels", "push", "-p", str(bundle / "kernel"), "--accelerator",
+                         "NvidiaTeslaT4"]
 
     run, calls = fake_kaggle([(1, ""), (1, ""), (0, "pending")])
     with pytest.raises(InputError, match=r"still 'pending' after 0 s; push the kernel"):
         kernel.push(bundle, wait_s=0, poll_s=0, run=run)
     assert not any(c[0] == "kernels" for c in calls)
+
+
+def test_push_without_the_accelerator_option_on_an_old_cli(bundle, monkeypatch, capsys):
+    monkeypatch.setattr(kernel, "kaggle_cli", lambda: "kaggle")
+    monkeypatch.setattr(kernel, "credentials", lambda: "KAGGLE_API_TOKEN")
+    run, calls = fake_kaggle([(0, "ready")] * 4, accelerator=False)
+    kernel.push(bundle, poll_s=0, run=run)
+    assert calls[-2:] == [["kernels", "push", "--help"],
+                          ["kernels", "push", "-p", str(bundle / "kernel")]]
+    assert ("note: this kaggle CLI has no `kernels push --accelerator` and may ignore "
+            "machine_shape 'NvidiaTeslaT4'") in capsys.readouterr().out
+
+
+def test_the_accelerator_is_the_machine_shape_and_must_be_a_known_gpu(tmp_path):
+    script = kernel.write_kernel(tmp_path, OWNER, SLUGS, "NvidiaL4")
+    meta = json.loads((tmp_path / "kernel-metadata.json").read_text())
+    assert script == tmp_path / "sev-test-inference.py"
+    assert (meta["machine_shape"], meta["enable_gpu"]) == ("NvidiaL4", "true")
+    for wrong in ("NvidiaTeslaP100", "T4", "TpuV5E8"):
+        with pytest.raises(InputError) as info:
+            kernel.build(OWNER, [], tmp_path / "pp.json", tmp_path / "out", accelerator=wrong)
+        assert str(info.value) == (
+            f"--accelerator {wrong!r}: not a Kaggle GPU this kernel runs on; choose one of "
+            "NvidiaTeslaT4, NvidiaL4, NvidiaL4X1, NvidiaTeslaA100, NvidiaH100, NvidiaRtxPro6000 "
+            "(NvidiaTeslaP100 has no kernels in Kaggle's torch, TPUs no CUDA)")
+    assert not (tmp_path / "out").exists()
 
 
 # torch.cuda.get_arch_list() of torch 2.10.0+cu128 from PyPI (the torch of Kaggle's 2026 image;

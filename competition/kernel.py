@@ -10,13 +10,14 @@ temporary name and renamed into place, so a failed build leaves the previous bun
             version (pip download, pure Python, pinned to the versions installed here) and
             dataset-metadata.json
   kernel/   <name>-inference.py (kernel_script.py with its inputs filled in) and
-            kernel-metadata.json (a GPU script with the internet off)
+            kernel-metadata.json (a GPU script with the internet off, on the machine_shape
+            asked for: a T4 by default)
 
 `rehearse` runs the kernel script here as Kaggle would, on a simulated /kaggle/input made of
 links to a local dataset and the bundle, with the network cut off, and validates its output.
 
 `push` uploads them with the kaggle CLI: `datasets create` (or `version`) with `-r zip`, then
-`kernels push` once both datasets are ready.
+`kernels push` once both datasets are ready (with --accelerator where the CLI has it).
 """
 from __future__ import annotations
 
@@ -45,6 +46,15 @@ SCRIPT_TEMPLATE = Path(kernel_script.__file__)
 BUNDLE_LINE = re.compile(r"^BUNDLE = \{.*?\}  # filled by `competition kernel`$", re.M | re.S)
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# Kaggle's machine_shape values (kernel-metadata.json, `kaggle kernels push --accelerator`) for
+# the NVIDIA GPUs that the image's torch can run, from kaggle-cli's docs/kernels.md (Feb 2026;
+# some are for some competitions only). The first, "GPU T4 x2" in the notebook editor, is the
+# default: fp16, no native bf16. Left out: NvidiaTeslaP100, which torch 2.10 (CUDA 12.8) has
+# no sm_60 kernels for, NvidiaTeslaT4Highmem (admins only) and the TPUs (no CUDA). Without a
+# machine_shape, `enable_gpu` alone may be given a P100.
+ACCELERATORS = ("NvidiaTeslaT4", "NvidiaL4", "NvidiaL4X1", "NvidiaTeslaA100", "NvidiaH100",
+                "NvidiaRtxPro6000")
+DEFAULT_ACCELERATOR = ACCELERATORS[0]
 
 
 def slugs(name: str) -> dict[str, str]:
@@ -174,8 +184,18 @@ def write_code(folder: Path, wheels: tuple | list, wheelhouse: Path | None, owne
     return names
 
 
-def write_kernel(folder: Path, owner: str, names: dict[str, str]) -> Path:
-    """The kernel script (BUNDLE filled in) and kernel-metadata.json."""
+def check_accelerator(accelerator: str) -> None:
+    """Kaggle takes any machine_shape string and falls back silently on one it does not know."""
+    if accelerator not in ACCELERATORS:
+        raise InputError(f"--accelerator {accelerator!r}: not a Kaggle GPU this kernel runs on; "
+                         f"choose one of {', '.join(ACCELERATORS)} (NvidiaTeslaP100 has no "
+                         "kernels in Kaggle's torch, TPUs no CUDA)")
+
+
+def write_kernel(folder: Path, owner: str, names: dict[str, str],
+                 accelerator: str = DEFAULT_ACCELERATOR) -> Path:
+    """The kernel script (BUNDLE filled in) and kernel-metadata.json, asking for `accelerator`
+    as its machine_shape (kaggle >= 1.8.4 reads it; `enable_gpu` alone may get a P100)."""
     template = SCRIPT_TEMPLATE.read_text()
     bundle = {"owner": owner, "weights": names["weights"], "code": names["code"],
               "competition": COMPETITION}
@@ -186,6 +206,7 @@ def write_kernel(folder: Path, owner: str, names: dict[str, str]) -> Path:
     meta = {"id": f"{owner}/{names['kernel']}", "title": title(names["kernel"]),
             "code_file": code_file, "language": "python", "kernel_type": "script",
             "is_private": "true", "enable_gpu": "true", "enable_tpu": "false",
+            "machine_shape": accelerator,
             # written out: the kaggle CLI turns the internet on when this key is missing
             "enable_internet": "false",
             "dataset_sources": [f"{owner}/{names['weights']}", f"{owner}/{names['code']}"],
@@ -200,9 +221,11 @@ def size(folder: Path) -> int:
 
 def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
           name: str = "severstal-deeplabv3", wheels: tuple | list = DEFAULT_WHEELS,
-          wheelhouse: Path | None = None) -> dict:
-    """Write the bundle to `out` (replacing a previous bundle, refusing any other folder).
-    Returns {folder kind: (path, bytes)} for the three folders."""
+          wheelhouse: Path | None = None, accelerator: str = DEFAULT_ACCELERATOR) -> dict:
+    """Write the bundle to `out` (replacing a previous bundle, refusing any other folder), the
+    kernel asking for `accelerator` (a machine_shape). Returns {folder kind: (path, bytes)}
+    for the three folders."""
+    check_accelerator(accelerator)
     if not OWNER.match(owner):
         raise InputError(f"--owner {owner!r}: not a Kaggle user name (letters, digits, - and _)")
     names = slugs(name)
@@ -216,7 +239,7 @@ def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
             (tmp / kind).mkdir()
         write_weights(tmp / "weights", checkpoints, postprocess, owner, names["weights"])
         write_code(tmp / "code", wheels, wheelhouse, owner, names["code"])
-        write_kernel(tmp / "kernel", owner, names)
+        write_kernel(tmp / "kernel", owner, names, accelerator)
     return {kind: (out / kind, size(out / kind)) for kind in ("weights", "code", "kernel")}
 
 
@@ -270,7 +293,7 @@ def rehearse(out: Path, data: Path, folder: Path, layout: str = "new") -> Path:
     (folder / "guard" / "sitecustomize.py").write_text(OFFLINE_GUARD)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEVERSTAL_", "PYTHON"))}
     env.update(SEVERSTAL_INPUT_ROOT=str(root), SEVERSTAL_PACKAGES=str(folder / "packages"),
-               PYTHONPATH=str(folder / "guard"))
+               PYTHONPATH=str(folder / "guard"), SEVERSTAL_ALLOW_CPU="1")  # no GPU here
     cut = network_cut()
     print(f"rehearsal: {root} ({layout} layout), network cut by "
           f"{'unshare -rn and ' if cut else ''}a socket guard", flush=True)
@@ -349,4 +372,12 @@ def push(out: Path, wait_s: float = 1200, poll_s: float = 15, run=subprocess.run
                 raise InputError(f"{ref}: still {status!r} after {wait_s:.0f} s; push the "
                                  f"kernel when it is ready: kaggle kernels push -p {out / 'kernel'}")
             time.sleep(poll_s)
-    kaggle("kernels", "push", "-p", str(out / "kernel"))
+    shape = json.loads((out / "kernel" / "kernel-metadata.json").read_text())["machine_shape"]
+    helped = run([cli, "kernels", "push", "--help"], capture_output=True, text=True).stdout
+    accelerator = ["--accelerator", shape] if "--accelerator" in helped else []  # kaggle>=1.8.4
+    if not accelerator:
+        print(f"note: this kaggle CLI has no `kernels push --accelerator` and may ignore "
+              f"machine_shape {shape!r}: if the kernel stops for want of a T4, choose GPU T4 x2 "
+              "in its Settings > Accelerator on kaggle.com and run it again (or pip install -U "
+              "kaggle and push again)")
+    kaggle("kernels", "push", "-p", str(out / "kernel"), *accelerator)

@@ -6,6 +6,12 @@ code dataset's wheels (pip --no-index --no-deps, into a folder of its own), chec
 against their manifest, run the fold ensemble with TTA and the tuned post-processing, and
 write submission.csv in the working directory.
 
+It needs a GPU that Kaggle's torch can run: today's image (torch 2.10, CUDA 12.8) has no
+kernels for the P100 (sm_60), so choose "GPU T4 x2" in the notebook's Settings > Accelerator
+(machine_shape "NvidiaTeslaT4" in kernel-metadata.json). Without such a GPU it stops at once
+with one line saying what it found. SEVERSTAL_ALLOW_CPU=1 lets it run on the CPU instead (the
+offline rehearsal sets it; a CPU run of the real test set would not finish within the hour).
+
 When Kaggle mounts an input somewhere this script does not look, set its path in PATHS (or
 the environment variable named there) and push again; SEVERSTAL_INPUT_ROOT moves the root and
 SEVERSTAL_PACKAGES the folder the wheels are installed in.
@@ -15,6 +21,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -99,6 +106,55 @@ def checkpoints(weights: str) -> list:
     return paths
 
 
+def runs_on(capability: tuple, arch_list: list) -> bool:
+    """Whether a torch built for `arch_list` (torch.cuda.get_arch_list(): 'sm_75', 'sm_90a',
+    'compute_90') has code for a GPU of compute capability (major, minor): a binary for sm_XY
+    runs on major X with minor >= Y; PTX compute_XY is compiled for any capability >= X.Y."""
+    for arch in arch_list:
+        match = re.fullmatch(r"(sm|compute)_(\d+)[a-z]?", arch)
+        if not match:
+            continue
+        built = divmod(int(match.group(2)), 10)  # 'sm_120' -> (12, 0)
+        if match.group(1) == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
+            return True
+        if match.group(1) == "compute" and built <= tuple(capability):
+            return True
+    return False
+
+
+def gpu_problem(name, capability, arch_list: list, torch_version: str, allow_cpu: bool):
+    """None when inference can go on, else the one line that stops the kernel. name is None
+    when torch sees no GPU. A P100 (sm_60) under a torch built without sm_60 passes
+    torch.cuda.is_available() and then fails every kernel launch ("no kernel image is available
+    for execution on the device"), so it is refused here, before any inference."""
+    choose = ('choose "GPU T4 x2" in the notebook\'s Settings > Accelerator (machine_shape '
+              '"NvidiaTeslaT4" in kernel-metadata.json) and run it again')
+    if name is None:  # (torch 2.10's get_arch_list() is empty without a GPU)
+        if allow_cpu:
+            return None
+        return (f"error: no GPU visible to torch {torch_version}: {choose} "
+                "(SEVERSTAL_ALLOW_CPU=1 runs on the CPU, far too slow for the real test set)")
+    if not runs_on(capability, arch_list):
+        return (f"error: GPU {name} (sm_{capability[0]}{capability[1]}) cannot run torch "
+                f"{torch_version}, built for {' '.join(arch_list) or 'no GPU'}: {choose}")
+    return None
+
+
+def check_gpu(torch) -> str:
+    """The GPU inference will use ('Tesla T4 (sm_75)', or the CPU where SEVERSTAL_ALLOW_CPU=1
+    allows it); stops the kernel with gpu_problem's line when torch cannot use it."""
+    cuda = torch.cuda
+    found = cuda.is_available()
+    name = cuda.get_device_name(0) if found else None
+    capability = tuple(cuda.get_device_capability(0)) if found else None
+    problem = gpu_problem(name, capability, list(cuda.get_arch_list()), torch.__version__,
+                          os.environ.get("SEVERSTAL_ALLOW_CPU") == "1")
+    if problem:
+        raise SystemExit(problem)
+    return f"{name} (sm_{capability[0]}{capability[1]})" if found else \
+        "none (CPU, SEVERSTAL_ALLOW_CPU=1)"
+
+
 def main() -> int:
     start = time.time()
     os.environ.update(OFFLINE)
@@ -112,10 +168,11 @@ def main() -> int:
 
     import torch
 
+    gpu = check_gpu(torch)  # before any inference: a GPU torch cannot run fails every call
+
     import competition
     from competition.cli import main as run
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU: slow)"
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, GPU: {gpu}; "
           f"competition {competition.__version__} from {os.path.dirname(competition.__file__)}")
     code = run(["predict", "--data", found["data"], "--checkpoints", ",".join(paths),

@@ -139,6 +139,7 @@ def test_the_kaggle_cli_reads_the_metadata_as_intended(bundle, monkeypatch, caps
     assert (request.enable_internet, request.enable_gpu, request.enable_tpu) == \
         (False, True, False)
     assert request.is_private is True
+    assert request.machine_shape == "NvidiaTeslaT4"  # a T4: enable_gpu alone may get a P100
     assert (request.kernel_type, request.language) == ("script", "python")
     assert request.dataset_data_sources == [f"{OWNER}/{SLUGS['weights']}",
                                             f"{OWNER}/{SLUGS['code']}"]
@@ -179,6 +180,7 @@ def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, test_da
     packages = tmp_path / "rehearsal" / "packages"
     assert f"competition 0.1.0 from {packages / 'competition'}" in printed
     assert "installed 3 wheels" in printed and "submission.csv written in" in printed
+    assert "GPU: none (CPU, SEVERSTAL_ALLOW_CPU=1)" in printed  # the rehearsal allows the CPU
     assert "competitions/severstal-steel-defect-detection" in printed
     assert f"datasets/{OWNER}/{SLUGS['weights']}" in printed
     assert result == tmp_path / "rehearsal" / "working" / "submission.csv"
@@ -250,9 +252,15 @@ def test_a_weights_file_that_differs_from_the_manifest_stops_the_kernel(bundle, 
         kernel_script.checkpoints(str(weights))
 
 
-def fake_kaggle(statuses):
+# `kaggle kernels push --help`'s usage line in kaggle 2.2.4, and before 1.8.4
+PUSH_USAGE = {True: "usage: kaggle kernels push [-h] [-p FOLDER] [-t TIMEOUT] [--accelerator ACC]",
+              False: "usage: kaggle kernels push [-h] [-p FOLDER] [-t TIMEOUT]"}
+
+
+def fake_kaggle(statuses, accelerator=True):
     """A stand-in for subprocess.run on the kaggle CLI: records each command; `datasets
-    status` answers from `statuses` (exit 1 = no such dataset)."""
+    status` answers from `statuses` (exit 1 = no such dataset); `kernels push --help` shows
+    the --accelerator option or not."""
     calls = []
 
     def run(cmd, **kwargs):
@@ -260,6 +268,8 @@ def fake_kaggle(statuses):
         if cmd[1:3] == ["datasets", "status"]:
             code, text = statuses.pop(0)
             return subprocess.CompletedProcess(cmd, code, text, "")
+        if cmd[1:] == ["kernels", "push", "--help"]:
+            return subprocess.CompletedProcess(cmd, 0, PUSH_USAGE[accelerator] + "\n", "")
         return subprocess.CompletedProcess(cmd, 0, "Your private Dataset is being created", "")
     return run, calls
 
@@ -275,15 +285,113 @@ def test_push_creates_or_versions_the_datasets_then_pushes_the_kernel(bundle, mo
         ["datasets", "status", weights], ["datasets", "create", "-p"],
         ["datasets", "status", code], ["datasets", "version", "-p"],
         ["datasets", "status", weights], ["datasets", "status", weights],
-        ["datasets", "status", code], ["kernels", "push", "-p"]]
+        ["datasets", "status", code], ["kernels", "push", "--help"], ["kernels", "push", "-p"]]
     assert calls[1] == ["datasets", "create", "-p", str(bundle / "weights"), "-r", "zip"]
     assert calls[3][3] == str(bundle / "code") and calls[3][-2:] == ["-r", "zip"]
-    assert calls[-1] == ["kernels", "push", "-p", str(bundle / "kernel")]
+    assert calls[-1] == ["kernels", "push", "-p", str(bundle / "kernel"), "--accelerator",
+                         "NvidiaTeslaT4"]
 
     run, calls = fake_kaggle([(1, ""), (1, ""), (0, "pending")])
     with pytest.raises(InputError, match=r"still 'pending' after 0 s; push the kernel"):
         kernel.push(bundle, wait_s=0, poll_s=0, run=run)
     assert not any(c[0] == "kernels" for c in calls)
+
+
+def test_push_without_the_accelerator_option_on_an_old_cli(bundle, monkeypatch, capsys):
+    monkeypatch.setattr(kernel, "kaggle_cli", lambda: "kaggle")
+    monkeypatch.setattr(kernel, "credentials", lambda: "KAGGLE_API_TOKEN")
+    run, calls = fake_kaggle([(0, "ready")] * 4, accelerator=False)
+    kernel.push(bundle, poll_s=0, run=run)
+    assert calls[-2:] == [["kernels", "push", "--help"],
+                          ["kernels", "push", "-p", str(bundle / "kernel")]]
+    assert ("note: this kaggle CLI has no `kernels push --accelerator` and may ignore "
+            "machine_shape 'NvidiaTeslaT4'") in capsys.readouterr().out
+
+
+def test_the_accelerator_is_the_machine_shape_and_must_be_a_known_gpu(tmp_path):
+    script = kernel.write_kernel(tmp_path, OWNER, SLUGS, "NvidiaL4")
+    meta = json.loads((tmp_path / "kernel-metadata.json").read_text())
+    assert script == tmp_path / "sev-test-inference.py"
+    assert (meta["machine_shape"], meta["enable_gpu"]) == ("NvidiaL4", "true")
+    for wrong in ("NvidiaTeslaP100", "T4", "TpuV5E8"):
+        with pytest.raises(InputError) as info:
+            kernel.build(OWNER, [], tmp_path / "pp.json", tmp_path / "out", accelerator=wrong)
+        assert str(info.value) == (
+            f"--accelerator {wrong!r}: not a Kaggle GPU this kernel runs on; choose one of "
+            "NvidiaTeslaT4, NvidiaL4, NvidiaL4X1, NvidiaTeslaA100, NvidiaH100, NvidiaRtxPro6000 "
+            "(NvidiaTeslaP100 has no kernels in Kaggle's torch, TPUs no CUDA)")
+    assert not (tmp_path / "out").exists()
+
+
+# torch.cuda.get_arch_list() of torch 2.10.0+cu128 from PyPI (the torch of Kaggle's 2026 image;
+# read with torch._C._cuda_getArchFlags()): no sm_60 for the P100
+KAGGLE_ARCHS = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+CHOOSE = ('choose "GPU T4 x2" in the notebook\'s Settings > Accelerator (machine_shape '
+          '"NvidiaTeslaT4" in kernel-metadata.json) and run it again')
+
+
+@pytest.mark.parametrize("capability, archs, runs", [
+    ((7, 5), KAGGLE_ARCHS, True),                # T4 on Kaggle's torch
+    ((6, 0), KAGGLE_ARCHS, False),               # P100 on Kaggle's torch
+    ((8, 6), ["sm_80"], True),                   # sm_80 binaries run on sm_86
+    ((8, 0), ["sm_86"], False),                  # ... not the other way round
+    ((9, 0), ["sm_80"], False),                  # nor on another major version
+    ((9, 0), ["sm_80", "compute_80"], True),     # PTX for 8.0 is compiled for 9.0
+    ((7, 5), ["sm_80", "compute_80"], False),    # ... not for 7.5
+    ((10, 3), ["sm_100"], True), ((12, 0), ["sm_100"], False), ((9, 0), ["sm_90a"], True),
+    ((7, 5), [], False),                         # a CPU-only torch
+])
+def test_runs_on_follows_cuda_compatibility(capability, archs, runs):
+    assert kernel_script.runs_on(capability, archs) is runs
+
+
+def test_gpu_problem_names_what_it_found_and_what_to_choose():
+    t4 = kernel_script.gpu_problem("Tesla T4", (7, 5), KAGGLE_ARCHS, "2.10.0+cu128", False)
+    a10 = kernel_script.gpu_problem("NVIDIA A10G", (8, 6), ["sm_80"], "2.10.0+cu128", False)
+    assert t4 is None and a10 is None
+    p100 = kernel_script.gpu_problem("Tesla P100-PCIE-16GB", (6, 0), KAGGLE_ARCHS,
+                                     "2.10.0+cu128", False)
+    assert p100 == ("error: GPU Tesla P100-PCIE-16GB (sm_60) cannot run torch 2.10.0+cu128, "
+                    "built for sm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120: " + CHOOSE)
+    none = kernel_script.gpu_problem(None, None, [], "2.10.0+cu128", False)
+    assert none == ("error: no GPU visible to torch 2.10.0+cu128: " + CHOOSE + " "
+                    "(SEVERSTAL_ALLOW_CPU=1 runs on the CPU, far too slow for the real test set)")
+    assert kernel_script.gpu_problem(None, None, [], "2.10.0+cpu", True) is None
+
+
+def test_the_kernel_stops_with_one_line_on_a_gpu_torch_cannot_run(monkeypatch):
+    """check_gpu as the kernel runs it: with torch.cuda faked, in a process of its own."""
+    fake = ("import sys, types; sys.path.insert(0, sys.argv[1]); import kernel_script; "
+            "cuda = types.SimpleNamespace(is_available=lambda: {found}, "
+            "get_device_name=lambda i: 'Tesla P100-PCIE-16GB', "
+            "get_device_capability=lambda i: (6, 0), get_arch_list=lambda: {archs}); "
+            "print(kernel_script.check_gpu(types.SimpleNamespace(cuda=cuda, "
+            "__version__='2.10.0+cu128')))")
+    env = {k: v for k, v in os.environ.items() if k != "SEVERSTAL_ALLOW_CPU"}
+    here = str(Path(kernel_script.__file__).parent)
+
+    def check(found, archs, **extra):
+        return subprocess.run([sys.executable, "-c", fake.format(found=found, archs=archs), here],
+                              env=dict(env, **extra), capture_output=True, text=True, timeout=60)
+
+    p100 = check(True, KAGGLE_ARCHS)
+    assert (p100.returncode, p100.stdout) == (1, "")
+    assert p100.stderr.splitlines() == [
+        "error: GPU Tesla P100-PCIE-16GB (sm_60) cannot run torch 2.10.0+cu128, built for "
+        "sm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120: " + CHOOSE]
+    none = check(False, [])
+    assert none.returncode == 1 and len(none.stderr.splitlines()) == 1
+    assert none.stderr.startswith("error: no GPU visible to torch 2.10.0+cu128: choose")
+    cpu = check(False, [], SEVERSTAL_ALLOW_CPU="1")
+    assert (cpu.returncode, cpu.stdout) == (0, "none (CPU, SEVERSTAL_ALLOW_CPU=1)\n")
+    with_sm60 = check(True, ["sm_60", *KAGGLE_ARCHS])
+    assert (with_sm60.returncode, with_sm60.stdout) == (0, "Tesla P100-PCIE-16GB (sm_60)\n")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the real torch, no GPU
+    monkeypatch.delenv("SEVERSTAL_ALLOW_CPU", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        kernel_script.check_gpu(torch)
+    assert str(stop.value).startswith(f"error: no GPU visible to torch {torch.__version__}: ")
 
 
 def test_push_says_what_is_missing(bundle, monkeypatch, tmp_path):

@@ -251,7 +251,7 @@ def cmd_kernel(args) -> None:
     wheels = [w.strip() for w in args.wheels.split(",") if w.strip()]
     sizes = kernel.build(args.owner, checkpoint_paths(args.checkpoints), Path(args.postprocess),
                          out, args.name, wheels,
-                         Path(args.wheelhouse) if args.wheelhouse else None)
+                         Path(args.wheelhouse) if args.wheelhouse else None, args.accelerator)
     for kind, (folder, size) in sizes.items():
         files = sorted(p.name for p in folder.iterdir())
         print(f"{folder}: {size / 2**20:.1f} MiB: {', '.join(files)}")
@@ -392,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "versions installed here unless a spec gives one; '' for none)")
     p.add_argument("--wheelhouse", default=None,
                    help="take those wheels from this folder instead of the package index")
+    p.add_argument("--accelerator", default="NvidiaTeslaT4",
+                   help="the kernel's machine_shape: NvidiaTeslaT4 (GPU T4 x2) or another GPU "
+                   "Kaggle's torch runs on; --push passes it to `kaggle kernels push`")
     p.add_argument("--check", default=None, metavar="DATA",
                    help="then run the kernel here as Kaggle would, offline, on DATA's "
                    "test_images/ (a simulated /kaggle/input), and validate its submission")

@@ -424,6 +424,7 @@ def test_bad_input_is_one_line_and_keeps_the_previous_bundle(bundle, models, pos
                                                    "failed"),
         (["--wheels", "not-installed-here"], "not installed here, so its version is unknown"),
         (["--out", tmp_path], "exists and is not a bundle made by this command"),
+        (["--accelerator", "NvidiaTeslaP100"], "--accelerator 'NvidiaTeslaP100'"),
     ]
     for extra, message in cases:
         one_line_error(run(*base, *extra), message)

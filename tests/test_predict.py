@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import infer, rle
+from competition import infer, predict, rle
 from competition.errors import InputError
+from competition.images import read_image
 from competition.postprocess import clean
 from competition.predict import predict_test
 from competition.search import Params
 from competition.submission import validate
 from conftest import random_checkpoint, small_test_set
 from test_cli import one_line_error, run
+from test_infer import assert_one_by_one, record_batches
 
 PARAMS = Params((0.3, 0.5, 0.6, 0.7), (0, 30, 100, 400), (0, 50, 500, 1000))
 VIEWS = ("none", "hflip", "vflip")
@@ -33,8 +35,10 @@ def ckpts(tmp_path_factory):
     return [random_checkpoint(root / f"fold{k}.pt", seed=k) for k in (0, 1)]
 
 
-def test_submission_follows_the_sample_and_equals_a_direct_computation(data, ckpts, tmp_path):
+def test_submission_follows_the_sample_and_equals_a_direct_computation(data, ckpts, tmp_path,
+                                                                       monkeypatch):
     out = tmp_path / "submission.csv"
+    seen = record_batches(monkeypatch, predict)
     frame = predict_test(data, ckpts, PARAMS, VIEWS, out, batch_size=3, workers=0)
     sample = pd.read_csv(data / "sample_submission.csv", keep_default_na=False)
     written = pd.read_csv(out, keep_default_na=False)
@@ -43,13 +47,17 @@ def test_submission_follows_the_sample_and_equals_a_direct_computation(data, ckp
     validate(out, data / "sample_submission.csv")
     assert (frame.EncodedPixels != "").any()
 
-    ensemble = infer.load_ensemble(ckpts, torch.device("cpu"))
-    from competition.images import read_image
+    image_ids = list(dict.fromkeys(sample.ImageId))  # the rows predicted, in the sample's order
+    # the stream predicted these images with both checkpoints and the views (in batches of 3
+    # against one by one: equal up to fp32 rounding) ...
+    images = {i: torch.from_numpy(read_image(data / "test_images" / image_id).transpose(2, 0, 1))
+              for i, image_id in enumerate(image_ids)}
+    assert_one_by_one(seen, infer.load_ensemble(ckpts, torch.device("cpu")), images, VIEWS)
+    # ... and wrote the masks of the very probabilities it used, thresholded, cleaned and
+    # encoded here one image at a time
     expected = {}
-    for image_id in set(sample.ImageId):
-        image = torch.from_numpy(read_image(data / "test_images" / image_id).transpose(2, 0, 1))
-        probs = infer.probabilities(ensemble, image[None].contiguous(), VIEWS, None)
-        masks = np.stack([(probs[0, c] > t).numpy() for c, t in enumerate(PARAMS.threshold)])
+    for i, image_id in enumerate(image_ids):
+        masks = np.stack([(seen[i][c] > t).numpy() for c, t in enumerate(PARAMS.threshold)])
         masks = masks.astype(np.uint8)[None]
         clean(masks, PARAMS.min_component, PARAMS.min_area)
         for c in range(4):

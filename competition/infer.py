@@ -4,13 +4,18 @@ Each batch is decoded once (loader workers), sent to the device as uint8, normal
 and every TTA view of it goes through every model in one forward per model; the flips are
 undone on the probabilities before they are averaged. Nothing is kept between batches, so
 memory does not grow with the number of images.
+
+Mixed precision never passes NaN on: a forward whose logits hold a NaN or an inf (an fp16
+overflow, e.g. of weights trained in bf16 run on a T4) is recomputed in fp32
+(`forward_checked`), and a model that is non-finite in fp32 too is an error naming its file.
 """
 from __future__ import annotations
 
 import glob
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,9 +53,11 @@ def flip(x: torch.Tensor, view: str) -> torch.Tensor:
 
 @dataclass
 class Ensemble:
-    """Models of one architecture, in eval mode on one device, with their configs."""
+    """Models of one architecture, in eval mode on one device, with their configs and the
+    checkpoint files they came from (named in errors; empty for models built in memory)."""
     models: list
     configs: list
+    paths: list = field(default_factory=list)
 
 
 def checkpoint_paths(pattern: str) -> list[Path]:
@@ -79,24 +86,86 @@ def load_ensemble(paths: list[Path], device: torch.device) -> Ensemble:
             model = model.to(memory_format=torch.channels_last)
         models.append(model)
         configs.append(config)
-    return Ensemble(models, configs)
+    return Ensemble(models, configs, list(paths))
+
+
+class NonFiniteLogits(InputError):
+    """A model's logits hold a NaN or an inf in fp32: its weights are broken."""
+
+
+recomputed = 0  # forwards that forward_checked recomputed in fp32, in this process
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """torch.float16 -> 'float16'; None -> 'fp32'."""
+    return str(dtype).removeprefix("torch.") if dtype else "fp32"
+
+
+def autocast_forward(model, inputs: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """model(inputs) under autocast `dtype` (None: autocast disabled, fp32) -> float32."""
+    with torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
+        return model(inputs).float()
+
+
+def forward_checked(model, inputs: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """model(inputs) under autocast `dtype` (None: fp32) -> its float32 logits, e.g.
+    (N, 3, H, W) normalised images -> (N, 4, H, W) logits.
+
+    Logits with a NaN or an inf (an overflow in `dtype`) are recomputed in fp32, autocast
+    disabled, for this forward alone: the first time in the process says so on stderr, and
+    the module's `recomputed` counts every such forward. Logits that are non-finite in fp32
+    too raise NonFiniteLogits (an InputError): a NaN probability exceeds no threshold, so
+    passing it on would write a valid, all-empty submission. The check reads one bool back
+    from the device: one sync per forward, acceptable in inference (the probabilities go to
+    the CPU every batch anyway). Call it under torch.no_grad() for inference."""
+    global recomputed
+    logits = autocast_forward(model, inputs, dtype)
+    if torch.isfinite(logits).all():
+        return logits
+    if dtype is not None:
+        logits = autocast_forward(model, inputs, None)
+        recomputed += 1
+        if recomputed == 1:
+            print(f"warning: {dtype_name(dtype)} autocast gave non-finite logits (an "
+                  "overflow): the batch was recomputed in fp32 (said once; later ones are "
+                  "counted)", file=sys.stderr)
+        if torch.isfinite(logits).all():
+            return logits
+    bad = int((~torch.isfinite(logits)).sum())
+    raise NonFiniteLogits(f"the model produces non-finite logits in fp32{' too' if dtype else ''}"
+                          f" ({bad} of {logits.numel()} values NaN or inf): its weights are "
+                          "broken (a diverged run?); retrain it or leave it out")
+
+
+def model_dtype(config, dtype: torch.dtype | None) -> torch.dtype | None:
+    """The autocast dtype a model runs in: None (fp32) where its config says amp "off",
+    else `dtype`, the device's own choice (train.amp_dtype("auto", device): bf16 from
+    Ampere on, fp16 on a T4, None on the CPU) whatever the run trained in: a T4 has no
+    native bf16, so weights trained in bf16 run in fp16 there (forward_checked catches an
+    overflow)."""
+    return None if config.amp == "off" else dtype
 
 
 @torch.no_grad()
 def probabilities(ensemble: Ensemble, images: torch.Tensor, views: tuple[str, ...],
                   dtype: torch.dtype | None) -> torch.Tensor:
     """(N, 3, H, W) uint8 images on the device -> (N, 4, H, W) float32 probabilities: the
-    mean over models and TTA views of sigmoid(logits), each view's flip undone."""
+    mean over models and TTA views of sigmoid(logits), each view's flip undone. `dtype`:
+    the device's autocast dtype (None: fp32), used by every model whose config allows it
+    (model_dtype); every forward is checked (forward_checked)."""
     x = data_lib.normalize(images)
     batch = torch.cat([flip(x, v) for v in views])  # (V*N, 3, H, W): one forward per model
     n = len(images)
     total = None
-    for model, config in zip(ensemble.models, ensemble.configs):
+    for m, (model, config) in enumerate(zip(ensemble.models, ensemble.configs)):
         inputs = batch.contiguous(memory_format=torch.channels_last) if config.channels_last \
             else batch
-        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(inputs)
-        probs = torch.sigmoid(logits.float())
+        try:
+            logits = forward_checked(model, inputs, model_dtype(config, dtype))
+        except NonFiniteLogits as e:
+            name = ensemble.paths[m] if ensemble.paths else f"model {m} of the ensemble"
+            raise NonFiniteLogits(f"{name}: {e}") from None
+        probs = torch.sigmoid(logits)
         for i, view in enumerate(views):
             p = flip(probs[i * n:(i + 1) * n], view)
             total = p if total is None else total + p
@@ -106,14 +175,20 @@ def probabilities(ensemble: Ensemble, images: torch.Tensor, views: tuple[str, ..
 def batches(ensemble: Ensemble, loader, views: tuple[str, ...], device: torch.device,
             dtype: torch.dtype | None, desc: str):
     """Yield (loader item, (N, 4, H, W) probabilities on the device) for every batch, with a
-    progress bar showing images per second."""
+    progress bar showing images per second. At the end, says on stderr how many of its
+    forwards were recomputed in fp32 (forward_checked), when any were."""
     bar = progress(loader, desc=desc, unit="batch")
-    seen, start = 0, time.perf_counter()
+    seen, forwards, before, start = 0, 0, recomputed, time.perf_counter()
     for item in bar:
         images = item[0].to(device, non_blocking=True)
         yield item, probabilities(ensemble, images, views, dtype)
         seen += len(images)
+        forwards += len(ensemble.models)
         bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.1f}", refresh=False)
+    if recomputed > before:
+        print(f"warning: {desc}: {recomputed - before} of {forwards} batch forwards gave "
+              f"non-finite logits under {dtype_name(dtype)} autocast and were "
+              "recomputed in fp32", file=sys.stderr)
 
 
 class OneBehind:

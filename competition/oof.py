@@ -87,6 +87,7 @@ def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpt: Path, view
                 truth.write(truth_masks.sum(axis=(2, 3)))
                 examples.update({i: levels[j].copy() for j, i in enumerate(index) if i in picks})
 
+            # the device's autocast dtype; amp "off" in the config: fp32 (infer.model_dtype)
             for (_, truth_masks, index), probs in batches(
                     ensemble, loader, views, device, amp_dtype("auto", device), desc):
                 levels = threshold_levels(probs, thresholds).cpu().numpy()

@@ -37,6 +37,7 @@ def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, 
         for i, row in zip(index, encode_masks(masks, areas)):
             out.update({(image_ids[i], c): r for c, r in zip(CLASSES, row)})
 
+    # the device's autocast dtype; a model whose config says amp "off" runs in fp32 (model_dtype)
     with OneBehind() as cpu:
         for (_, index), probs in batches(ensemble, loader, views, dev, amp_dtype("auto", dev),
                                          desc):

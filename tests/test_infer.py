@@ -6,6 +6,35 @@ from competition import infer
 from competition.errors import InputError
 from conftest import random_checkpoint
 
+# Tolerance between two fp32 forwards of the same images through other code paths: batches
+# of another size, other thread counts or another CPU generation round differently in the
+# last bits (measured up to 4e-7 in the probabilities of conftest's random checkpoints with
+# AVX2 kernels against AVX-512 ones); a wrong image or TTA view differs by 0.08 or more.
+ATOL = 1e-4
+
+
+def record_batches(monkeypatch, module) -> dict:
+    """Wrap the infer.batches that `module` (oof, predict) calls: the dict returned fills
+    with row index -> the (4, H, W) probabilities the stream gave that image (on the CPU),
+    so that a reference computation starts from the very numbers the stream used."""
+    seen = {}
+
+    def recording(*args, **kwargs):
+        for item, probs in infer.batches(*args, **kwargs):
+            seen.update(zip(item[-1].tolist(), probs.cpu()))
+            yield item, probs
+    monkeypatch.setattr(module, "batches", recording)
+    return seen
+
+
+def assert_one_by_one(seen: dict, ensemble, images: dict, views) -> None:
+    """Each recorded (4, H, W) probability map is the ensemble's of its (3, H, W) uint8
+    image in `images` (same row index) predicted alone, up to ATOL."""
+    assert seen.keys() == images.keys()
+    for i, image in images.items():
+        alone = infer.probabilities(ensemble, image[None].contiguous(), views, None)[0]
+        torch.testing.assert_close(seen[i], alone, rtol=0, atol=ATOL)
+
 
 def test_parse_tta():
     assert infer.parse_tta("none,hflip") == ("none", "hflip")
@@ -31,9 +60,9 @@ class Ramp(torch.nn.Module):
         return self.conv(x) + self.ramp
 
 
-def config(channels_last=False):
+def config(channels_last=False, amp="auto"):
     from competition.config import build_config
-    return build_config("demo_cpu", channels_last=channels_last)
+    return build_config("demo_cpu", channels_last=channels_last, amp=amp)
 
 
 def test_flips_are_undone_before_averaging():
@@ -51,12 +80,13 @@ def test_flips_are_undone_before_averaging():
         r = model.ramp
         expected = (torch.sigmoid(f + r) + torch.sigmoid(f + r.flip(-1))
                     + torch.sigmoid(f + r.flip(-2)) + torch.sigmoid(f + r.flip(-2, -1))) / 4
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    # ATOL: another batch (8 images against 2); a flip not undone moves them by more than 0.3
+    torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
     # an equivariant model gives the same probabilities with or without TTA
     model.ramp.zero_()
     torch.testing.assert_close(infer.probabilities(ens, images, views, None),
                                infer.probabilities(ens, images, ("none",), None),
-                               rtol=0, atol=1e-6)
+                               rtol=0, atol=ATOL)
 
 
 class Constant(torch.nn.Module):
@@ -119,3 +149,101 @@ def test_one_behind_runs_in_order_and_raises_errors():
     with pytest.raises(ValueError, match="bad 0"):
         with infer.OneBehind() as cpu:
             cpu.submit(boom, 0)
+
+
+class Overflow(torch.nn.Module):
+    """A real fp16 overflow: a 1x1 conv takes each pixel to two channels of about +-1e5
+    (fp16's largest is 65504: inf), the next one takes their difference, 1e3 x the pixel
+    sum in fp32 and inf - inf = NaN in fp16 (a pixel sum of at least 1.7 overflows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Conv2d(3, 2, 1, bias=False)
+        self.diff = torch.nn.Conv2d(2, 4, 1)
+        with torch.no_grad():
+            self.up.weight.copy_(torch.tensor([4e4, 3.9e4])[:, None, None, None].expand(2, 3, 1, 1))
+            self.diff.weight.copy_(torch.tensor([[1.0, -1], [-1, 1], [2, -2], [0.5, -0.5]])
+                                   [..., None, None])
+            self.diff.bias.copy_(torch.tensor([1.0, 2, -3, 0]))
+
+    def forward(self, x):
+        return self.diff(self.up(x))
+
+
+@pytest.fixture
+def fresh_count(monkeypatch):
+    """infer.recomputed at 0, as in a new process (the warning is said at the first one)."""
+    monkeypatch.setattr(infer, "recomputed", 0)
+
+
+@torch.no_grad()
+def test_an_fp16_overflow_is_recomputed_in_fp32_and_said_once(fresh_count, capsys):
+    torch.manual_seed(0)
+    model = Overflow().eval()
+    x = torch.rand(2, 3, 4, 5) + 1  # pixel sums in [3, 6]: both maps of every pixel overflow
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert model(x).isnan().all(), "a test that tests: fp16 overflows"
+    expected = model(x)  # fp32, no autocast
+    assert expected.isfinite().all() and expected.abs().min() > 1
+    got = infer.forward_checked(model, x, torch.float16)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)  # the same fp32 forward
+    assert torch.equal(infer.forward_checked(model, x, torch.float16), expected)
+    assert infer.recomputed == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: float16 autocast gave non-finite "
+                                                   "logits") and "recomputed in fp32" in err
+    # finite logits are returned as the autocast gave them, without a recomputation
+    small = torch.nn.Conv2d(3, 4, 1).eval()
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = small(x)
+    got = infer.forward_checked(small, x, torch.float16)
+    assert half.dtype == torch.float16 and torch.equal(got, half.float())
+    assert infer.recomputed == 2 and capsys.readouterr().err == ""
+
+
+@torch.no_grad()
+def test_non_finite_logits_in_fp32_are_a_one_line_error_naming_the_checkpoint(fresh_count):
+    model = Overflow().eval()
+    model.diff.bias[2] = float("nan")  # a diverged run: channel 3 is NaN in any precision
+    x = torch.randn(1, 3, 4, 5)
+    with pytest.raises(infer.NonFiniteLogits, match=r"^the model produces non-finite logits "
+                       r"in fp32 too \(20 of 80 values NaN or inf\)"):
+        infer.forward_checked(model, x, torch.float16)
+    with pytest.raises(infer.NonFiniteLogits, match=r"in fp32 \(20 of 80 values"):
+        infer.forward_checked(model, x, None)
+    images = torch.zeros(1, 3, 4, 5, dtype=torch.uint8)
+    ens = infer.Ensemble([Constant([0.0] * 4), model], [config()] * 2,
+                         ["folds/fold0/best.pt", "folds/fold3/best.pt"])
+    with pytest.raises(InputError, match=r"^folds/fold3/best.pt: the model produces non-finite "
+                       r"logits in fp32 \(40 of 160 values") as e:
+        infer.probabilities(ens, images, ("none", "hflip"), None)
+    assert "\n" not in str(e.value)
+
+
+class Recorder(Constant):
+    """Constant logits; records the autocast dtype of each call (None: autocast off)."""
+
+    def __init__(self):
+        super().__init__([0.0] * 4)
+        self.dtypes = []
+
+    def forward(self, x):
+        on = torch.is_autocast_enabled(x.device.type)
+        self.dtypes.append(torch.get_autocast_dtype(x.device.type) if on else None)
+        return super().forward(x)
+
+
+def test_a_model_trained_with_amp_off_runs_in_fp32(monkeypatch):
+    on, off = Recorder(), Recorder()
+    ens = infer.Ensemble([on, off], [config(amp="bf16"), config(amp="off")])
+    infer.probabilities(ens, torch.zeros(1, 3, 4, 4, dtype=torch.uint8), ("none",),
+                        torch.float16)
+    assert (on.dtypes, off.dtypes) == ([torch.float16], [None])
+    # on a T4 (compute 7.5), where the device's own choice is fp16, a run trained in bf16
+    # runs in fp16 (no native bf16 there) and a run with amp off in fp32
+    from competition.train import amp_dtype
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    t4 = amp_dtype("auto", torch.device("cuda"))
+    assert t4 == torch.float16
+    assert [infer.model_dtype(config(amp=a), t4) for a in ("auto", "bf16", "fp16", "off")] == \
+        [torch.float16] * 3 + [None]

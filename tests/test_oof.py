@@ -15,6 +15,7 @@ from competition.metric import score_tables
 from competition.predict import predict_oof
 from competition.search import read_params
 from conftest import random_checkpoint
+from test_infer import assert_one_by_one, record_batches
 
 VIEWS = ("none", "hflip")
 THRESHOLDS = (0.2, 0.5, 0.8)
@@ -34,21 +35,14 @@ def runs(synthetic, tmp_path_factory):
     return runs
 
 
-def direct_stats(synthetic, ckpt, image_ids):
-    """Probabilities image by image, then per threshold and class scipy's 8-connected
-    labelling, and the areas counted with numpy."""
-    encoded = by_image(load_train(synthetic)[1])
-    ensemble = infer.load_ensemble([ckpt], torch.device("cpu"))
-    dataset = SteelDataset(synthetic / "train_images", image_ids, encoded)
-    stats = np.zeros((len(image_ids), 4, len(THRESHOLDS), len(COMPONENTS), 2), np.int64)
-    truths = np.zeros((len(image_ids), 4), np.int64)
-    for i in range(len(image_ids)):
-        image, truth, _ = dataset[i]
-        probs = infer.probabilities(ensemble, image[None], VIEWS, None)[0]
+def direct_stats(probs: list, truths: list):
+    """Per image, class and threshold, scipy's 8-connected labelling of its (4, H, W)
+    probabilities and the areas of its (4, H, W) truth counted with numpy."""
+    stats = np.zeros((len(probs), 4, len(THRESHOLDS), len(COMPONENTS), 2), np.int64)
+    for i, (p, truth) in enumerate(zip(probs, truths)):
         for c in range(4):
-            truths[i, c] = int(truth[c].sum())
             for k, t in enumerate(THRESHOLDS):
-                labels, n = ndimage.label((probs[c] > t).numpy(), structure=np.ones((3, 3)))
+                labels, n = ndimage.label((p[c] > t).numpy(), structure=np.ones((3, 3)))
                 sizes = np.bincount(labels.ravel(), minlength=n + 1)
                 hits = np.bincount(labels.ravel(), weights=truth[c].numpy().ravel(),
                                    minlength=n + 1)
@@ -56,17 +50,26 @@ def direct_stats(synthetic, ckpt, image_ids):
                     keep = sizes >= smallest
                     keep[0] = False
                     stats[i, c, k, m] = sizes[keep].sum(), hits[keep].sum()
-    return stats, truths
+    return stats, np.array([t.numpy().sum(axis=(1, 2)) for t in truths])
 
 
-def test_streamed_stats_equal_a_direct_computation(synthetic, runs, tmp_path):
+def test_streamed_stats_equal_a_direct_computation(synthetic, runs, tmp_path, monkeypatch):
     image_ids, labels = load_train(synthetic)
     ids = image_ids[:5]
     out = tmp_path / "oof"
-    oof.fold_stats(synthetic, ids, by_image(labels), runs / "fold0" / "best.pt", VIEWS, out,
-                   torch.device("cpu"), batch_size=2, workers=0, desc="test",
-                   thresholds=THRESHOLDS, min_components=COMPONENTS)
-    stats, truths = direct_stats(synthetic, runs / "fold0" / "best.pt", ids)
+    ckpt = runs / "fold0" / "best.pt"
+    seen = record_batches(monkeypatch, oof)
+    oof.fold_stats(synthetic, ids, by_image(labels), ckpt, VIEWS, out, torch.device("cpu"),
+                   batch_size=2, workers=0, desc="test", thresholds=THRESHOLDS,
+                   min_components=COMPONENTS)
+    items = [SteelDataset(synthetic / "train_images", ids, by_image(labels))[i]
+             for i in range(len(ids))]
+    # the stream predicted these images, in this order, with this checkpoint and views ...
+    assert_one_by_one(seen, infer.load_ensemble([ckpt], torch.device("cpu")),
+                      {i: image for i, (image, _, _) in enumerate(items)}, VIEWS)
+    # ... and its counts are those of the very probabilities it used: another batch size
+    # rounds differently, and a pixel on a threshold would flip
+    stats, truths = direct_stats([seen[i] for i in range(len(ids))], [t for _, t, _ in items])
     got = np.load(out / "stats.npy")
     assert got.shape == (5, 4, 3, 3, 2) and got.dtype == np.int32
     assert (stats[..., 0] > 0).any() and (stats[..., 0] == 0).any(), "a test that tests"
@@ -99,8 +102,10 @@ def test_search_cv_equals_the_score_of_the_oof_submission(synthetic, runs, tmp_p
     assert result["images"] == 10 and set(result["folds"]) == {"0", "1"}
     assert result["tta"] == list(VIEWS)
     params = read_params(out / "postprocess.json")
+    # the batch size of oof.run, as the CLI passes one --batch-size to both: the same batches
+    # give the same probabilities; other ones round differently and may flip a pixel
     frame = predict_oof(synthetic, runs, runs / "folds.csv", [0, 1], params, VIEWS,
-                        out / "oof.csv", batch_size=3, workers=0)
+                        out / "oof.csv", batch_size=4, workers=0)
     assert len(frame) == 40 and (frame.EncodedPixels != "").sum() > 0
     scored = score_tables(read_table(out / "oof.csv")[0], read_table(synthetic / "train.csv")[0])
     assert scored["mean_dice"] == pytest.approx(result["oof_mean_dice"], abs=1e-12)

@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import infer, rle
+from competition import checkpoint, infer, predict, rle
 from competition.errors import InputError
+from competition.images import read_image
 from competition.postprocess import clean
 from competition.predict import predict_test
 from competition.search import Params
 from competition.submission import validate
 from conftest import random_checkpoint, small_test_set
 from test_cli import one_line_error, run
+from test_infer import assert_one_by_one, record_batches
 
 PARAMS = Params((0.3, 0.5, 0.6, 0.7), (0, 30, 100, 400), (0, 50, 500, 1000))
 VIEWS = ("none", "hflip", "vflip")
@@ -33,8 +35,10 @@ def ckpts(tmp_path_factory):
     return [random_checkpoint(root / f"fold{k}.pt", seed=k) for k in (0, 1)]
 
 
-def test_submission_follows_the_sample_and_equals_a_direct_computation(data, ckpts, tmp_path):
+def test_submission_follows_the_sample_and_equals_a_direct_computation(data, ckpts, tmp_path,
+                                                                       monkeypatch):
     out = tmp_path / "submission.csv"
+    seen = record_batches(monkeypatch, predict)
     frame = predict_test(data, ckpts, PARAMS, VIEWS, out, batch_size=3, workers=0)
     sample = pd.read_csv(data / "sample_submission.csv", keep_default_na=False)
     written = pd.read_csv(out, keep_default_na=False)
@@ -43,18 +47,65 @@ def test_submission_follows_the_sample_and_equals_a_direct_computation(data, ckp
     validate(out, data / "sample_submission.csv")
     assert (frame.EncodedPixels != "").any()
 
-    ensemble = infer.load_ensemble(ckpts, torch.device("cpu"))
-    from competition.images import read_image
+    image_ids = list(dict.fromkeys(sample.ImageId))  # the rows predicted, in the sample's order
+    # the stream predicted these images with both checkpoints and the views (in batches of 3
+    # against one by one: equal up to fp32 rounding) ...
+    images = {i: torch.from_numpy(read_image(data / "test_images" / image_id).transpose(2, 0, 1))
+              for i, image_id in enumerate(image_ids)}
+    assert_one_by_one(seen, infer.load_ensemble(ckpts, torch.device("cpu")), images, VIEWS)
+    # ... and wrote the masks of the very probabilities it used, thresholded, cleaned and
+    # encoded here one image at a time
     expected = {}
-    for image_id in set(sample.ImageId):
-        image = torch.from_numpy(read_image(data / "test_images" / image_id).transpose(2, 0, 1))
-        probs = infer.probabilities(ensemble, image[None].contiguous(), VIEWS, None)
-        masks = np.stack([(probs[0, c] > t).numpy() for c, t in enumerate(PARAMS.threshold)])
+    for i, image_id in enumerate(image_ids):
+        masks = np.stack([(seen[i][c] > t).numpy() for c, t in enumerate(PARAMS.threshold)])
         masks = masks.astype(np.uint8)[None]
         clean(masks, PARAMS.min_component, PARAMS.min_area)
         for c in range(4):
             expected[(image_id, c + 1)] = rle.encode(masks[0, c])
     assert dict(zip(zip(written.ImageId, written.ClassId), written.EncodedPixels)) == expected
+
+
+class NanUnderAutocast(torch.nn.Module):
+    """A model whose logits are all NaN under autocast, as an fp16 overflow makes them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        if torch.is_autocast_enabled(x.device.type):
+            return torch.full((len(x), 4, *x.shape[-2:]), float("nan"), device=x.device)
+        return self.model(x)
+
+
+def test_an_overflow_under_autocast_is_recomputed_not_an_empty_submission(
+        data, ckpts, tmp_path, monkeypatch, capsys):
+    """Checkpoints that overflow in fp16 (on a T4) write the submission of fp32 inference,
+    not a valid all-empty one; a checkpoint trained with amp off never runs under autocast."""
+    paths = [ckpts[0], random_checkpoint(tmp_path / "off.pt", seed=1, amp="off")]
+    fp32 = tmp_path / "fp32.csv"
+    predict_test(data, paths, PARAMS, VIEWS, fp32, batch_size=3, workers=0)  # the CPU: fp32
+    assert pd.read_csv(fp32, keep_default_na=False).EncodedPixels.ne("").any()
+
+    load = checkpoint.model_from
+
+    def overflowing(path, device):
+        model, config = load(path, device)
+        return NanUnderAutocast(model), config
+    monkeypatch.setattr(checkpoint, "model_from", overflowing)
+    monkeypatch.setattr(predict, "amp_dtype", lambda amp, device: torch.float16)  # a T4's
+    monkeypatch.setattr(infer, "recomputed", 0)
+    capsys.readouterr()
+    out = tmp_path / "submission.csv"
+    predict_test(data, paths, PARAMS, VIEWS, out, batch_size=3, workers=0)
+    assert out.read_text() == fp32.read_text()  # the same fp32 forwards of the same batches
+    # 4 images: batches of 3 and 1, each through the fp16 model (recomputed) and the amp-off one
+    assert infer.recomputed == 2
+    err = capsys.readouterr().err
+    assert err.count("warning: float16 autocast gave non-finite logits (an overflow): the "
+                     "batch was recomputed in fp32") == 1
+    assert "warning: predict: 2 of 4 batch forwards gave non-finite logits under float16 " \
+           "autocast and were recomputed in fp32\n" in err
 
 
 def test_original_layout_sample(data, ckpts, tmp_path):
@@ -108,6 +159,9 @@ def test_bad_input_is_one_error_and_keeps_the_old_submission(data, ckpts, tmp_pa
 
     fpn = random_checkpoint(tmp_path / "fpn.pt", arch="fpn")
     fails("fpn.pt: fpn/resnet18 differs", paths=[ckpts[0], fpn])
+    diverged = random_checkpoint(tmp_path / "diverged.pt", scale=float("nan"))  # NaN head
+    fails(f"^{diverged}: the model produces non-finite logits in fp32 \\(",
+          paths=[ckpts[0], diverged])
     fails("nope.pt: checkpoint not found", paths=[tmp_path / "nope.pt"])
 
 
@@ -136,6 +190,10 @@ def test_cli_predict_errors_are_one_line(data, ckpts, tmp_path):
     result = run("predict", "--data", data, "--checkpoints", ckpts[0], "--postprocess", pp,
                  "--out", out, "--workers", 0, "--tta", "none,spin")
     one_line_error(result, "error: --tta none,spin: unknown view 'spin'")
+    diverged = random_checkpoint(tmp_path / "diverged.pt", scale=float("nan"))  # NaN head
+    result = run("predict", "--data", data, "--checkpoints", diverged, "--postprocess", pp,
+                 "--out", out, "--workers", 0)
+    one_line_error(result, f"error: {diverged}: the model produces non-finite logits in fp32 (")
     assert out.read_text() == "keep me\n"
     result = run("predict", "--data", data, "--checkpoints", ckpts[0], "--postprocess", pp,
                  "--out", out, "--workers", 1)

@@ -26,6 +26,7 @@ from competition import checkpoint, config as config_lib, data as data_lib
 from competition.errors import InputError
 from competition.files import write_csv, write_json
 from competition.labels import CLASSES, by_image, load_train
+from competition.infer import NonFiniteLogits, forward_checked
 from competition.losses import DiceBCELoss
 from competition.metric import dice_from_counts
 from competition.model import from_config, param_groups
@@ -290,7 +291,8 @@ def same_on_every_rank(module: torch.nn.Module, rt) -> None:
 def evaluate(model, loader, loss_fn, config, rt, dtype) -> dict:
     """Full-size validation under the default post-processing (config.val_threshold and
     val_min_area): the competition's mean Dice over (image, class) pairs, per-class Dice,
-    the all-empty baseline on the same pairs, and the mean loss. Each rank scores its own
+    the all-empty baseline on the same pairs, and the mean loss. A forward whose logits
+    overflow under fp16 is recomputed in fp32 (infer.forward_checked), never scored as NaN. Each rank scores its own
     images; the sums are reduced, so the result does not depend on the number of ranks."""
     model.eval()
     counts, loss_sum = [], 0.0
@@ -298,8 +300,7 @@ def evaluate(model, loader, loss_fn, config, rt, dtype) -> dict:
                                      leave=False):
         images = data_lib.normalize(images.to(rt.device), config.channels_last)
         masks = masks.to(rt.device)
-        with torch.autocast(rt.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(images).float()
+        logits = forward_checked(model, images, dtype)  # an fp16 overflow is redone in fp32
         loss_sum += loss_fn(logits, masks).item() * len(images)
         pred = binarize(torch.sigmoid(logits), config.val_threshold, config.val_min_area)
         counts.append(pair_counts(pred, masks).cpu().numpy())  # (N, C, 3)
@@ -499,7 +500,11 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
         ema_updates = trained["ema_updates"]
         evaluated = ema if ema is not None else unwrap(model)
         same_on_every_rank(evaluated, rt)
-        result = evaluate(evaluated, val_loader, loss_fn, config, rt, dtype)
+        try:
+            result = evaluate(evaluated, val_loader, loss_fn, config, rt, dtype)
+        except NonFiniteLogits as e:
+            raise InputError(f"{out}: validation after epoch {epoch + 1}: {e}; stopped, the "
+                             f"last checkpoint written is kept. Try a lower --lr") from None
         improved = result["mean_dice"] > best
         best = max(best, result["mean_dice"])
         row = {"epoch": epoch + 1, "step": scheduler.last_epoch,

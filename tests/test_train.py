@@ -548,3 +548,28 @@ def test_batch_size_one_is_refused_for_deeplab_before_anything_is_written(
     one_line_error(run(*cli_args(synthetic, folds_csv, out, "--batch-size", 1,
                                  "--accumulate", 16)), "batch_size 1", "--accumulate")
     assert not out.exists()
+
+
+class NanUnderAutocast(torch.nn.Module):
+    """Its inner model's logits, all NaN when called under autocast (an fp16 overflow)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out * float("nan") if torch.is_autocast_enabled(x.device.type) else out
+
+
+def test_validation_recomputes_an_fp16_overflow_in_fp32_instead_of_scoring_nan():
+    """A NaN probability is above no threshold: scored as is, the overflowing batch would
+    count as an all-empty prediction. evaluate redoes it in fp32 (infer.forward_checked)."""
+    model, _, _, _, batches, config = tiny_step_setup(scaled=False, updates=3)
+    model = NanUnderAutocast(model).eval()
+    config = dataclasses.replace(config, val_threshold=0.5, val_min_area=(0, 0, 0, 0))
+    rt, loss_fn = train_lib.Runtime(), DiceBCELoss()
+    fp32 = train_lib.evaluate(model, batches, loss_fn, config, rt, None)
+    fp16 = train_lib.evaluate(model, batches, loss_fn, config, rt, torch.float16)
+    assert fp16 == fp32 and np.isfinite(fp16["loss"])
+    assert fp32["mean_dice"] != fp32["all_empty_baseline"], "the fp32 model predicts something"

@@ -23,10 +23,11 @@ class TrainConfig:
     # memory; 8 is sharper at ~3x the memory), fixed 32 for Unet and FPN
     # ASPP (the DeepLab architectures; Unet and FPN have none and ignore these): dilation of the
     # three 3x3 branches per axis, in cells of the stride-16 feature map (doubled at stride 8).
-    # A 256x1600 image is 16x100 cells and a 256x512 crop 16x32: a tap d cells off centre reads
-    # the map only where |d| < cells, so the usual square-image (12, 24, 36) leaves taps that
-    # read every full-size image but never a crop (untrained_taps). Hence rows < 16, columns <
-    # 32, spread like the paper's (6, 12, 18) over its 33-cell crops: widest ~0.55 of the crop.
+    # A 256x1600 image is 16x100 cells and a 256x512 crop 16x32; a tap d cells off centre reads
+    # an axis of n cells only if |d| < n, so smp's and torchvision's square-image (12, 24, 36)
+    # leave taps that read every full-size image but never a crop (see untrained_taps). Hence
+    # rows < 16 and columns < 32, spread like the paper's (6, 12, 18) over its 33-cell crops
+    # (the widest about 0.55 of the crop).
     atrous_rates_h: tuple[int, int, int] = (3, 6, 9)  # rows: 9 of the crop's 16
     atrous_rates_w: tuple[int, int, int] = (6, 12, 18)  # columns: 18 of the crop's 32
     allow_untrained_taps: bool = False  # True trains (with a warning) with taps that read

@@ -9,7 +9,8 @@ import torch
 import torchvision
 from torch import nn
 
-from competition.config import FULL_SIZE, OLD_RATES, build_config, cells, live
+from competition.config import (FULL_SIZE, OLD_RATES, build_config, cells, from_dict, live,
+                                to_dict)
 from competition.errors import InputError
 from competition.model import (ARCHITECTURES, DEFAULT_STRIDE, build_model, from_config,
                                param_groups)
@@ -372,3 +373,15 @@ def test_atrous_rates_are_per_axis_dilations_doubled_at_stride_8(arch, encoder):
         expected = [(1 * scale, 4 * scale), (2 * scale, 5 * scale), (3 * scale, 7 * scale)]
         assert [conv.dilation for conv in aspp_convs(model)] == expected
         assert [conv.padding for conv in aspp_convs(model)] == expected  # same output size
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_a_checkpoint_config_from_before_the_rate_fields_builds_its_old_aspp(stride, capsys):
+    """Weights of any rates fit any other (a 3x3 kernel either way): only the saved config
+    can say which dilations the weights were trained with, (12, 24, 36) at every stride."""
+    saved = to_dict(build_config("demo_cpu", output_stride=stride))
+    for key in ("atrous_rates_h", "atrous_rates_w", "allow_untrained_taps"):
+        del saved[key]
+    model = from_config(from_dict(saved), "none")
+    assert [conv.dilation for conv in aspp_convs(model)] == [(d, d) for d in OLD_RATES]
+    assert capsys.readouterr().err.startswith("warning: atrous_rates_h ")  # 12 rows vs 8

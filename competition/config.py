@@ -21,6 +21,17 @@ class TrainConfig:
     encoder_weights: str = "imagenet"  # imagenet | none | PATH to a local encoder state dict
     output_stride: int = 0  # 0: the architecture's default, 16 for DeepLab (fits 256x1600 in
     # memory; 8 is sharper at ~3x the memory), fixed 32 for Unet and FPN
+    # ASPP (the DeepLab architectures; Unet and FPN have none and ignore these): dilation of the
+    # three 3x3 branches per axis, in cells of the stride-16 feature map (doubled at stride 8).
+    # A 256x1600 image is 16x100 cells and a 256x512 crop 16x32; a tap d cells off centre reads
+    # an axis of n cells only if |d| < n, so smp's and torchvision's square-image (12, 24, 36)
+    # leave taps that read every full-size image but never a crop (see untrained_taps). Hence
+    # rows < 16 and columns < 32, spread like the paper's (6, 12, 18) over its 33-cell crops
+    # (the widest about 0.55 of the crop).
+    atrous_rates_h: tuple[int, int, int] = (3, 6, 9)  # rows: 9 of the crop's 16
+    atrous_rates_w: tuple[int, int, int] = (6, 12, 18)  # columns: 18 of the crop's 32
+    allow_untrained_taps: bool = False  # True trains (with a warning) with taps that read
+    # 256x1600 images but never a crop, so keep their random initial values
     # data
     crop_height: int = 256  # full height: defects run across the strip
     crop_width: int = 512  # 1600-wide images cropped for speed; validation is full size
@@ -60,11 +71,18 @@ PRESETS: dict[str, dict] = {
     "deeplabv3_r34": {},
     "deeplabv3_r101": dict(arch="tv_deeplabv3", encoder="resnet101", batch_size=8,
                            encoder_lr=1e-4),
+    # 128x256 crops are 8x16 cells: rates under 8 rows and 16 columns; these also fit
+    # 64x128 crops (4x8 cells) for quick runs
     "demo_cpu": dict(encoder="resnet18", encoder_weights="none", crop_height=128,
-                     crop_width=256, defect_crop_p=0.8, epochs=6, batch_size=8, lr=2e-3,
+                     crop_width=256, atrous_rates_h=(1, 2, 3), atrous_rates_w=(2, 4, 6),
+                     defect_crop_p=0.8, epochs=6, batch_size=8, lr=2e-3,
                      encoder_lr=2e-3, warmup_epochs=0.5, ema_decay=0.98, num_workers=2,
                      val_batch_size=4, val_min_area=(200, 200, 400, 800)),
 }
+FULL_SIZE = (256, 1600)  # (rows, columns) of every image: validation, OOF and test run on it
+ASPP_ARCHS = ("deeplabv3", "deeplabv3plus", "tv_deeplabv3")  # the architectures with an ASPP
+RATE_STRIDE = 16  # the atrous rates are in cells of this output stride (and DeepLab's default)
+OLD_RATES = (12, 24, 36)  # the dilations every ASPP had before the rates were config fields
 
 # Architectures with DeepLab's image-pooling branch: BatchNorm over (N, C, 1, 1) needs N >= 2.
 POOLED_ARCHS = ("deeplabv3", "deeplabv3plus", "tv_deeplabv3")
@@ -77,17 +95,23 @@ def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:
     """Defaults <- preset `name` <- overrides (None values are ignored)."""
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
-    values = dict(PRESETS[name], name=name)
+    values = {**to_dict(TrainConfig()), **PRESETS[name], "name": name}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(values)
 
 
 def from_dict(values: dict) -> TrainConfig:
-    """A config from a (JSON) dict: lists become tuples; unknown keys are an error."""
+    """A config from a (JSON) dict: lists become tuples; unknown keys are an error. A dict
+    without atrous rates was saved before they were fields: its model had OLD_RATES."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(f"unknown config field {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+    if "atrous_rates_h" not in values and "atrous_rates_w" not in values:
+        stride = values.get("output_stride") or RATE_STRIDE
+        old = tuple(d * stride // RATE_STRIDE for d in OLD_RATES)  # 6, 12, 18 at stride 8
+        values = {**values, "atrous_rates_h": old, "atrous_rates_w": old,
+                  "allow_untrained_taps": True}
     values = {k: tuple(v) if k in TUPLE_FIELDS else v for k, v in values.items()}
     config = TrainConfig(**values)
     check(config)
@@ -117,6 +141,63 @@ def check(c: TrainConfig) -> None:
                          "size)")
     if not 0.0 < c.val_threshold < 1.0:
         raise InputError(f"val_threshold {c.val_threshold}: must be in (0, 1)")
+    for field in ("atrous_rates_h", "atrous_rates_w"):
+        rates = getattr(c, field)
+        if len(rates) != 3 or min(rates) < 1:
+            raise InputError(f"{field} {rates}: needs three rates of at least 1 (one per "
+                             "ASPP branch)")
+    untrained = untrained_line(c)
+    if untrained and not c.allow_untrained_taps:
+        raise InputError(f"{untrained}; allow_untrained_taps true trains them anyway")
+
+
+def cells(pixels: int, stride: int) -> int:
+    """Feature-map cells along an axis of `pixels` pixels at output `stride` (every stride-2
+    stage rounds up, as a 3x3 convolution with padding 1 does)."""
+    return -(-pixels // stride)
+
+
+def live(offset: int, n: int) -> bool:
+    """Whether a convolution tap `offset` cells off centre (zero padding) reads an axis of `n`
+    cells at some output cell, and so can get a gradient: iff |offset| < n."""
+    return abs(offset) < n
+
+
+def dilations(rates: tuple[int, ...], stride: int) -> tuple[int, ...]:
+    """Atrous rates in stride-16 cells -> the dilations at output `stride` (8 doubles them)."""
+    return tuple(r * RATE_STRIDE // stride for r in rates)
+
+
+def untrained_taps(c: TrainConfig) -> list[str]:
+    """One line per ASPP branch and axis whose off-centre taps read 256x1600 images but never
+    a crop_height x crop_width crop: they get no gradient in training and switch on, with
+    their initial values, at full size. Empty for Unet and FPN (no ASPP)."""
+    stride = c.output_stride or RATE_STRIDE
+    if c.arch not in ASPP_ARCHS or stride not in (8, 16):  # build_model refuses other strides
+        return []
+    problems = []
+    for field, axis, crop, full, rates in (
+            ("atrous_rates_h", "rows", "crop_height", FULL_SIZE[0], c.atrous_rates_h),
+            ("atrous_rates_w", "columns", "crop_width", FULL_SIZE[1], c.atrous_rates_w)):
+        n_crop, n_full = cells(getattr(c, crop), stride), cells(full, stride)
+        for branch, (rate, d) in enumerate(zip(rates, dilations(rates, stride)), 1):
+            if live(d, n_full) and not live(d, n_crop):
+                fits = (n_crop - 1) * stride // RATE_STRIDE
+                needed = (d * stride // 32 + 1) * 32  # the first multiple of 32 with > d cells
+                problems.append(
+                    f"{field} {rate} (ASPP branch {branch}): at output stride {stride} its "
+                    f"taps {d} {axis} off centre read {FULL_SIZE[0]}x{FULL_SIZE[1]} images "
+                    f"({n_full} {axis}) but never a {c.crop_height}x{c.crop_width} crop "
+                    f"({n_crop} {axis}), so they would not train: the largest rate that fits "
+                    f"is {fits}, or {crop} {needed} fits this one")
+    return problems
+
+
+def untrained_line(c: TrainConfig) -> str:
+    """untrained_taps(c) as one line: the first and how many more ("" when none)."""
+    problems = untrained_taps(c)
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more if problems else ""
 
 
 def to_dict(config: TrainConfig) -> dict:

@@ -6,9 +6,13 @@ backbone), which `param_groups` separates from the rest for a lower learning rat
 
 Encoder weights: "none" (random), "imagenet" (downloaded by smp/torchvision; offline that is
 an InputError) or the PATH of a local state dict that must fit the encoder exactly.
+
+The DeepLab models' ASPP dilates its three 3x3 branches per axis, (rows, columns), from the
+config's atrous rates; see config.untrained_taps for why they are small on 256-high strips.
 """
 from __future__ import annotations
 
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, re
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
+from competition.config import TrainConfig, dilations, untrained_line
 from competition.errors import InputError
 
 TV_BACKBONES = {
@@ -48,25 +53,31 @@ class TvDeepLabV3(DeepLabV3):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _smp_model(cls, encoder: str, output_stride: int, classes: int, imagenet: bool) -> nn.Module:
+Rates = list[tuple[int, int]]  # the (rows, columns) dilation of each ASPP 3x3 branch
+
+
+def _smp_model(cls, encoder: str, output_stride: int, classes: int, imagenet: bool,
+               rates: Rates) -> nn.Module:
     dilation = {} if output_stride == 32 else {"encoder_output_stride": output_stride}
+    aspp = {"decoder_atrous_rates": rates} if cls in (smp.DeepLabV3, smp.DeepLabV3Plus) else {}
     return cls(encoder_name=encoder, encoder_weights="imagenet" if imagenet else None,
-               classes=classes, activation=None, **dilation)
+               classes=classes, activation=None, **dilation, **aspp)
 
 
-def _tv_deeplabv3(encoder: str, output_stride: int, classes: int, imagenet: bool) -> nn.Module:
+def _tv_deeplabv3(encoder: str, output_stride: int, classes: int, imagenet: bool,
+                  rates: Rates) -> nn.Module:
     resnet, weights = TV_BACKBONES[encoder]
     net = resnet(weights=weights if imagenet else None,
                  replace_stride_with_dilation=TV_DILATION[output_stride])
     backbone = IntermediateLayerGetter(net, return_layers={"layer4": "out"})
-    return TvDeepLabV3(backbone, DeepLabHead(2048, classes))
+    return TvDeepLabV3(backbone, DeepLabHead(2048, classes, rates))
 
 
-ARCHITECTURES = {
+ARCHITECTURES = {  # each (encoder, output_stride, classes, imagenet, rates) -> model
     "deeplabv3": partial(_smp_model, smp.DeepLabV3),
     "deeplabv3plus": partial(_smp_model, smp.DeepLabV3Plus),
-    "unet": partial(_smp_model, smp.Unet),
-    "fpn": partial(_smp_model, smp.FPN),
+    "unet": partial(_smp_model, smp.Unet),  # no ASPP: rates unused
+    "fpn": partial(_smp_model, smp.FPN),  # no ASPP: rates unused
     "tv_deeplabv3": _tv_deeplabv3,
 }
 DEFAULT_STRIDE = {"deeplabv3": 16, "deeplabv3plus": 16, "unet": 32, "fpn": 32, "tv_deeplabv3": 16}
@@ -144,13 +155,17 @@ def _load_encoder_weights(module: nn.Module, state: dict[str, torch.Tensor], pat
 
 
 def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weights: str = "none",
-                output_stride: int | None = None, classes: int = 4) -> nn.Module:
+                output_stride: int | None = None, classes: int = 4,
+                atrous_rates_h: tuple[int, ...] = TrainConfig.atrous_rates_h,
+                atrous_rates_w: tuple[int, ...] = TrainConfig.atrous_rates_w) -> nn.Module:
     """A model whose forward maps (N, 3, H, W) float images to (N, classes, H, W) logits.
 
     output_stride: the encoder's deepest feature map is (H/stride, W/stride); None takes
     DEFAULT_STRIDE[arch]. The deeplab architectures take 8 or 16, unet and fpn only 32.
     smp models need H and W divisible by the stride (32 for unet/fpn).
     encoder_weights: "none", "imagenet" or the PATH of a local state dict for the encoder.
+    atrous_rates_h, atrous_rates_w: the ASPP branches' rates along rows and columns in cells
+    of the stride-16 map (doubled at stride 8); unet and fpn have no ASPP and ignore them.
     """
     if arch not in ARCHITECTURES:
         raise InputError(f"--arch {arch}: unknown architecture; valid: {', '.join(ARCHITECTURES)}")
@@ -165,8 +180,9 @@ def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weig
     imagenet = weights == "imagenet"
     _check_encoder(arch, encoder, imagenet)
     state = None if weights in ("none", "imagenet") else _read_state_dict(Path(weights))
+    rates = list(zip(dilations(atrous_rates_h, stride), dilations(atrous_rates_w, stride)))
     try:
-        model = ARCHITECTURES[arch](encoder, stride, classes, imagenet)
+        model = ARCHITECTURES[arch](encoder, stride, classes, imagenet, rates)
     except OSError as e:
         if not imagenet:
             raise
@@ -183,9 +199,14 @@ def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weig
 
 def from_config(config, encoder_weights: str | None = None) -> nn.Module:
     """build_model for a TrainConfig (output_stride 0: the architecture's default);
-    `encoder_weights` replaces the config's (e.g. "none" when a checkpoint will be loaded)."""
+    `encoder_weights` replaces the config's (e.g. "none" when a checkpoint will be loaded).
+    A config that allows untrained ASPP taps (config.untrained_taps) prints a warning."""
     weights = config.encoder_weights if encoder_weights is None else encoder_weights
-    return build_model(config.arch, config.encoder, weights, config.output_stride or None)
+    untrained = untrained_line(config)
+    if untrained:  # config.check refused it unless allow_untrained_taps
+        print(f"warning: {untrained}; allowed by allow_untrained_taps", file=sys.stderr)
+    return build_model(config.arch, config.encoder, weights, config.output_stride or None,
+                       atrous_rates_h=config.atrous_rates_h, atrous_rates_w=config.atrous_rates_w)
 
 
 def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -2,9 +2,10 @@ import dataclasses
 
 import pytest
 
-from competition.config import (PRESETS, TrainConfig, build_config, differences, from_dict,
-                                to_dict)
+from competition.config import (OLD_RATES, PRESETS, TrainConfig, build_config, cells,
+                                differences, dilations, from_dict, live, to_dict, untrained_taps)
 from competition.errors import InputError
+from test_cli import one_line_error, run
 
 
 def test_presets_override_defaults_and_options_override_presets():
@@ -35,6 +36,8 @@ def test_json_round_trip_and_differences():
     ({"pos_weight": (1.0, 2.0)}, "one value per class"),
     ({"ema_decay": 1.0}, "ema_decay"),
     ({"val_threshold": 1.5}, "val_threshold"),
+    ({"atrous_rates_h": (3, 6)}, r"atrous_rates_h \(3, 6\): needs three rates"),
+    ({"atrous_rates_w": (0, 6, 9)}, r"atrous_rates_w \(0, 6, 9\): needs three rates of at"),
 ])
 def test_bad_values_are_input_errors(values, message):
     if message is None:
@@ -43,3 +46,115 @@ def test_bad_values_are_input_errors(values, message):
         return
     with pytest.raises(InputError, match=message):
         from_dict(to_dict(TrainConfig()) | values)
+
+
+def test_cells_and_live_taps_by_hand():
+    # ResNet stages halve with rounding up: 256x1600 is 16x100 at stride 16, 32x200 at 8
+    assert [cells(256, 16), cells(1600, 16), cells(512, 16), cells(128, 16)] == [16, 100, 32, 8]
+    assert [cells(1600, 8), cells(1600, 32), cells(100, 16)] == [200, 50, 7]
+    # a tap d cells off centre reads an n-cell axis at some output cell iff |d| < n
+    assert live(0, 1) and live(15, 16) and live(-15, 16)
+    assert not live(16, 16) and not live(-16, 16) and not live(36, 32)
+    assert dilations((3, 6, 9), 16) == (3, 6, 9) and dilations((3, 6, 9), 8) == (6, 12, 18)
+
+
+def old(**overrides) -> TrainConfig:
+    """A config with the pre-field rates, (12, 24, 36) on both axes, not checked."""
+    return dataclasses.replace(TrainConfig(), atrous_rates_h=OLD_RATES,
+                               atrous_rates_w=OLD_RATES, **overrides)
+
+
+def test_old_rates_at_a_512_crop_leave_one_branch_untrained():
+    # 16x32 cells at the crop, 16x100 at full size: rows 12 live at both, 24 and 36 at
+    # neither; columns 12 and 24 live at both, 36 only at full size
+    problems = untrained_taps(old())
+    assert len(problems) == 1
+    assert problems[0].startswith("atrous_rates_w 36 (ASPP branch 3): at output stride 16 its "
+                                  "taps 36 columns off centre read 256x1600 images (100 "
+                                  "columns) but never a 256x512 crop (32 columns)")
+    # 31 < 32 cells; a 608-wide crop is 38 cells (> 36), 576 only 36
+    assert problems[0].endswith("the largest rate that fits is 31, or crop_width 608 fits "
+                                "this one")
+
+
+def test_old_rates_at_the_demo_crop_leave_three_branches_untrained():
+    # 8x16 cells at 128x256: rows 12 read 16 full-size rows but not 8; columns 24 and 36
+    # read 100 full-size columns but not 16. 224 high is 14 rows (> 12), 192 only 12;
+    # 416 wide is 26 columns (> 24), 384 only 24
+    problems = untrained_taps(old(crop_height=128, crop_width=256))
+    assert [p.split(":")[0] for p in problems] == [
+        "atrous_rates_h 12 (ASPP branch 1)", "atrous_rates_w 24 (ASPP branch 2)",
+        "atrous_rates_w 36 (ASPP branch 3)"]
+    assert [p.split("fits is ")[1] for p in problems] == [
+        "7, or crop_height 224 fits this one", "15, or crop_width 416 fits this one",
+        "15, or crop_width 608 fits this one"]
+
+
+def test_rates_are_stride_16_cells_so_the_rule_holds_at_stride_8_too():
+    # stride 8: rates double (24, 48, 72) and so do the maps (32x64 crop, 32x200 full)
+    problems = untrained_taps(old(output_stride=8))
+    assert len(problems) == 1
+    assert ("atrous_rates_w 36 (ASPP branch 3): at output stride 8 its taps 72 columns off "
+            "centre read 256x1600 images (200 columns) but never a 256x512 crop (64 columns)"
+            in problems[0])
+    assert problems[0].endswith("largest rate that fits is 31, or crop_width 608 fits this one")
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(atrous_rates_w=(6, 12, 31)),  # 31 < 32 crop columns: live at both sizes
+    dict(atrous_rates_h=(15, 16, 40)),  # 15 live at both; 16 and 40 >= 16 rows: at neither
+    dict(atrous_rates_w=(6, 100, 150)),  # >= 100 columns: dead at full size too
+    dict(atrous_rates_h=OLD_RATES, atrous_rates_w=OLD_RATES, crop_width=1600),
+    dict(atrous_rates_h=OLD_RATES, atrous_rates_w=OLD_RATES, crop_width=608),  # 38 columns
+    dict(atrous_rates_h=OLD_RATES, atrous_rates_w=OLD_RATES, crop_height=64, arch="unet"),
+])
+def test_rates_that_train_every_live_tap_or_no_aspp(overrides):
+    assert untrained_taps(dataclasses.replace(TrainConfig(), **overrides)) == []
+
+
+def test_rate_32_at_a_512_crop_is_refused():
+    assert [p.split(":")[0] for p in untrained_taps(
+        dataclasses.replace(TrainConfig(), atrous_rates_w=(6, 12, 32)))] == [
+        "atrous_rates_w 32 (ASPP branch 3)"]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_trains_every_live_tap(name):
+    assert untrained_taps(build_config(name)) == []
+
+
+def test_untrained_taps_refused_in_one_line_unless_allowed():
+    with pytest.raises(InputError) as e:
+        build_config(atrous_rates_h=OLD_RATES, atrous_rates_w=OLD_RATES)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith("atrous_rates_w 36 (ASPP branch 3)")
+    assert message.endswith("crop_width 608 fits this one; allow_untrained_taps true trains "
+                            "them anyway")
+    with pytest.raises(InputError, match=r"branch 1\).* \(and 2 more\); allow_untrained"):
+        build_config("demo_cpu", atrous_rates_h=OLD_RATES, atrous_rates_w=OLD_RATES)
+    allowed = build_config(atrous_rates_w=OLD_RATES, allow_untrained_taps=True)
+    assert allowed.atrous_rates_w == OLD_RATES
+    assert build_config("demo_cpu", arch="unet", crop_height=64).arch == "unet"  # no ASPP
+
+
+def test_refusal_reaches_the_terminal_before_anything_is_written(tmp_path):
+    out = tmp_path / "fold0"
+    one_line_error(run("train", "--data", tmp_path / "nowhere", "--fold", "0", "--out", out,
+                       "--atrous-rates-w", "12,24,36"),
+                   "atrous_rates_w 36 (ASPP branch 3)", "crop_width 608",
+                   "allow_untrained_taps true")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stride, rates", [(0, (12, 24, 36)), (16, (12, 24, 36)),
+                                           (8, (6, 12, 18))])
+def test_a_config_saved_before_the_rate_fields_keeps_its_model(stride, rates):
+    """Its model had dilations (12, 24, 36) at any stride: in stride-16 cells that is
+    (6, 12, 18) at stride 8. It trained with whatever taps those left untrained."""
+    saved = {k: v for k, v in to_dict(TrainConfig(output_stride=stride)).items()
+             if k not in ("atrous_rates_h", "atrous_rates_w", "allow_untrained_taps")}
+    config = from_dict(saved)
+    assert config.atrous_rates_h == config.atrous_rates_w == rates
+    assert config.allow_untrained_taps
+    assert dilations(config.atrous_rates_w, stride or 16) == OLD_RATES

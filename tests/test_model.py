@@ -7,9 +7,13 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torchvision
+from torch import nn
 
+from competition.config import (FULL_SIZE, OLD_RATES, build_config, cells, from_dict, live,
+                                to_dict)
 from competition.errors import InputError
-from competition.model import ARCHITECTURES, DEFAULT_STRIDE, build_model, param_groups
+from competition.model import (ARCHITECTURES, DEFAULT_STRIDE, build_model, from_config,
+                               param_groups)
 
 SMP_ARCHS = ["deeplabv3", "deeplabv3plus", "unet", "fpn"]
 
@@ -293,3 +297,91 @@ def test_imagenet_offline_torchvision(monkeypatch, no_network):
     message = one_line(e)
     assert calls and "resnet50" in calls[0]
     assert "resnet50" in message and "--encoder-weights" in message
+
+
+def aspp_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """The 3x3 convolution of each of the ASPP's three atrous branches (smp's separable
+    ones: the depthwise part)."""
+    aspp = next(m for m in model.modules() if type(m).__name__ == "ASPP")
+    convs = [m for m in aspp.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 3
+    return convs
+
+
+def trained_taps(model: nn.Module, h: int, w: int) -> list[torch.Tensor]:
+    """Per ASPP branch, a (3, 3) bool: which kernel positions get a nonzero gradient from one
+    backward pass on (2, 3, h, w) images in train mode (the encoder frozen: only the head's
+    gradients are needed)."""
+    model.train().zero_grad()
+    model.encoder.requires_grad_(False)
+    out = model(images(2, h, w))
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weights).sum().backward()
+    return [conv.weight.grad.abs().sum((0, 1)) > 0 for conv in aspp_convs(model)]
+
+
+def live_taps(conv: nn.Conv2d, h: int, w: int, stride: int) -> torch.Tensor:
+    """(3, 3) bool: the taps the rule says read an (h, w) image's stride-`stride` map."""
+    rows = torch.tensor([live(k * conv.dilation[0], cells(h, stride)) for k in (-1, 0, 1)])
+    columns = torch.tensor([live(k * conv.dilation[1], cells(w, stride)) for k in (-1, 0, 1)])
+    return rows[:, None] & columns[None, :]
+
+
+@pytest.mark.parametrize("preset, overrides", [
+    ("deeplabv3_r34", dict(encoder="resnet18")),
+    ("deeplabv3_r34", dict(arch="deeplabv3plus", encoder="resnet18")),
+    ("deeplabv3_r101", dict(encoder="resnet50")),
+    ("demo_cpu", {}),
+])
+def test_every_aspp_tap_live_at_full_size_trains_at_the_crop(preset, overrides):
+    config = build_config(preset, encoder_weights="none", **overrides)
+    torch.manual_seed(0)
+    model = from_config(config)
+    stride = config.output_stride or 16
+    crop = (config.crop_height, config.crop_width)
+    at_crop, at_full = trained_taps(model, *crop), trained_taps(model, *FULL_SIZE)
+    for conv, c, f in zip(aspp_convs(model), at_crop, at_full):
+        assert torch.equal(c, live_taps(conv, *crop, stride)), conv  # the rule is autograd's
+        assert torch.equal(f, live_taps(conv, *FULL_SIZE, stride)), conv
+        assert not (f & ~c).any(), f"{conv}: taps live at 256x1600 that never train"
+    # the presets' rates leave no dead tap either: all 9 of every branch train at the crop
+    assert all(c.all() for c in at_crop)
+
+
+def test_old_rates_leave_the_widest_branch_untrained_at_a_512_crop(capsys):
+    """(12, 24, 36) at a 256x512 crop, stride 16: a 16x32 map against 16x100 at full size.
+    Rows 12 read both and 24, 36 neither; columns 12 and 24 read both, 36 only full size:
+    the middle row's outer taps of branch 3, (1, 0) and (1, 2), get no gradient."""
+    config = build_config(encoder="resnet18", encoder_weights="none", atrous_rates_h=OLD_RATES,
+                          atrous_rates_w=OLD_RATES, allow_untrained_taps=True)
+    torch.manual_seed(0)
+    model = from_config(config)
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("warning: atrous_rates_w 36 (ASPP branch 3)") and "\n" not in warning
+    at_crop, at_full = trained_taps(model, 256, 512), trained_taps(model, *FULL_SIZE)
+    untrained = [(f & ~c).nonzero().tolist() for c, f in zip(at_crop, at_full)]
+    assert untrained == [[], [], [[1, 0], [1, 2]]]
+
+
+@pytest.mark.parametrize("arch, encoder", [("deeplabv3", "resnet18"),
+                                           ("deeplabv3plus", "resnet18"),
+                                           ("tv_deeplabv3", "resnet50")])
+def test_atrous_rates_are_per_axis_dilations_doubled_at_stride_8(arch, encoder):
+    for stride, scale in ((16, 1), (8, 2)):
+        model = build_model(arch, encoder, output_stride=stride, atrous_rates_h=(1, 2, 3),
+                            atrous_rates_w=(4, 5, 7))
+        expected = [(1 * scale, 4 * scale), (2 * scale, 5 * scale), (3 * scale, 7 * scale)]
+        assert [conv.dilation for conv in aspp_convs(model)] == expected
+        assert [conv.padding for conv in aspp_convs(model)] == expected  # same output size
+
+
+@pytest.mark.parametrize("stride", [8, 16])
+def test_a_checkpoint_config_from_before_the_rate_fields_builds_its_old_aspp(stride, capsys):
+    """Weights of any rates fit any other (a 3x3 kernel either way): only the saved config
+    can say which dilations the weights were trained with, (12, 24, 36) at every stride."""
+    saved = to_dict(build_config("demo_cpu", output_stride=stride))
+    for key in ("atrous_rates_h", "atrous_rates_w", "allow_untrained_taps"):
+        del saved[key]
+    model = from_config(from_dict(saved), "none")
+    assert [conv.dilation for conv in aspp_convs(model)] == [(d, d) for d in OLD_RATES]
+    assert capsys.readouterr().err.startswith("warning: atrous_rates_h ")  # 12 rows vs 8

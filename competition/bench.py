@@ -277,7 +277,9 @@ def bench_train(args) -> None:
             ("plain fp32 loop (NCHW, .item() per step)", plain_rate(config, batches, warmup, rt))]
     if args.seeds:
         seeds = dataclasses.replace(config, arch="tv_deeplabv3", encoder="resnet101",
-                                    output_stride=8)
+                                    output_stride=8, atrous_rates_h=(6, 12, 18),
+                                    atrous_rates_w=(6, 12, 18), allow_untrained_taps=True)
+        # torchvision's ASPP dilations (12, 24, 36) at stride 8: (6, 12, 18) stride-16 cells
         rows.append(("seeds' model: tv DeepLabV3-R101 OS8, plain fp32",
                      plain_rate(seeds, batches, warmup, rt)))
     base = rows[1][1]["rate"]

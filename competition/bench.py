@@ -173,7 +173,7 @@ def train_batches(config, data: Path, encoded: dict, n: int, rt) -> tuple[list, 
     next(it)  # the first batch of a pass waits for the pipeline to fill
     start = time.perf_counter()
     count = sum(len(images) for images, _, _ in it)
-    rate = count / (time.perf_counter() - start) if count else float("nan")
+    rate = count / (time.perf_counter() - start) if count else None  # one batch: nothing to time
     del it, loader
     return [(i.pin_memory() if rt.device.type == "cuda" else i, m, k) for i, m, k in batches], rate
 
@@ -288,8 +288,9 @@ def bench_train(args) -> None:
     for label, r in rows:
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         print(f"{label:<48} {r['rate']:8.1f} {r['rate'] / base:8.2f} {peak:>9}")
+    rate = "not timed (one batch)" if loader_rate is None else f"{loader_rate:.1f} img/s"
     print(f"loader alone, steady state ({config.num_workers} workers decoding and augmenting): "
-          f"{loader_rate:.1f} img/s")
+          f"{rate}")
 
 
 def train_amp(config, rt) -> str:

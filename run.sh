@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Thin front door over `python -m competition <stage>`; see README.md for every stage.
+# Thin front door over `python -m competition <stage>`; see README.md and docs/ for every stage.
 #   bash run.sh setup | demo | test [pytest args] | folds | fold0..foldN [options] | oof | predict
 #   | kernel --owner USER [--check DATA] [--push] | score ... | bench rle|score|train|predict
 #   (DATA=dataset folder, NPROC=GPUs for torchrun)

@@ -80,12 +80,12 @@ PRESETS: dict[str, dict] = {
                      val_batch_size=4, val_min_area=(200, 200, 400, 800)),
 }
 FULL_SIZE = (256, 1600)  # (rows, columns) of every image: validation, OOF and test run on it
-ASPP_ARCHS = ("deeplabv3", "deeplabv3plus", "tv_deeplabv3")  # the architectures with an ASPP
+# The architectures with an ASPP, whose image-pooling branch also normalises one pooled value
+# per image (BatchNorm over (N, C, 1, 1)): they cannot train on a batch of one.
+ASPP_ARCHS = ("deeplabv3", "deeplabv3plus", "tv_deeplabv3")
 RATE_STRIDE = 16  # the atrous rates are in cells of this output stride (and DeepLab's default)
 OLD_RATES = (12, 24, 36)  # the dilations every ASPP had before the rates were config fields
 
-# Architectures with DeepLab's image-pooling branch: BatchNorm over (N, C, 1, 1) needs N >= 2.
-POOLED_ARCHS = ("deeplabv3", "deeplabv3plus", "tv_deeplabv3")
 TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("tuple")}
 # Fields that change speed, not results: they may differ when a run is resumed.
 RUNTIME_FIELDS = {"num_workers", "val_batch_size"}
@@ -134,7 +134,7 @@ def check(c: TrainConfig) -> None:
             raise InputError(f"{field} {getattr(c, field)}: needs one value per class (4)")
     if not 0.0 <= c.ema_decay < 1.0:
         raise InputError(f"ema_decay {c.ema_decay}: must be in [0, 1)")
-    if c.batch_size < 2 and c.arch in POOLED_ARCHS:
+    if c.batch_size < 2 and c.arch in ASPP_ARCHS:
         raise InputError(f"batch_size {c.batch_size}: {c.arch}'s image-pooling branch normalises "
                          "one pooled value per image (BatchNorm), which cannot train on a batch "
                          "of one; use --batch-size 2 or more (--accumulate N keeps the update "

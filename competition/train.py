@@ -292,8 +292,9 @@ def evaluate(model, loader, loss_fn, config, rt, dtype) -> dict:
     """Full-size validation under the default post-processing (config.val_threshold and
     val_min_area): the competition's mean Dice over (image, class) pairs, per-class Dice,
     the all-empty baseline on the same pairs, and the mean loss. A forward whose logits
-    overflow under fp16 is recomputed in fp32 (infer.forward_checked), never scored as NaN. Each rank scores its own
-    images; the sums are reduced, so the result does not depend on the number of ranks."""
+    overflow under fp16 is recomputed in fp32 (infer.forward_checked), never scored as NaN.
+    Each rank scores its own images; the sums are reduced, so the result does not depend on
+    the number of ranks."""
     model.eval()
     counts, loss_sum = [], 0.0
     for images, masks, _ in progress(loader, desc="validate", unit="batch", disable=not rt.main,

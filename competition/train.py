@@ -98,14 +98,16 @@ def resume_dtype(saved: str, device: torch.device, path: Path) -> torch.dtype | 
     return wanted
 
 
-def saved_precision(state: dict) -> str:
-    """The precision a last.pt was trained in; before it was recorded, an fp16 run is the one
-    whose GradScaler state is not empty, and the others are taken as bf16 on CUDA."""
+def saved_precision(state: dict, saved, device: torch.device) -> str:
+    """The precision a last.pt (of config `saved`) was trained in. Before it was recorded, an
+    fp16 run is the one whose GradScaler state is not empty; any other ran in bf16 or fp32,
+    taken as what `device` chooses for its amp (fp32 on the CPU) where that is not fp16."""
     if "precision" in state:
         return state["precision"]
     if state.get("scaler"):
         return "fp16"
-    return "bf16" if config_lib.from_dict(state["config"]).amp != "off" else "fp32"
+    chosen = amp_dtype(saved.amp, device)
+    return "bf16" if chosen == torch.float16 else PRECISION[chosen]
 
 
 def configure_backends(device: torch.device) -> None:
@@ -359,7 +361,8 @@ def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime):
 
 
 def resolve_config(config, out: Path, resume: bool, overwrite: bool, explicit: dict):
-    """The config to run with and the state to resume from (None for a new run).
+    """The config to run with, the state to resume from and its saved config (both None for
+    a new run).
 
     A new run refuses an output folder that holds a run unless `overwrite`; a resumed run
     takes its config from last.pt, and any option given that differs is an error, except a
@@ -369,7 +372,7 @@ def resolve_config(config, out: Path, resume: bool, overwrite: bool, explicit: d
         if last.exists() and not overwrite:
             raise InputError(f"{out} already holds a run ({last}): pass --resume to continue "
                              "it, --overwrite to start again, or --out for another folder")
-        return config, None
+        return config, None, None
     state = checkpoint.load(last)
     saved = checkpoint.config_of(state, last)
     wanted = config_lib.from_dict({**config_lib.to_dict(saved), **explicit})
@@ -380,7 +383,7 @@ def resolve_config(config, out: Path, resume: bool, overwrite: bool, explicit: d
     if diffs:
         raise InputError(f"{last}: cannot resume with another config ({diffs[0]}"
                          + (f", and {len(diffs) - 1} more" if len(diffs) > 1 else "") + ")")
-    return wanted, state
+    return wanted, state, saved
 
 
 def describe(result: dict) -> str:
@@ -438,9 +441,9 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     history row. Everything that can fail on bad input is checked before the first write."""
     rt = runtime()
     data, out = Path(data), Path(out)
-    config, state = resolve_config(config, out, resume, overwrite, explicit or {})
+    config, state, saved = resolve_config(config, out, resume, overwrite, explicit or {})
     dtype = (amp_dtype(config.amp, rt.device) if state is None else
-             resume_dtype(saved_precision(state), rt.device, out / "last.pt"))
+             resume_dtype(saved_precision(state, saved, rt.device), rt.device, out / "last.pt"))
     image_ids, labels = load_train(data)
     train_ids, val_ids = split(folds_csv, fold, image_ids)
     encoded = by_image(labels)
@@ -454,7 +457,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     train_loader, val_loader = build_loaders(config, data, train_ids, val_ids, encoded, rt)
     updates = len(train_loader) // config.accumulate
     if state is not None:
-        announce_extension(checkpoint.config_of(state, out / "last.pt"), config, state, updates)
+        announce_extension(saved, config, state, updates)
     scheduler = build_scheduler(optimizer, **schedule_args(config, updates))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
     ema = make_ema(model) if config.ema_decay > 0 else None

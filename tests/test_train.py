@@ -476,7 +476,16 @@ def test_resume_keeps_the_runs_precision(monkeypatch, tmp_path):
         train_lib.resume_dtype("bf16", cuda, last)
     with pytest.raises(InputError, match="resume it on a GPU"):
         train_lib.resume_dtype("fp16", torch.device("cpu"), last)
-    assert train_lib.saved_precision({"scaler": {"scale": 1024.0}, "config": {}}) == "fp16"
+    # last.pt from before the precision was recorded: a loss scale means fp16; without one,
+    # a CPU run resumes in fp32 on the CPU, and on a T4 (where auto means fp16) it was bf16
+    old = tiny()
+    cpu = torch.device("cpu")
+    assert train_lib.saved_precision({"scaler": {"scale": 1024.0}}, old, cpu) == "fp16"
+    assert train_lib.saved_precision({"scaler": {}}, old, cpu) == "fp32"
+    assert train_lib.saved_precision({"scaler": {}}, old, cuda) == "bf16"
+    assert train_lib.saved_precision({"scaler": {}}, dataclasses.replace(old, amp="off"),
+                                     cuda) == "fp32"
+    assert train_lib.saved_precision({"scaler": {}, "precision": "fp16"}, old, cpu) == "fp16"
 
 
 def test_a_gpu_run_resumed_on_the_cpu_is_refused_in_one_line(trained, synthetic, folds_csv,

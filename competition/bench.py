@@ -155,9 +155,7 @@ def train_batches(config, data: Path, encoded: dict, n: int, rt) -> tuple[list, 
     """`n` training batches of `config` (crops, flips, brightness: the real transform),
     decoded once and kept in memory, so that every loop times the same batches without the
     loader; and the loader's steady-state rate in images/s (workers started and one pass
-    done before the timed pass: start-up is not counted)."""
-    import torch
-
+    done before the timed pass: start-up is not counted). On CUDA the loader pins them."""
     from competition import data as data_lib
 
     image_ids = sorted(p.name for p in (data / "train_images").iterdir())
@@ -175,7 +173,7 @@ def train_batches(config, data: Path, encoded: dict, n: int, rt) -> tuple[list, 
     count = sum(len(images) for images, _, _ in it)
     rate = count / (time.perf_counter() - start) if count else None  # one batch: nothing to time
     del it, loader
-    return [(i.pin_memory() if rt.device.type == "cuda" else i, m, k) for i, m, k in batches], rate
+    return batches, rate
 
 
 def pipeline_rate(config, batches: list, warmup: int, rt) -> dict:

@@ -1,7 +1,7 @@
 """`python -m competition bench <what>`: timings measured side by side in one run.
 
 rle:   our numba encode/decode against the numpy kernels found in most Kaggle notebooks,
-       on realistic defect masks (~700 runs), best of several interleaved rounds.
+       on the synthetic generator's masks, best of several interleaved rounds.
 score: offline scoring of a full-size test set (5,506 images x 4 classes) from CSV files.
 train: training images per second of a preset, steady state, on the same in-memory batches:
        the pipeline's step (AMP, channels_last, no per-step host sync) against a plain fp32
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from competition import rle
+from competition.labels import CLASSES
 from competition.synth import DRAW, allocate, image_id
 
 
@@ -42,19 +43,18 @@ def numpy_decode(encoded: str, shape=rle.SHAPE) -> np.ndarray:
     return img.reshape(shape, order="F")
 
 
-def realistic_masks(n: int, seed: int, runs=(600, 800)) -> list[np.ndarray]:
-    """Masks of synthetic defect shapes (pits, streaks, dark areas) with 600 to 800 runs:
-    one run per column a shape crosses, more where shapes stack in a column."""
+REAL_MASKS = (562, 154, 3173, 490)  # masks per class among the 4,379 real ones
+
+
+def realistic_masks(n: int, seed: int) -> list[np.ndarray]:
+    """n masks of the synthetic generator's annotations (smooth outlines around regions,
+    sized like the real ones), one class each, classes in the real masks' proportions."""
     rng = np.random.default_rng(seed)
     out = []
-    while len(out) < n:
+    for c in rng.choice(CLASSES, size=n, p=np.array(REAL_MASKS) / sum(REAL_MASKS)):
         mask = np.zeros(rle.SHAPE, np.uint8)
-        count = 0
-        while count < runs[0]:
-            DRAW[int(rng.choice([1, 3, 4], p=[0.2, 0.5, 0.3]))](mask, rng)
-            count = len(numpy_encode(mask).split()) // 2
-        if count <= runs[1]:
-            out.append(mask)
+        DRAW[int(c)](mask, rng)
+        out.append(mask)
     return out
 
 

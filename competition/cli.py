@@ -19,12 +19,30 @@ TTA_HELP = "none, hflip, vflip, hvflip"  # infer.TTA (not imported here: it load
 def cmd_synth(args) -> None:
     from competition.synth import make_dataset
 
+    if args.compare:
+        return compare_synth(args)
     if args.train < 1 or args.test < 1:
         raise InputError(f"--train {args.train} --test {args.test}: need at least one of each")
     info = make_dataset(args.out, args.train, args.test, args.seed, args.layout, args.workers)
     counts = ", ".join(f"class {c}: {n}" for c, n in info["train_images_per_class"].items())
     print(f"wrote {args.out}: {args.train} train images ({counts}; "
           f"defect-free: {info['train_defect_free']}), {args.test} test images")
+
+
+def compare_synth(args) -> None:
+    from competition import fidelity
+    from competition.labels import read_train
+    from competition.synth import train_masks
+
+    real = fidelity.summary(fidelity.table_stats(read_train(args.compare)))
+    synthetic = fidelity.summary(fidelity.table_stats(train_masks(args.train, args.seed)))
+    print(f"real: {args.compare}; synthetic: the masks of `synth --train {args.train} "
+          f"--seed {args.seed}` (no image drawn)")
+    print(fidelity.report(real, synthetic))
+    misses = fidelity.misses(real, synthetic)
+    print("\n".join(misses) if misses else
+          f"every median within {fidelity.MEDIAN_FACTOR}x of the real one, every p90 area "
+          f"within {fidelity.P90_AREA_FACTOR}x")
 
 
 def cmd_folds(args) -> None:
@@ -283,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layout", choices=["current", "original"], default="current",
                    help="train.csv layout: ImageId,ClassId,EncodedPixels or ImageId_ClassId")
+    p.add_argument("--compare", default=None, metavar="TRAIN_CSV",
+                   help="write nothing: compare the masks of --train images with a real "
+                        "train.csv's (area, components, runs, box, edge; per class)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes drawing images (default: one per CPU, at most 8)")
     p.set_defaults(func=cmd_synth)

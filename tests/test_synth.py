@@ -6,7 +6,7 @@ import pandas as pd
 
 from competition import labels, rle
 from competition.images import read_image
-from competition.synth import LABEL_SETS, allocate, make_dataset, make_image
+from competition.synth import LABEL_SETS, allocate, draw, make_dataset, make_image, train_masks
 
 
 def digest(folder):
@@ -52,21 +52,53 @@ def test_masks_are_exact_and_change_only_their_pixels():
 
 
 def test_defects_have_distinct_looks():
-    # mean grey inside each class's mask relative to the background, over a few images
+    # mean grey of the pixels each class changed (its ink), against the untouched pixels
     shifts = {c: [] for c in (1, 2, 3, 4)}
-    for i in range(12):
-        image, masks = make_image(np.random.default_rng(i), (1 + i % 4,))
-        grey = image[..., 0].astype(float)
+    for i in range(16):
+        parts = draw(np.random.default_rng(i), (1 + i % 4,))
+        image, inks = parts["image"], parts["inks"]
         for c in (1, 2, 3, 4):
-            sel = masks[c - 1] != 0
+            sel = inks[c - 1] != 0
             if sel.any():
-                shifts[c].append(grey[sel].mean() - grey[~masks.any(axis=0)].mean())
+                shifts[c].append(image[sel].mean() - image[~inks.any(axis=0)].mean())
     mean = {c: np.mean(v) for c, v in shifts.items()}
+    assert all(len(v) == 4 for v in shifts.values())
     assert mean[2] > 30          # bright scratches
     assert mean[1] < -30         # dark pits
     assert mean[4] < -50         # large dark areas
-    assert -60 < mean[3] < -10    # duller streaks, but not as dark as class 4
+    assert -60 < mean[3] < -10    # duller bands, but not as dark as class 4
     assert mean[4] < mean[3] - 15
+
+
+def test_pixels_change_only_inside_their_own_mask():
+    for i, classes in enumerate([(1,), (2,), (3,), (4,), (3, 4), (1, 2, 3), (1, 3)]):
+        parts = draw(np.random.default_rng([9, i]), classes)
+        changed = parts["image"] != parts["background"]
+        inks, masks = parts["inks"] != 0, parts["masks"] != 0
+        assert changed.any()
+        assert not (changed & ~inks.any(axis=0)).any(), "a pixel changed outside every ink"
+        assert not (inks & ~masks).any(), "an ink reaches outside its class's mask"
+        for c in classes:  # each class's look shows on its own pixels
+            assert changed[inks[c - 1]].mean() > 0.9, c
+        assert (parts["masks"].sum(axis=0) <= 1).all()
+
+
+def test_pits_and_scratches_cover_part_of_their_region_bands_all_of_it():
+    for c, low, high in ((1, 0.1, 0.9), (2, 0.05, 0.6), (3, 1.0, 1.0), (4, 1.0, 1.0)):
+        cover = []
+        for i in range(6):
+            parts = draw(np.random.default_rng([c, i]), (c,))
+            cover.append(parts["inks"][c - 1].sum() / parts["masks"][c - 1].sum())
+        assert low <= np.median(cover) <= high, (c, cover)
+
+
+def test_the_layout_alone_gives_the_written_masks(tmp_path):
+    make_dataset(tmp_path / "d", 40, 1, seed=4, workers=1)
+    written = labels.read_train(tmp_path / "d" / "train.csv").reset_index(drop=True)
+    drawn = train_masks(40, seed=4)
+    pd.testing.assert_frame_equal(
+        drawn.sort_values(["ImageId", "ClassId"]).reset_index(drop=True),
+        written[["ImageId", "ClassId", "EncodedPixels"]], check_dtype=False)
 
 
 def test_label_sets_follow_the_real_proportions():

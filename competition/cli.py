@@ -30,9 +30,12 @@ def cmd_synth(args) -> None:
 def cmd_folds(args) -> None:
     from competition.files import write_csv
     from competition.folds import fold_counts, make_folds
-    from competition.labels import load_train
+    from competition.labels import load_train, read_image_labels
 
-    image_ids, labels = load_train(args.data)
+    if args.labels:
+        image_ids, labels = read_image_labels(args.labels)
+    else:
+        image_ids, labels = load_train(args.data)
     folds = make_folds(image_ids, labels, args.n_folds, args.seed)
     write_csv(args.out, folds)
     print(fold_counts(folds).to_string())
@@ -288,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("folds", help="stratified folds over the four classes and 'no defect'")
-    p.add_argument("--data", required=True, help="dataset folder (train.csv, train_images/)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="dataset folder (train.csv, train_images/)")
+    source.add_argument("--labels", help="or image-level labels: a CSV with columns ImageId,"
+                        "c1,c2,c3,c4 (0/1 per class; other columns ignored)")
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default="folds/folds.csv")

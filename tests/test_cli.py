@@ -59,6 +59,17 @@ def test_check_decodes_everything(synthetic):
     assert "60 train images" in out.stdout and "12 test images" in out.stdout
 
 
+def run_here(capsys, *args):
+    """`run` in this process (no interpreter start-up): exit status, stdout and stderr."""
+    from types import SimpleNamespace
+
+    from competition.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
 def one_line_error(out, *parts):
     """Exit 2, no traceback, one `error:` line (the last; a progress bar may precede it)."""
     assert out.returncode == 2, (out.stdout, out.stderr)

@@ -415,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks, measured side by side in one run")
     p.add_argument("what", choices=["rle", "score", "train", "predict", "postprocess"])
-    p.add_argument("--masks", type=int, default=200, help="rle: number of benchmark masks")
+    p.add_argument("--masks", type=int, default=200, help="rle: number of synthetic masks")
+    p.add_argument("--real", default=None, metavar="CSV",
+                   help="rle: also time the masks of this train.csv (either layout)")
     p.add_argument("--repeat", type=int, default=5, help="rle: timing rounds (best is kept)")
     p.add_argument("--images", type=int, default=None,
                    help="score: test images to score (5506); predict: images to predict "

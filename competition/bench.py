@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from competition import rle
+from competition.errors import InputError
 from competition.synth import DRAW, allocate, image_id
 
 
@@ -72,13 +73,17 @@ def bench_rle(args) -> None:
     start = time.perf_counter()
     rle.decode(rle.encode(np.eye(256, 1600, dtype=np.uint8)))
     first = time.perf_counter() - start
-    print(f"first numba call in this process (compile, or load from cache): {first:.2f} s")
-    rle_table("synthetic masks", realistic_masks(args.masks, args.seed), args.repeat)
-    if args.real:
+    real = []
+    if args.real:  # read first: a bad file stops the bench before anything is timed
         from competition.labels import read_train
 
-        strings = read_train(args.real).EncodedPixels.tolist()
-        rle_table(f"real masks of {args.real}", [rle.decode(s) for s in strings], args.repeat)
+        real = [rle.decode(s) for s in read_train(args.real).EncodedPixels]
+        if not real:
+            raise InputError(f"--real {args.real}: no masks to time")
+    print(f"first numba call in this process (compile, or load from cache): {first:.2f} s")
+    rle_table("synthetic masks", realistic_masks(args.masks, args.seed), args.repeat)
+    if real:
+        rle_table(f"real masks of {args.real}", real, args.repeat)
 
 
 def rle_table(what: str, masks: list[np.ndarray], repeat: int) -> None:

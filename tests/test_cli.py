@@ -80,9 +80,14 @@ def one_line_error(out, *parts):
         assert str(part) in lines[-1]
 
 
-def test_bad_inputs_give_one_line_and_exit_2(tmp_path, synthetic):
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, synthetic, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("ImageId,ClassId,EncodedPixels\na.jpg,3,10 5 12 1\n")
+    # bench rle --real reads its file before timing anything
+    one_line_error(run_here(capsys, "bench", "rle", "--real", bad), bad, "line 2", "'12 1'")
+    (tmp_path / "none.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    one_line_error(run_here(capsys, "bench", "rle", "--real", tmp_path / "none.csv"),
+                   "no masks to time")
     one_line_error(run("score", "--truth", bad, "--submission", bad), bad, "line 2", "'12 1'")
     one_line_error(run("folds", "--data", tmp_path / "nowhere"), "nowhere")
     one_line_error(run("validate", "--submission", bad, "--sample",

@@ -1,7 +1,8 @@
 """`python -m competition bench <what>`: timings measured side by side in one run.
 
 rle:   our numba encode/decode against the numpy kernels found in most Kaggle notebooks,
-       on the synthetic generator's masks, best of several interleaved rounds.
+       on the synthetic generator's masks, best of several interleaved rounds; --real
+       adds the same table for the masks of a real train.csv.
 score: offline scoring of a full-size test set (5,506 images x 4 classes) from CSV files.
 train: training images per second of a preset, steady state, on the same in-memory batches:
        the pipeline's step (AMP, channels_last, no per-step host sync) against a plain fp32
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from competition import rle
+from competition.errors import InputError
 from competition.labels import CLASSES
 from competition.synth import DRAW, allocate, image_id
 
@@ -67,24 +69,39 @@ def _time(fn, items) -> float:
 
 
 def bench_rle(args) -> None:
+    """The kernels on synthetic masks, then (--real CSV) on the masks of a real train.csv."""
     start = time.perf_counter()
     rle.decode(rle.encode(np.eye(256, 1600, dtype=np.uint8)))
     first = time.perf_counter() - start
-    masks = realistic_masks(args.masks, args.seed)
+    real = []
+    if args.real:  # read first: a bad file stops the bench before anything is timed
+        from competition.labels import read_train
+
+        real = [rle.decode(s) for s in read_train(args.real).EncodedPixels]
+        if not real:
+            raise InputError(f"--real {args.real}: no masks to time")
+    print(f"first numba call in this process (compile, or load from cache): {first:.2f} s")
+    rle_table("synthetic masks", realistic_masks(args.masks, args.seed), args.repeat)
+    if real:
+        rle_table(f"real masks of {args.real}", real, args.repeat)
+
+
+def rle_table(what: str, masks: list[np.ndarray], repeat: int) -> None:
+    """Best of `repeat` interleaved rounds of each kernel on `masks`, outputs checked equal
+    first; prints the masks' runs and pixels and a table of us per mask and the ratios."""
     strings = [numpy_encode(m) for m in masks]
     assert [rle.encode(m) for m in masks] == strings, "encoders disagree"
     assert all((rle.decode(s) == m).all() for s, m in zip(strings, masks)), "decoders disagree"
     runs = np.array([len(s.split()) // 2 for s in strings])
     pixels = np.array([int(m.sum()) for m in masks])
-    print(f"{len(masks)} masks of 256x1600: {runs.mean():.0f} runs (min {runs.min()}, "
+    print(f"{what}: {len(masks)} masks of 256x1600: {runs.mean():.0f} runs (min {runs.min()}, "
           f"max {runs.max()}), {pixels.mean():.0f} pixels on average")
-    print(f"first numba call in this process (compile, or load from cache): {first:.2f} s")
     kernels = {
         "encode": (numpy_encode, rle.encode, masks),
         "decode": (numpy_decode, rle.decode, strings),
     }
     best = {}
-    for _ in range(args.repeat):  # interleaved rounds, best kept: the same load for both
+    for _ in range(repeat):  # interleaved rounds, best kept: the same load for both
         for name, (theirs, ours, items) in kernels.items():
             for who, fn in (("numpy", theirs), ("numba", ours)):
                 best[name, who] = min(best.get((name, who), np.inf), _time(fn, items))

@@ -48,9 +48,12 @@ def compare_synth(args) -> None:
 def cmd_folds(args) -> None:
     from competition.files import write_csv
     from competition.folds import fold_counts, make_folds
-    from competition.labels import load_train
+    from competition.labels import load_train, read_image_labels
 
-    image_ids, labels = load_train(args.data)
+    if args.labels:
+        image_ids, labels = read_image_labels(args.labels)
+    else:
+        image_ids, labels = load_train(args.data)
     folds = make_folds(image_ids, labels, args.n_folds, args.seed)
     write_csv(args.out, folds)
     print(fold_counts(folds).to_string())
@@ -309,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("folds", help="stratified folds over the four classes and 'no defect'")
-    p.add_argument("--data", required=True, help="dataset folder (train.csv, train_images/)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="dataset folder (train.csv, train_images/)")
+    source.add_argument("--labels", help="or image-level labels: a CSV with columns ImageId,"
+                        "c1,c2,c3,c4 (0/1 per class; other columns ignored)")
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default="folds/folds.csv")
@@ -430,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks, measured side by side in one run")
     p.add_argument("what", choices=["rle", "score", "train", "predict", "postprocess"])
-    p.add_argument("--masks", type=int, default=200, help="rle: number of benchmark masks")
+    p.add_argument("--masks", type=int, default=200, help="rle: number of synthetic masks")
+    p.add_argument("--real", default=None, metavar="CSV",
+                   help="rle: also time the masks of this train.csv (either layout)")
     p.add_argument("--repeat", type=int, default=5, help="rle: timing rounds (best is kept)")
     p.add_argument("--images", type=int, default=None,
                    help="score: test images to score (5506); predict: images to predict "

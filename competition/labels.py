@@ -4,6 +4,8 @@ Two layouts exist and both are read into one table, columns ImageId, ClassId (in
 EncodedPixels (str, '' for an empty mask):
 - current:  ImageId,ClassId,EncodedPixels   (train.csv lists present defects only)
 - original: ImageId_ClassId,EncodedPixels   (`0002cc93b.jpg_1`, four rows per image)
+Image-level labels (`ImageId,c1,c2,c3,c4`, one row per image, 1 where it has a defect of that
+class) are read for folds, where no masks are needed.
 Line numbers in messages count the header as line 1, as an editor shows them.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from competition.images import check_image, list_images
 CLASSES = (1, 2, 3, 4)
 CURRENT = ("ImageId", "ClassId", "EncodedPixels")
 ORIGINAL = ("ImageId_ClassId", "EncodedPixels")
+IMAGE_LABELS = ("ImageId", "c1", "c2", "c3", "c4")
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
@@ -167,6 +170,41 @@ def load_train(data: str | Path, check_images: bool = True) -> tuple[list[str], 
         for image_id in image_ids:
             check_image(data / "train_images" / image_id)
     return image_ids, labels
+
+
+def read_image_labels(path: str | Path) -> tuple[list[str], pd.DataFrame]:
+    """Image-level labels, columns ImageId,c1,c2,c3,c4 (others ignored), c<k> 0 or 1 ->
+    (ImageIds in file order, table ImageId, ClassId of each defect the labels name), the
+    pair load_train returns, without masks or images."""
+    path = Path(path)
+    raw = read_csv(path)
+    raw.columns = [c.strip() for c in raw.columns]
+    missing = [c for c in IMAGE_LABELS if c not in raw.columns]
+    if missing:
+        raise InputError(f"{path}: no column {', '.join(missing)} (image-level labels need "
+                         f"{','.join(IMAGE_LABELS)})")
+    if raw.empty:
+        raise InputError(f"{path}: no images, only a header")
+    image_ids = raw["ImageId"].str.strip()
+    if (image_ids == "").any():
+        line, _ = _first(raw, image_ids == "")
+        raise InputError(f"{where(path, line)}: empty ImageId")
+    dup = image_ids.duplicated(keep="first")
+    if dup.any():
+        line, _ = _first(raw, dup)
+        first = image_ids.index[image_ids == image_ids[line]][0]
+        raise InputError(f"{where(path, line)}: duplicate ImageId {image_ids[line]!r}, first at "
+                         f"line {first}")
+    rows = []
+    for class_id in CLASSES:
+        flags = raw[f"c{class_id}"].str.strip()
+        bad = ~flags.isin(["0", "1"])
+        if bad.any():
+            line, _ = _first(raw, bad)
+            raise InputError(f"{where(path, line)} ({image_ids[line]}): c{class_id} "
+                             f"{flags[line]!r} is not 0 or 1")
+        rows.append(pd.DataFrame({"ImageId": image_ids[flags == "1"], "ClassId": class_id}))
+    return image_ids.tolist(), pd.concat(rows)
 
 
 def class_matrix(image_ids: list[str], labels: pd.DataFrame) -> np.ndarray:

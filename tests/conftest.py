@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 FIXTURES = ROOT.parent / "shared" / "fixtures"
+REAL = ROOT.parent / "shared" / "real"  # real competition files; a user's clone has none
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no real Severstal files: {REAL} "
+                                "is absent (it is not part of the repository)")
 
 
 @pytest.fixture(scope="session")
@@ -56,4 +59,20 @@ def small_test_set(synthetic, root, n=4, seed=1):
         shutil.copy(synthetic / "test_images" / image_id, root / "test_images" / image_id)
     rows = sample[sample.ImageId.isin(ids)].sample(frac=1.0, random_state=seed)
     rows.to_csv(root / "sample_submission.csv", index=False)
+    return root
+
+
+def real_format_test_set(synthetic, root, n=4):
+    """`root`: a test set in the format of the real final sample_submission.csv: its header
+    and first `n` rows as they are (`ImageId,EncodedPixels,ClassId`, one row per image,
+    `1 409600`, ClassId 0), the first `n` synthetic test images copied under those ImageIds.
+    Needs REAL."""
+    import shutil
+
+    lines = (REAL / "sample_submission.csv").read_text().splitlines(keepends=True)[:n + 1]
+    (root / "test_images").mkdir(parents=True)
+    (root / "sample_submission.csv").write_text("".join(lines))
+    images = sorted((synthetic / "test_images").iterdir())[:n]
+    for line, image in zip(lines[1:], images):
+        shutil.copy(image, root / "test_images" / line.split(",")[0])
     return root

@@ -59,6 +59,17 @@ def test_check_decodes_everything(synthetic):
     assert "60 train images" in out.stdout and "12 test images" in out.stdout
 
 
+def run_here(capsys, *args):
+    """`run` in this process (no interpreter start-up): exit status, stdout and stderr."""
+    from types import SimpleNamespace
+
+    from competition.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
 def one_line_error(out, *parts):
     """Exit 2, no traceback, one `error:` line (the last; a progress bar may precede it)."""
     assert out.returncode == 2, (out.stdout, out.stderr)
@@ -69,9 +80,14 @@ def one_line_error(out, *parts):
         assert str(part) in lines[-1]
 
 
-def test_bad_inputs_give_one_line_and_exit_2(tmp_path, synthetic):
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, synthetic, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("ImageId,ClassId,EncodedPixels\na.jpg,3,10 5 12 1\n")
+    # bench rle --real reads its file before timing anything
+    one_line_error(run_here(capsys, "bench", "rle", "--real", bad), bad, "line 2", "'12 1'")
+    (tmp_path / "none.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    one_line_error(run_here(capsys, "bench", "rle", "--real", tmp_path / "none.csv"),
+                   "no masks to time")
     one_line_error(run("score", "--truth", bad, "--submission", bad), bad, "line 2", "'12 1'")
     one_line_error(run("folds", "--data", tmp_path / "nowhere"), "nowhere")
     one_line_error(run("validate", "--submission", bad, "--sample",

@@ -4,6 +4,7 @@ import pytest
 
 from competition.errors import InputError
 from competition.folds import CLASS_COLUMNS, fold_counts, make_folds
+from test_cli import one_line_error, run_here
 
 
 def toy(n=400, seed=0):
@@ -48,3 +49,42 @@ def test_bad_fold_count():
         make_folds(image_ids, labels, 1)
     with pytest.raises(InputError, match="--n-folds 11"):
         make_folds(image_ids, labels, 11)
+
+
+def write_image_labels(path, image_ids, labels):
+    """The image-level label table of a defect table, with a column folds must ignore."""
+    present = set(zip(labels.ImageId, labels.ClassId))
+    lines = ["ImageId,c1,c2,c3,c4,note"]
+    lines += [",".join([i, *("1" if (i, c) in present else "0" for c in (1, 2, 3, 4)), "x"])
+              for i in image_ids]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_folds_from_image_level_labels_equal_the_folds_from_masks(tmp_path, capsys):
+    image_ids, labels = toy()
+    path = write_image_labels(tmp_path / "labels.csv", image_ids, labels)
+    out = run_here(capsys, "folds", "--labels", path, "--out", tmp_path / "folds.csv")
+    assert out.returncode == 0, out.stderr
+    assert f"{len(image_ids)} images in 5 folds" in out.stdout
+    written = pd.read_csv(tmp_path / "folds.csv")
+    expected = make_folds(image_ids, labels, 5, 42)
+    pd.testing.assert_frame_equal(written, expected, check_dtype=False)
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("ImageId,c1,c2,c4\na.jpg,0,0,0\n", ["no column c3", "ImageId,c1,c2,c3,c4"]),
+    ("ImageId,c1,c2,c3,c4\n", ["no images"]),
+    ("ImageId,c1,c2,c3,c4\na.jpg,0,0,0,0\nb.jpg,0,2,0,0\n", ["line 3", "b.jpg", "c2 '2'"]),
+    ("ImageId,c1,c2,c3,c4\na.jpg,0,0,,0\n", ["line 2", "c3 ''", "not 0 or 1"]),
+    ("ImageId,c1,c2,c3,c4\na.jpg,0,0,0,0\n,1,0,0,0\n", ["line 3", "empty ImageId"]),
+    ("ImageId,c1,c2,c3,c4\na.jpg,0,0,0,0\nb.jpg,1,0,0,0\na.jpg,0,0,0,1\n",
+     ["line 4", "duplicate ImageId 'a.jpg', first at line 2"]),
+    ("ImageId,c1,c2,c3,c4\na.jpg,0,0,0\n", ["line 2", "c4 ''"]),  # a short row
+])
+def test_bad_image_level_labels_give_one_line_and_exit_2(tmp_path, capsys, text, parts):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    out = tmp_path / "folds.csv"
+    one_line_error(run_here(capsys, "folds", "--labels", path, "--out", out), path, *parts)
+    assert not out.exists()

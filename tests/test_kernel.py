@@ -20,7 +20,7 @@ from competition.labels import load_train
 from competition.predict import predict_test
 from competition.search import Params
 from competition.submission import validate
-from conftest import random_checkpoint, small_test_set
+from conftest import needs_real, random_checkpoint, real_format_test_set, small_test_set
 from test_cli import one_line_error, run
 from test_train import tiny
 
@@ -194,6 +194,21 @@ def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, test_da
     predict_test(test_data, models, PARAMS, VIEWS, expected, batch_size=8, workers=0)
     assert result.read_text() == expected.read_text()
     assert pd.read_csv(expected, keep_default_na=False).EncodedPixels.ne("").any()
+
+
+@needs_real
+def test_the_kernel_follows_the_real_final_sample(bundle, synthetic, tmp_path):
+    """The real final sample_submission.csv's format (ImageId,EncodedPixels,ClassId, one row
+    per image with ClassId 0): the kernel writes four rows per image, ClassId 1..4, under its
+    header (the masks themselves: the rehearsal above, equal to a local predict)."""
+    data = real_format_test_set(synthetic, tmp_path / "data", n=4)
+    result = kernel.rehearse(bundle, data, tmp_path / "rehearsal")  # validated against it
+    image_ids = pd.read_csv(data / "sample_submission.csv").ImageId.tolist()
+    written = pd.read_csv(result, dtype=str, keep_default_na=False)
+    assert list(written.columns) == ["ImageId", "EncodedPixels", "ClassId"]
+    assert list(zip(written.ImageId, written.ClassId)) == [(i, str(c)) for i in image_ids
+                                                           for c in (1, 2, 3, 4)]
+    assert written.EncodedPixels.ne("").any()
 
 
 def test_a_kernel_that_fails_in_the_rehearsal_is_an_input_error(bundle, tmp_path, capfd):

@@ -6,7 +6,8 @@ one column into the top of the next; runs are sorted and do not overlap; an empt
 
 Masks are (H, W) arrays, H=256 rows by W=1600 columns for Severstal, any nonzero value set.
 The kernels work on C-ordered masks without transposing them: encode compares each row with
-the row above eight pixels at a time, decode writes each run straight into its column.
+the row above eight pixels at a time; decode parses eight bytes at a time and writes eight
+columns at a time, a uint64 word per row (`_fill_words`).
 numba's on-disk cache (`cache=True`) keeps the compile cost to the first run on a machine.
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ import re
 import sys
 
 import numba
+import numba.extending
 import numpy as np
+from llvmlite import ir
 
 from competition.errors import InputError
 
@@ -159,67 +162,131 @@ def encode_many(masks: np.ndarray) -> list[str]:
 # ---------------------------------------------------------------- decode
 
 
+@numba.extending.intrinsic
+def _load_u64(typingctx, buf, i):
+    """The 8 bytes buf[i:i + 8] as a little-endian uint64, one unaligned load, no bounds
+    check: the caller makes sure that i + 8 <= len(buf)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer())
+        return builder.load(pointer, align=1)
+    return numba.types.uint64(buf, numba.types.intp), codegen
+
+
+@numba.extending.intrinsic
+def _trailing_zeros(typingctx, x):
+    """Number of trailing zero bits of a nonzero integer (LLVM's cttz)."""
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+    return x(x), codegen
+
+
+# uint64 constants of the parser's eight-bytes-at-a-time digits (see `_parse`)
+_ZEROS = np.uint64(0x3030303030303030)  # '0' in every byte
+_ADD_46, _ADD_50 = np.uint64(0x4646464646464646), np.uint64(0x5050505050505050)
+_PAIRS, _QUADS = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_TEN, _HUNDRED, _TEN_THOUSAND = np.uint64(10), np.uint64(100), np.uint64(10000)
+_EIGHT, _SIXTEEN, _THIRTY_TWO, _SIXTY_FOUR = (np.uint64(8), np.uint64(16), np.uint64(32),
+                                              np.uint64(64))
+_BYTE_FF = np.uint64(0xFF)
+
+
 @numba.njit(cache=True, nogil=True)
 def _parse(buf: np.ndarray, n_pixels: int):
-    """Parse and check ASCII RLE bytes.
+    """Parse and check ASCII RLE bytes in one pass, straight into starts and lengths.
 
     Returns (starts, lengths, n_runs, error code, index of the offending value). Starts are
     0-based. Values are separated by any ASCII white space; a leading '-' is read so that
-    negative values get their own message.
+    negative values get their own message. The errors are reported as if all values were
+    read first, then the runs checked in order: a value that is not an integer anywhere
+    wins over an odd count, which wins over the first bad run.
+
+    A value of 1 to 7 digits followed by white space, with 8 bytes to read, is read as one
+    uint64 without a branch per digit; anything else (the last bytes, a '-', a bad
+    character, a long value) goes through the byte-at-a-time loop, which has the last word.
     """
-    n_max = buf.shape[0] // 2 + 1
-    values = np.empty(n_max, np.int64)
-    n = 0
+    L = len(buf)
+    room = (L + 1) // 4 + 1  # a pair takes at least 4 bytes with its separator
+    starts = np.empty(room, np.int64)
+    lengths = np.empty(room, np.int64)
+    n = 0  # values read
+    runs = 0  # runs checked and kept
+    run_code = _OK
+    run_index = 0
+    start = 0  # the value before the current one, when the current one is a length
+    end = 0  # end of the last kept run
     i = 0
-    L = buf.shape[0]
     while i < L:
         ch = buf[i]
         if ch == 32 or ch == 9 or ch == 10 or ch == 13:
             i += 1
             continue
-        neg = False
-        if ch == 45:  # '-'
-            neg = True
-            i += 1
+        read = False
         v = 0
-        nd = 0
-        bad = False
-        while i < L:
-            ch = buf[i]
-            if ch == 32 or ch == 9 or ch == 10 or ch == 13:
-                break
-            if 48 <= ch <= 57:
-                if nd < 15:  # more digits cannot fit an image anyway; keep 15 for the check
-                    v = v * 10 + (ch - 48)
-                nd += 1
+        if i + 8 <= L:
+            w = _load_u64(buf, i)
+            t = w & _LOW7
+            # bit 7 of each byte: set where the byte is not '0'..'9' (ASCII or not)
+            other = ((t + _ADD_46) | ~(t + _ADD_50) | w) & _HIGH
+            if other != 0:
+                d = _trailing_zeros(other) // _EIGHT
+                sep = (w >> (_EIGHT * d)) & _BYTE_FF
+                if d > 0 and (sep == 32 or sep == 9 or sep == 10 or sep == 13):
+                    # digits in the top d bytes, most significant first, zeros below
+                    x = (w - _ZEROS) << (_SIXTY_FOUR - _EIGHT * d)
+                    x = (x * _TEN + (x >> _EIGHT)) & _PAIRS
+                    x = (x * _HUNDRED + (x >> _SIXTEEN)) & _QUADS
+                    x = (x * _TEN_THOUSAND + (x >> _THIRTY_TWO)) & _LOW32
+                    v = np.int64(x)
+                    i += np.int64(d) + 1  # the separator too
+                    read = True
+        if not read:
+            neg = False
+            if ch == 45:  # '-'
+                neg = True
+                i += 1
+            nd = 0
+            bad = False
+            while i < L:
+                ch = buf[i]
+                if ch == 32 or ch == 9 or ch == 10 or ch == 13:
+                    break
+                if 48 <= ch <= 57:
+                    if nd < 15:  # more digits cannot fit an image anyway; keep 15 for the check
+                        v = v * 10 + (ch - 48)
+                    nd += 1
+                else:
+                    bad = True
+                i += 1
+            if bad or nd == 0:
+                return starts[:0], lengths[:0], 0, _NOT_INT, n
+            if neg:
+                v = -v
+        if n % 2 == 0:
+            start = v
+        elif run_code == _OK:  # v is the length of run n // 2
+            if start < 1:
+                run_code = _START
+            elif v < 1:
+                run_code = _LENGTH
+            elif start - 1 + v > n_pixels:
+                run_code = _PAST_END
+            elif start - 1 < end:
+                run_code = _ORDER
             else:
-                bad = True
-            i += 1
-        if bad or nd == 0:
-            return values[:0], values[:0], 0, _NOT_INT, n
-        values[n] = -v if neg else v
+                starts[runs] = start - 1
+                lengths[runs] = v
+                runs += 1
+                end = start - 1 + v
+            if run_code != _OK:
+                run_index = n // 2
         n += 1
     if n % 2 == 1:
-        return values[:0], values[:0], 0, _ODD, n
-    runs = n // 2
-    starts = np.empty(runs, np.int64)
-    lengths = np.empty(runs, np.int64)
-    end = 0
-    for k in range(runs):
-        s = values[2 * k]
-        ln = values[2 * k + 1]
-        if s < 1:
-            return starts[:0], lengths[:0], 0, _START, k
-        if ln < 1:
-            return starts[:0], lengths[:0], 0, _LENGTH, k
-        if s - 1 + ln > n_pixels:
-            return starts[:0], lengths[:0], 0, _PAST_END, k
-        if s - 1 < end:
-            return starts[:0], lengths[:0], 0, _ORDER, k
-        starts[k] = s - 1
-        lengths[k] = ln
-        end = s - 1 + ln
-    return starts, lengths, runs, _OK, 0
+        return starts[:0], lengths[:0], 0, _ODD, n
+    if run_code != _OK:
+        return starts[:0], lengths[:0], 0, run_code, run_index
+    return starts[:runs], lengths[:runs], runs, _OK, 0
 
 
 def _raise(rle: str, code: int, index: int, shape: tuple[int, int]) -> None:
@@ -239,16 +306,16 @@ def _raise(rle: str, code: int, index: int, shape: tuple[int, int]) -> None:
     raise InputError(f"bad RLE: {pair} {reason}")
 
 
-def _as_bytes(rle) -> np.ndarray:
+def _as_bytes(rle) -> bytes:
+    """The RLE's bytes, which numba reads as a read-only uint8 buffer without a copy."""
+    if isinstance(rle, str):
+        try:
+            return rle.encode("ascii")
+        except UnicodeEncodeError:
+            return rle.encode("utf-8")  # non-ASCII bytes fail the digit check of the parser
     if rle is None or (isinstance(rle, float) and rle != rle):  # None or pandas' NaN: empty
-        return np.empty(0, np.uint8)
-    if not isinstance(rle, str):
-        raise InputError(f"bad RLE: expected a string, got {rle!r}")
-    try:
-        data = rle.encode("ascii")
-    except UnicodeEncodeError:
-        data = rle.encode("utf-8")  # non-ASCII bytes fail the digit check below
-    return np.frombuffer(data, np.uint8)
+        return b""
+    raise InputError(f"bad RLE: expected a string, got {rle!r}")
 
 
 def runs(rle: str, shape: tuple[int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
@@ -265,9 +332,10 @@ def runs(rle: str, shape: tuple[int, int] = SHAPE) -> tuple[np.ndarray, np.ndarr
 
 
 @numba.njit(cache=True, nogil=True)
-def _fill(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray, value: np.uint8) -> None:
+def _fill_bytes(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray, value: np.uint8):
     """Set sorted runs in a C-ordered (H, W) array, walking down each column. The column is
-    tracked as the runs advance, so no division per run."""
+    tracked as the runs advance, so no division per run. The simple path, for the shapes
+    and arrays `_fill_words` does not take."""
     H = out.shape[0]
     c = 0
     top = 0  # position of pixel (0, c)
@@ -285,12 +353,135 @@ def _fill(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray, value: np.ui
             p = stop
 
 
+_SMOOTH = 8  # runs at least this long on average: every group dense (`_fill_words`)
+_LOOK = 8  # runs read ahead to tell a sparse group from a dense one (see `_fill_words`)
+
+
 @numba.njit(cache=True, nogil=True)
-def _decode(buf: np.ndarray, out: np.ndarray, value: np.uint8):
-    """Parse, check, then fill (one call from Python). Returns (error code, index)."""
-    starts, lengths, _, code, index = _parse(buf, out.shape[0] * out.shape[1])
+def _fill_words(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray, value: np.uint8,
+                zeros: bool, smooth: bool):
+    """Set sorted runs in a C-ordered (H, W) uint8 array, W a multiple of 8 and the data
+    8-byte aligned, a group of 8 columns at a time.
+
+    A dense group is written one uint64 word per row, from its first set row to its last:
+    byte k of the word toggles at the rows where a piece of column 8g + k starts and ends,
+    so a row's word is the toggles so far XOR-ed together. `zeros`: `out` is all zeros, so
+    plain stores; else each word keeps the bytes its pieces do not cover.
+
+    A sparse group, with fewer pixels plus runs than H (rows a dense group may have to
+    write), is written pixel by pixel as `_fill_bytes` does. `smooth` (long runs, as
+    annotators draw) makes every group dense; otherwise up to _LOOK runs are read ahead,
+    and a group that they do not settle is taken to be like the previous one when that is
+    next door (ragged masks look alike all over), else dense.
+
+    One function on purpose: a call per group that passes arrays costs atomic reference
+    counts, several times a group's work. Indices into `out` are unsigned, so numba adds
+    no negative-index wrap-around to the inner loops."""
+    H, W = out.shape
+    flat = out.reshape(out.size)  # bytes
+    words = flat.view(np.uint64)
+    step = np.uint64(W // 8)  # words per row
+    width = np.uint64(W)
+    put = np.uint64(value)
+    toggles = np.zeros(H + 1, np.uint64)
+    n = starts.shape[0]
+    k = 0  # next run
+    p = 0  # the piece [p, e) of a run still to write
+    e = 0
+    last_g = -2
+    sparse = False
+    while True:
+        if p >= e:
+            if k == n:
+                break
+            p = starts[k]
+            e = p + lengths[k]
+            k += 1
+        c = p // H  # one division per group
+        top = c * H  # position of pixel (0, c)
+        g = c >> 3
+        stop_g = (g + 1) * 8 * H  # the group ends here
+        if smooth or g != last_g + 1:
+            sparse = False
+        if not smooth:
+            budget = H - (min(e, stop_g) - p)
+            j = k
+            while budget > 0 and j < k + _LOOK and j < n and starts[j] < stop_g:
+                budget -= lengths[j] + 1
+                j += 1
+            if budget <= 0:
+                sparse = False
+            elif j == n or starts[j] >= stop_g:
+                sparse = True
+        last_g = g
+        count = 0  # pixels plus runs, for the next group to go by
+        lo = H  # dense: the toggles of each column's pieces, rows lo..hi
+        hi = 0
+        while True:  # the group's pieces of runs, one column at a time
+            while p >= top + H:
+                c += 1
+                top += H
+            stop = min(e, top + H)
+            r0 = p - top
+            r1 = stop - top
+            if sparse:  # down the column, pixel by pixel
+                idx = np.uint64(r0) * width + np.uint64(c)
+                for _ in range(r0, r1):
+                    flat[idx] = value
+                    idx += width
+            else:
+                bit = _ONE << np.uint64(8 * (c & 7))
+                toggles[r0] ^= bit
+                toggles[r1] ^= bit
+                lo = min(lo, r0)
+                hi = max(hi, r1)
+            count += r1 - r0 + 1
+            p = stop
+            if p < e:
+                if p == stop_g:  # the run goes on into the next group
+                    break
+            elif k < n and starts[k] < stop_g:
+                p = starts[k]
+                e = p + lengths[k]
+                k += 1
+            else:
+                break
+        if sparse:
+            sparse = count < H
+            continue
+        sparse = count < H
+        state = np.uint64(0)
+        idx = np.uint64(lo) * step + np.uint64(g)
+        if zeros:
+            for r in range(np.uint64(lo), np.uint64(hi)):
+                state ^= toggles[r]
+                toggles[r] = 0
+                words[idx] = state * put
+                idx += step
+        else:
+            for r in range(np.uint64(lo), np.uint64(hi)):
+                state ^= toggles[r]
+                toggles[r] = 0
+                words[idx] = (words[idx] & ~(state * _BYTE_FF)) | (state * put)
+                idx += step
+        toggles[hi] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode(buf, out: np.ndarray, value: np.uint8, zeros: bool):
+    """Parse, check, then fill (one call from Python). Returns (error code, index).
+    A group of 8 columns at a time where rows are whole uint64 words (W a multiple of 8,
+    the data 8-byte aligned) and the runs are long or many; else pixel by pixel."""
+    H, W = out.shape
+    starts, lengths, n, code, index = _parse(buf, H * W)
     if code == _OK:
-        _fill(out, starts, lengths, value)
+        pixels = lengths.sum()
+        if pixels >= _SMOOTH * n and W % 8 == 0 and out.ctypes.data % 8 == 0:
+            _fill_words(out, starts, lengths, value, zeros, True)
+        elif pixels + n >= H * (W // 8) and W % 8 == 0 and out.ctypes.data % 8 == 0:
+            _fill_words(out, starts, lengths, value, zeros, False)
+        else:  # short runs, and too few to fill the groups on average: pixel by pixel
+            _fill_bytes(out, starts, lengths, value)
     return code, index
 
 
@@ -299,15 +490,29 @@ def decode_into(rle: str, out: np.ndarray, value: int = 1) -> np.ndarray:
     (other pixels are left as they are). A bad RLE raises before anything is written."""
     if out.dtype != np.uint8 or out.ndim != 2 or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous (H, W) uint8 array")
-    code, index = _decode(_as_bytes(rle), out, np.uint8(value))
+    code, index = _decode(_as_bytes(rle), out, np.uint8(value), False)
     if code != _OK:
         _raise(rle, code, index, out.shape)
     return out
 
 
+_ONE_U8 = np.uint8(1)
+
+
+def _decode_zeros(rle, out: np.ndarray) -> None:
+    """decode_into(rle, out) for an `out` that this module has just made with np.zeros."""
+    if out.ndim != 2:
+        raise ValueError("out must be a C-contiguous (H, W) uint8 array")
+    code, index = _decode(_as_bytes(rle), out, _ONE_U8, True)  # nothing to keep: plain stores
+    if code != _OK:
+        _raise(rle, code, index, out.shape)
+
+
 def decode(rle: str, shape: tuple[int, int] = SHAPE) -> np.ndarray:
     """Kaggle RLE string -> (H, W) uint8 mask of 0/1, C-ordered. '' gives all zeros."""
-    return decode_into(rle, np.zeros(shape, np.uint8))
+    out = np.zeros(shape, np.uint8)
+    _decode_zeros(rle, out)
+    return out
 
 
 def decode_many(rles, shape: tuple[int, int] = SHAPE) -> np.ndarray:
@@ -315,7 +520,7 @@ def decode_many(rles, shape: tuple[int, int] = SHAPE) -> np.ndarray:
     rles = list(rles)
     out = np.zeros((len(rles), *shape), np.uint8)
     for i, rle in enumerate(rles):
-        decode_into(rle, out[i])
+        _decode_zeros(rle, out[i])
     return out
 
 

@@ -68,8 +68,10 @@ case "$stage" in
     echo "demo: done: folds/demo/fold0 (model), submissions/demo/ (postprocess.json," \
       "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
   folds)
-    setup; need_data
-    "$PY" -m competition folds --data "$DATA" "$@" ;;
+    # bash run.sh folds [--n-folds N ...] on $DATA, or --labels CSV (image-level labels)
+    setup
+    if [[ " $* " == *" --labels"* ]]; then "$PY" -m competition folds "$@"
+    else need_data; "$PY" -m competition folds --data "$DATA" "$@"; fi ;;
   fold[0-9]*)
     # bash run.sh fold<K> [train options]; NPROC=<GPUs> trains with torchrun (DDP).
     k=${stage#fold}

@@ -207,6 +207,8 @@ def cmd_predict(args) -> None:
     from competition.infer import checkpoint_paths, parse_tta
     from competition.search import read_params
 
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise InputError(f"--time-limit {args.time_limit}: must be a positive number of minutes")
     params = read_params(args.postprocess)
     if params.tta:
         parse_tta(params.tta, source=f"{args.postprocess}: \"tta\"")
@@ -223,7 +225,8 @@ def cmd_predict(args) -> None:
         out = Path(args.out or "submissions/submission.csv")
         frame = predict.predict_test(data, checkpoint_paths(args.checkpoints), params, views,
                                      out, args.batch_size, args.workers,
-                                     Path(args.sample) if args.sample else None)
+                                     Path(args.sample) if args.sample else None,
+                                     None if args.time_limit is None else args.time_limit * 60)
     filled = int((frame.EncodedPixels != "").sum())
     print(f"wrote {out}: {len(frame)} rows, {filled} non-empty masks (validated)")
 
@@ -272,7 +275,8 @@ def cmd_kernel(args) -> None:
     wheels = [w.strip() for w in args.wheels.split(",") if w.strip()]
     sizes = kernel.build(args.owner, checkpoint_paths(args.checkpoints), Path(args.postprocess),
                          out, args.name, wheels,
-                         Path(args.wheelhouse) if args.wheelhouse else None, args.accelerator)
+                         Path(args.wheelhouse) if args.wheelhouse else None, args.accelerator,
+                         args.time_limit)
     for kind, (folder, size) in sizes.items():
         files = sorted(p.name for p in folder.iterdir())
         print(f"{folder}: {size / 2**20:.1f} MiB: {', '.join(files)}")
@@ -400,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", default=None, help="default DATA/sample_submission.csv")
     p.add_argument("--out", default=None,
                    help="default submissions/submission.csv (--oof: submissions/oof.csv)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop with one line, writing nothing, as soon as the measured rate "
+                        "projects the whole prediction past this (the kernel passes what is "
+                        "left of its hour)")
     p.add_argument("--oof", action="store_true", help="predict each fold's validation images "
                    "with its own model (train layout, for `score --truth train.csv`)")
     fold_options(p)
@@ -419,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "versions installed here unless a spec gives one; '' for none)")
     p.add_argument("--wheelhouse", default=None,
                    help="take those wheels from this folder instead of the package index")
+    p.add_argument("--time-limit", type=float, default=55.0, metavar="MINUTES",
+                   help="the kernel stops with one line when its projected run passes this "
+                        "(default 55; Kaggle kills it at 60 without a word)")
     p.add_argument("--accelerator", default="NvidiaTeslaT4",
                    help="the kernel's machine_shape: NvidiaTeslaT4 (GPU T4 x2) or another GPU "
                    "Kaggle's torch runs on; --push passes it to `kaggle kernels push`")

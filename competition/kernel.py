@@ -44,6 +44,8 @@ LICENSE = "CC0-1.0"  # the kaggle CLI's default dataset licence
 DEFAULT_WHEELS = ("segmentation-models-pytorch", "timm")  # pinned to the installed versions
 SCRIPT_TEMPLATE = Path(kernel_script.__file__)
 BUNDLE_LINE = re.compile(r"^BUNDLE = \{.*?\}  # filled by `competition kernel`$", re.M | re.S)
+TIME_LIMIT_LINE = re.compile(r"^TIME_LIMIT_MIN = [0-9.]+(?=  #)", re.M)
+DEFAULT_TIME_LIMIT = 55.0  # minutes of Kaggle's 60, the rest a margin for start-up and writing
 NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Kaggle's machine_shape values (kernel-metadata.json, `kaggle kernels push --accelerator`) for
@@ -193,14 +195,18 @@ def check_accelerator(accelerator: str) -> None:
 
 
 def write_kernel(folder: Path, owner: str, names: dict[str, str],
-                 accelerator: str = DEFAULT_ACCELERATOR) -> Path:
-    """The kernel script (BUNDLE filled in) and kernel-metadata.json, asking for `accelerator`
-    as its machine_shape (kaggle >= 1.8.4 reads it; `enable_gpu` alone may get a P100)."""
+                 accelerator: str = DEFAULT_ACCELERATOR,
+                 time_limit: float = DEFAULT_TIME_LIMIT) -> Path:
+    """The kernel script (BUNDLE and TIME_LIMIT_MIN filled in) and kernel-metadata.json,
+    asking for `accelerator` as its machine_shape (kaggle >= 1.8.4 reads it; `enable_gpu`
+    alone may get a P100)."""
     template = SCRIPT_TEMPLATE.read_text()
     bundle = {"owner": owner, "weights": names["weights"], "code": names["code"],
               "competition": COMPETITION}
     script, n = BUNDLE_LINE.subn(f"BUNDLE = {bundle!r}", template)
     assert n == 1, f"{SCRIPT_TEMPLATE}: expected one BUNDLE line, found {n}"
+    script, n = TIME_LIMIT_LINE.subn(f"TIME_LIMIT_MIN = {float(time_limit)!r}", script)
+    assert n == 1, f"{SCRIPT_TEMPLATE}: expected one TIME_LIMIT_MIN line, found {n}"
     code_file = f"{names['kernel']}.py"
     (folder / code_file).write_text(script)
     meta = {"id": f"{owner}/{names['kernel']}", "title": title(names["kernel"]),
@@ -221,11 +227,15 @@ def size(folder: Path) -> int:
 
 def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
           name: str = "severstal-deeplabv3", wheels: tuple | list = DEFAULT_WHEELS,
-          wheelhouse: Path | None = None, accelerator: str = DEFAULT_ACCELERATOR) -> dict:
+          wheelhouse: Path | None = None, accelerator: str = DEFAULT_ACCELERATOR,
+          time_limit: float = DEFAULT_TIME_LIMIT) -> dict:
     """Write the bundle to `out` (replacing a previous bundle, refusing any other folder), the
-    kernel asking for `accelerator` (a machine_shape). Returns {folder kind: (path, bytes)}
-    for the three folders."""
+    kernel asking for `accelerator` (a machine_shape) and stopping when its projected run
+    passes `time_limit` minutes. Returns {folder kind: (path, bytes)} for the three folders."""
     check_accelerator(accelerator)
+    if not 0 < time_limit <= 60:
+        raise InputError(f"--time-limit {time_limit}: minutes in (0, 60]; Kaggle stops a "
+                         "kernel at 60")
     if not OWNER.match(owner):
         raise InputError(f"--owner {owner!r}: not a Kaggle user name (letters, digits, - and _)")
     names = slugs(name)
@@ -239,7 +249,7 @@ def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
             (tmp / kind).mkdir()
         write_weights(tmp / "weights", checkpoints, postprocess, owner, names["weights"])
         write_code(tmp / "code", wheels, wheelhouse, owner, names["code"])
-        write_kernel(tmp / "kernel", owner, names, accelerator)
+        write_kernel(tmp / "kernel", owner, names, accelerator, time_limit)
     return {kind: (out / kind, size(out / kind)) for kind in ("weights", "code", "kernel")}
 
 

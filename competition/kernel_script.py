@@ -12,6 +12,10 @@ kernels for the P100 (sm_60), so choose "GPU T4 x2" in the notebook's Settings >
 with one line saying what it found. SEVERSTAL_ALLOW_CPU=1 lets it run on the CPU instead (the
 offline rehearsal sets it; a CPU run of the real test set would not finish within the hour).
 
+Kaggle stops a kernel at 60 minutes without a word. After its first batches the prediction
+prints its rate and the projected time, and stops with one line as soon as the projection
+passes what is left of TIME_LIMIT_MIN (counted from this script's start).
+
 When Kaggle mounts an input somewhere this script does not look, set its path in PATHS (or
 the environment variable named there) and push again; SEVERSTAL_INPUT_ROOT moves the root and
 SEVERSTAL_PACKAGES the folder the wheels are installed in.
@@ -29,6 +33,7 @@ import time
 
 BUNDLE = {"owner": None, "weights": None, "code": None,
           "competition": "severstal-steel-defect-detection"}  # filled by `competition kernel`
+TIME_LIMIT_MIN = 55.0  # the kernel's whole run; `competition kernel --time-limit` sets it
 PATHS = {"data": os.environ.get("SEVERSTAL_DATA"),        # folder with test_images/
          "weights": os.environ.get("SEVERSTAL_WEIGHTS"),  # folder with severstal-bundle.json
          "code": os.environ.get("SEVERSTAL_CODE")}        # folder with the .whl files
@@ -175,9 +180,10 @@ def main() -> int:
 
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, GPU: {gpu}; "
           f"competition {competition.__version__} from {os.path.dirname(competition.__file__)}")
+    left = TIME_LIMIT_MIN - (time.time() - start) / 60  # what the set-up left of the limit
     code = run(["predict", "--data", found["data"], "--checkpoints", ",".join(paths),
-                        "--postprocess", os.path.join(found["weights"], "postprocess.json"),
-                        "--out", "submission.csv"])
+                "--postprocess", os.path.join(found["weights"], "postprocess.json"),
+                "--out", "submission.csv", "--time-limit", f"{max(left, 0.01):.3f}"])
     print(f"kernel: {'submission.csv written' if code == 0 else 'failed'} in "
           f"{time.time() - start:.0f} s")
     return code

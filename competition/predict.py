@@ -24,11 +24,53 @@ from competition.search import Params
 from competition.train import amp_dtype
 
 
+def project(elapsed: float, done: int, total: int, warm: tuple[float, int]) -> float:
+    """Seconds a run of `total` images takes in all: `elapsed` so far, plus the images left
+    at the rate measured since the warm-up point `warm` = (seconds, images done then)."""
+    rate = (done - warm[1]) / max(elapsed - warm[0], 1e-9)
+    return elapsed + (total - done) / rate
+
+
+class TimeLimit:
+    """Stops a prediction that cannot finish in `limit` seconds, as soon as its rate is known.
+
+    The first batch is start-up (loader workers, cuDNN autotuning), so the rate is measured
+    from its end; from the third batch on, every batch projects the whole run (`project`).
+    The first projection is printed; a projection past the limit stops the run with one line,
+    before anything is written (Kaggle kills a kernel at 60 minutes with no message)."""
+
+    def __init__(self, limit: float, total: int, clock=time.perf_counter):
+        self.limit, self.total, self.clock = limit, total, clock
+        self.start, self.warm, self.batches, self.said = clock(), None, 0, False
+
+    def update(self, done: int) -> None:
+        """Call after each batch with the number of images done so far."""
+        elapsed = self.clock() - self.start
+        self.batches += 1
+        if self.batches == 1:
+            self.warm = (elapsed, done)
+        if self.batches < 3 or done >= self.total:
+            return
+        projected = project(elapsed, done, self.total, self.warm)
+        rate = (done - self.warm[1]) / max(elapsed - self.warm[0], 1e-9)
+        if not self.said:
+            self.said = True
+            print(f"time: {rate:.2f} images/s after {done} of {self.total} images; projected "
+                  f"{projected / 60:.1f} min for all (limit {self.limit / 60:.1f} min)")
+        if projected > self.limit:
+            raise InputError(
+                f"--time-limit {self.limit / 60:.1f} min: after {done} of {self.total} images "
+                f"({rate:.2f} images/s) the whole run projects to {projected / 60:.1f} min; "
+                "stopped, nothing written (use fewer models or TTA views)")
+
+
 def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, dev,
-           batch_size: int, workers: int, desc: str, out: dict) -> None:
+           batch_size: int, workers: int, desc: str, out: dict,
+           limit: TimeLimit | None = None) -> None:
     """Predict `image_ids` of `folder` and put each (ImageId, ClassId)'s RLE into `out`.
     Thresholds are applied on the device; component removal, the min-area step and the RLE
-    run on the CPU for batch i while the device computes batch i + 1."""
+    run on the CPU for batch i while the device computes batch i + 1. `limit` is told the
+    images done after every batch."""
     dataset = data_lib.ImageDataset(folder, image_ids)
     loader = data_lib.loader(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
 
@@ -38,11 +80,15 @@ def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, 
             out.update({(image_ids[i], c): r for c, r in zip(CLASSES, row)})
 
     # the device's autocast dtype; a model whose config says amp "off" runs in fp32 (model_dtype)
+    done = 0
     with OneBehind() as cpu:
         for (_, index), probs in batches(ensemble, loader, views, dev, amp_dtype("auto", dev),
                                          desc):
             masks = torch.stack([probs[:, c] > t for c, t in enumerate(params.threshold)], 1)
             cpu.submit(finish, masks.to(torch.uint8).cpu().numpy(), index.tolist())
+            done += len(index)
+            if limit is not None:
+                limit.update(done)
 
 
 def test_sample(data: Path, sample_path: Path | None) -> tuple[Sample, list[str]]:
@@ -78,14 +124,18 @@ def report_rate(n_images: int, n_models: int, views, seconds: float) -> None:
 
 
 def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out: Path,
-                 batch_size: int, workers: int, sample_path: Path | None = None) -> pd.DataFrame:
+                 batch_size: int, workers: int, sample_path: Path | None = None,
+                 time_limit: float | None = None) -> pd.DataFrame:
+    """time_limit: seconds the prediction may take (TimeLimit), counted from its first batch
+    being asked for; None: no limit."""
     sample, image_ids = test_sample(data, sample_path)
     dev = device()
     ensemble = load_ensemble(checkpoints, dev)
     encoded: dict = {}
     start = time.perf_counter()
+    limit = None if time_limit is None else TimeLimit(time_limit, len(image_ids))
     encode(ensemble, data / "test_images", image_ids, params, views, dev, batch_size, workers,
-           "predict", encoded)
+           "predict", encoded, limit)
     report_rate(len(image_ids), len(checkpoints), views, time.perf_counter() - start)
     return submission.write(out, sample, encoded)
 

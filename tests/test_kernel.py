@@ -341,6 +341,36 @@ def test_the_accelerator_is_the_machine_shape_and_must_be_a_known_gpu(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_time_limit_is_written_into_the_script_and_must_fit_the_hour(tmp_path):
+    text = kernel.write_kernel(tmp_path, OWNER, SLUGS, time_limit=42).read_text()
+    assert "\nTIME_LIMIT_MIN = 42.0  # " in text and text.count("TIME_LIMIT_MIN = ") == 1
+    assert "TIME_LIMIT_MIN = 55.0  # " in kernel.SCRIPT_TEMPLATE.read_text()  # the default
+    for wrong in (0, -5, 61, float("nan")):
+        with pytest.raises(InputError, match=r"minutes in \(0, 60\]; Kaggle stops a kernel"):
+            kernel.build(OWNER, [], tmp_path / "pp.json", tmp_path / "out", time_limit=wrong)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_kernel_passes_what_its_set_up_left_of_the_limit(monkeypatch, tmp_path):
+    """main() hands predict TIME_LIMIT_MIN minus the minutes spent before it (install,
+    checks), as --time-limit."""
+    seen = {}
+    clock = iter([1000.0, 1000.0 + 90.0])  # start, then 1.5 min of set-up
+    monkeypatch.setattr(kernel_script.time, "time", lambda: next(clock, 1100.0))
+    monkeypatch.setattr(kernel_script, "find_input", lambda root, kind: str(tmp_path / kind))
+    monkeypatch.setattr(kernel_script, "install", lambda code, target: None)
+    monkeypatch.setattr(kernel_script, "checkpoints", lambda weights: ["a.pt"])
+    monkeypatch.setattr(kernel_script, "check_gpu", lambda torch: "none")
+    monkeypatch.setattr(kernel_script, "TIME_LIMIT_MIN", 20.0)
+    monkeypatch.setattr(kernel_script, "OFFLINE", {})  # leave this process's environment be
+    import competition.cli
+
+    monkeypatch.setattr(competition.cli, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    assert kernel_script.main() == 0
+    argv = seen["argv"]
+    assert argv[argv.index("--time-limit") + 1] == "18.500"
+
+
 # torch.cuda.get_arch_list() of torch 2.10.0+cu128 from PyPI (the torch of Kaggle's 2026 image;
 # read with torch._C._cuda_getArchFlags()): no sm_60 for the P100
 KAGGLE_ARCHS = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]

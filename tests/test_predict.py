@@ -200,3 +200,53 @@ def test_cli_predict_errors_are_one_line(data, ckpts, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "images/s" in result.stdout and "(validated)" in result.stdout
     validate(out, data / "sample_submission.csv")
+
+
+def test_projection_by_hand():
+    # warm-up point: 4 images at 10 s; now 20 images at 30 s: 16 images in 20 s = 0.8 img/s;
+    # 80 images left take 100 s more: 130 s in all
+    assert predict.project(30.0, 20, 100, (10.0, 4)) == pytest.approx(130.0)
+    assert predict.project(30.0, 100, 100, (10.0, 4)) == pytest.approx(30.0)
+
+
+class FakeClock:
+    def __init__(self, times):
+        self.times = iter(times)
+
+    def __call__(self):
+        return next(self.times)
+
+
+def test_the_time_limit_projects_after_the_warm_up_and_stops_past_the_limit(capsys):
+    # start at 0; batches of 8 end at 10 s (start-up), 12 s and 14 s: after the third batch
+    # 16 images in 4 s = 4 img/s, 76 images left = 19 s more: 33 s in all
+    ok = predict.TimeLimit(40.0, 100, clock=FakeClock([0.0, 10.0, 12.0, 14.0, 16.0]))
+    ok.update(8)
+    ok.update(16)
+    assert capsys.readouterr().out == ""  # no projection from the start-up batch alone
+    ok.update(24)
+    assert capsys.readouterr().out == ("time: 4.00 images/s after 24 of 100 images; projected "
+                                       "0.6 min for all (limit 0.7 min)\n")
+    ok.update(32)  # 24 images in 6 s: still 33 s; printed once
+    assert capsys.readouterr().out == ""
+    stop = predict.TimeLimit(30.0, 100, clock=FakeClock([0.0, 10.0, 12.0, 14.0]))
+    stop.update(8)
+    stop.update(16)
+    with pytest.raises(InputError, match=r"^--time-limit 0\.5 min: after 24 of 100 images "
+                       r"\(4\.00 images/s\) the whole run projects to 0\.6 min; stopped"):
+        stop.update(24)
+
+
+def test_predict_past_its_time_limit_stops_and_keeps_the_old_submission(data, ckpts, tmp_path,
+                                                                         capsys):
+    out = tmp_path / "submission.csv"
+    out.write_text("the previous submission\n")
+    with pytest.raises(InputError, match=r"^--time-limit 0\.0 min: after 3 of 4 images"):
+        predict_test(data, ckpts[:1], PARAMS, ("none",), out, 1, 0, time_limit=1e-6)
+    assert out.read_text() == "the previous submission\n"
+    frame = predict_test(data, ckpts[:1], PARAMS, ("none",), out, 1, 0, time_limit=1e6)
+    assert "after 3 of 4 images; projected" in capsys.readouterr().out
+    assert len(frame) == 16 and out.read_text() != "the previous submission\n"
+    result = run("predict", "--data", data, "--checkpoints", ckpts[0], "--out", out,
+                 "--postprocess", tmp_path / "none.json", "--time-limit", "0")
+    one_line_error(result, "error: --time-limit 0.0: must be a positive number of minutes")

@@ -85,7 +85,7 @@ class Shape:
     log_w: tuple[float, float]  # mean and sd of log(region width in pixels)
     log_h: tuple[float, float]  # the same for the height, before the image clips it
     corr: float  # correlation of log width and log height
-    log_gap: tuple[float, float]  # log of the x distance between neighbouring regions
+    log_gap: tuple[float, float]  # log of the free columns between neighbouring regions
     wobble: float  # outline irregularity (0: an ellipse)
     edge: int  # least distance to the left/right image edge (-1: may run off it)
     satellite: float = 1.0  # regions after the first are this much smaller (each side)
@@ -258,10 +258,25 @@ def layout(rng: np.random.Generator, classes: tuple[int, ...]) -> tuple[np.ndarr
     return masks, margin
 
 
+def streams(rng: np.random.Generator) -> list[np.random.Generator]:
+    """An image's two random streams: [layout (margin and masks), looks (texture, defects)]."""
+    return rng.spawn(2)
+
+
+def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of image `index` of a split: its own, so any process can draw it."""
+    return np.random.default_rng([seed, SPLITS[split], index])
+
+
+def label_sets(n: int, seed: int, split: str) -> list[tuple[int, ...]]:
+    """The label sets of a split's n images, in image order."""
+    return allocate(n, np.random.default_rng([seed, SPLITS[split]]))
+
+
 def draw(rng: np.random.Generator, classes: tuple[int, ...]) -> dict:
     """One sample with its parts: background and image (float32), masks, inks. The layout
     has a random stream of its own, so `layout` alone gives the same masks, faster."""
-    shape_rng, look_rng = rng.spawn(2)
+    shape_rng, look_rng = streams(rng)
     masks, margin = layout(shape_rng, classes)
     image = background(look_rng)
     if margin is not None:
@@ -282,10 +297,9 @@ def train_masks(n: int, seed: int) -> pd.DataFrame:
     """The defect table that `make_dataset(n_train=n, seed=seed)` writes for its train split
     (ImageId, ClassId, EncodedPixels), from the layouts alone: no image is drawn."""
     rows = []
-    for index, classes in enumerate(allocate(n, np.random.default_rng([seed, SPLITS["train"]]))):
+    for index, classes in enumerate(label_sets(n, seed, "train")):
         if classes:
-            shape_rng, _ = np.random.default_rng([seed, SPLITS["train"], index]).spawn(2)
-            masks, _ = layout(shape_rng, classes)
+            masks, _ = layout(streams(image_rng(seed, "train", index))[0], classes)
             name = image_id(seed, "train", index)
             rows.extend((name, c, rle.encode(masks[c - 1])) for c in classes)
     return pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
@@ -299,7 +313,7 @@ def image_id(seed: int, split: str, index: int) -> str:
 def write_image(folder: Path, seed: int, split: str, index: int,
                 classes: tuple[int, ...]) -> list[tuple[str, int, str]]:
     """Draw image `index` of a split, write its JPEG, return its (ImageId, ClassId, RLE) rows."""
-    image, masks = make_image(np.random.default_rng([seed, SPLITS[split], index]), classes)
+    image, masks = make_image(image_rng(seed, split, index), classes)
     name = image_id(seed, split, index)
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     assert ok, "JPEG encoding failed"
@@ -310,14 +324,14 @@ def write_image(folder: Path, seed: int, split: str, index: int,
 def make_split(folder: Path, split: str, n: int, seed: int, workers: int = 1) -> pd.DataFrame:
     """Write n images of a split into folder/<split>_images; return its defect table.
     Each image has its own random stream, so the bytes do not depend on `workers`."""
-    label_sets = allocate(n, np.random.default_rng([seed, SPLITS[split]]))
+    sets = label_sets(n, seed, split)
     images = folder / f"{split}_images"
     images.mkdir(parents=True)
     draw = partial(write_image, images, seed, split)
     indices = range(n)
     with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
-        results = (pool.map(draw, indices, label_sets, chunksize=8) if pool
-                   else map(draw, indices, label_sets))
+        results = (pool.map(draw, indices, sets, chunksize=8) if pool
+                   else map(draw, indices, sets))
         rows = [row for rows in progress(results, total=n, desc=f"synth {split}", unit="img")
                 for row in rows]
     table = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])

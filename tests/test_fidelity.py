@@ -1,17 +1,14 @@
 """Shape statistics of masks, and the synthetic masks against the real annotations."""
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REAL, needs_real
 from test_cli import run
 
 from competition import fidelity, rle
 from competition.synth import train_masks
 
-REAL = Path(__file__).resolve().parents[2] / "shared/real/derived/train_partial_new_layout.csv"
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason=f"{REAL} is absent: the real "
-                                "labels live in ../shared/real, which a user's clone lacks")
+REAL_MASKS = REAL / "derived" / "train_partial_new_layout.csv"
 
 
 def test_mask_stats_by_hand():
@@ -72,7 +69,7 @@ def test_synthetic_masks_meet_the_targets_on_the_real_annotations():
     """The issue's targets on a 2,000-image synthetic set (the demo's seed 0)."""
     from competition.labels import read_train
 
-    real = fidelity.summary(fidelity.table_stats(read_train(REAL)))
+    real = fidelity.summary(fidelity.table_stats(read_train(REAL_MASKS)))
     assert [real[c]["masks"] for c in (1, 2, 3, 4)] == [562, 154, 3173, 490]
     # the medians that shared/real/README.md gives (whole pixels)
     assert [real[c]["area"][1] for c in (1, 2, 3, 4)] == pytest.approx(

@@ -476,9 +476,10 @@ def _decode(buf, out: np.ndarray, value: np.uint8, zeros: bool):
     starts, lengths, n, code, index = _parse(buf, H * W)
     if code == _OK:
         pixels = lengths.sum()
-        if pixels >= _SMOOTH * n and W % 8 == 0 and out.ctypes.data % 8 == 0:
+        words = W % 8 == 0 and out.ctypes.data % 8 == 0  # rows are whole uint64 words
+        if words and pixels >= _SMOOTH * n:
             _fill_words(out, starts, lengths, value, zeros, True)
-        elif pixels + n >= H * (W // 8) and W % 8 == 0 and out.ctypes.data % 8 == 0:
+        elif words and pixels + n >= H * (W // 8):
             _fill_words(out, starts, lengths, value, zeros, False)
         else:  # short runs, and too few to fill the groups on average: pixel by pixel
             _fill_bytes(out, starts, lengths, value)

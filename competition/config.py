@@ -15,6 +15,8 @@ from competition.errors import InputError
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "deeplabv3_r34"  # the preset this config started from
+    task: str = "segment"  # segment: (N, 4, H, W) mask logits | classify: (N, 4) image-level
+    # logits, "class present in the image" (a separate classifier, gating the masks)
     # model
     arch: str = "deeplabv3"  # smp DeepLabV3; see model.ARCHITECTURES
     encoder: str = "resnet34"  # fast and strong on Severstal; resnet101 for the seeds' size
@@ -32,6 +34,8 @@ class TrainConfig:
     atrous_rates_w: tuple[int, int, int] = (6, 12, 18)  # columns: 18 of the crop's 32
     allow_untrained_taps: bool = False  # True trains (with a warning) with taps that read
     # 256x1600 images but never a crop, so keep their random initial values
+    cls_weight: float = 0.0  # segment: weight of the BCE of an auxiliary image-level head
+    # (pooled deepest encoder features -> 4 logits) beside Dice+BCE; 0: no head. classify: unused
     # data
     crop_height: int = 256  # full height: defects run across the strip
     crop_width: int = 512  # 1600-wide images cropped for speed; validation is full size
@@ -79,6 +83,7 @@ PRESETS: dict[str, dict] = {
                      encoder_lr=2e-3, warmup_epochs=0.5, ema_decay=0.98, num_workers=2,
                      val_batch_size=4, val_min_area=(200, 200, 400, 800)),
 }
+TASKS = ("segment", "classify")
 FULL_SIZE = (256, 1600)  # (rows, columns) of every image: validation, OOF and test run on it
 # The architectures with an ASPP, whose image-pooling branch also normalises one pooled value
 # per image (BatchNorm over (N, C, 1, 1)): they cannot train on a batch of one.
@@ -120,6 +125,10 @@ def from_dict(values: dict) -> TrainConfig:
 
 def check(c: TrainConfig) -> None:
     """Values a run cannot start with -> InputError (names are checked by their registries)."""
+    if c.task not in TASKS:
+        raise InputError(f"task {c.task!r}: valid values are {', '.join(TASKS)}")
+    if c.cls_weight < 0:
+        raise InputError(f"cls_weight {c.cls_weight}: must be 0 (no head) or more")
     if c.amp not in ("auto", "bf16", "fp16", "off"):
         raise InputError(f"amp {c.amp!r}: valid values are auto, bf16, fp16, off")
     for field in ("epochs", "batch_size", "accumulate", "val_batch_size", "crop_height",
@@ -173,7 +182,7 @@ def untrained_taps(c: TrainConfig) -> list[str]:
     a crop_height x crop_width crop: they get no gradient in training and switch on, with
     their initial values, at full size. Empty for Unet and FPN (no ASPP)."""
     stride = c.output_stride or RATE_STRIDE
-    if c.arch not in ASPP_ARCHS or stride not in (8, 16):  # build_model refuses other strides
+    if c.task == "classify" or c.arch not in ASPP_ARCHS or stride not in (8, 16):  # build_model refuses other strides
         return []
     problems = []
     for field, axis, crop, full, rates in (

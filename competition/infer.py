@@ -101,15 +101,31 @@ def dtype_name(dtype: torch.dtype | None) -> str:
     return str(dtype).removeprefix("torch.") if dtype else "fp32"
 
 
-def autocast_forward(model, inputs: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """model(inputs) under autocast `dtype` (None: autocast disabled, fp32) -> float32."""
+def autocast_forward(model, inputs: torch.Tensor, dtype: torch.dtype | None):
+    """model(inputs) under autocast `dtype` (None: autocast disabled, fp32) -> float32: a
+    tensor, or a tuple of tensors for a model with an image-level head (model.split_output)."""
     with torch.autocast(inputs.device.type, dtype=dtype, enabled=dtype is not None):
-        return model(inputs).float()
+        out = model(inputs)
+    return tuple(o.float() for o in out) if isinstance(out, (tuple, list)) else out.float()
 
 
-def forward_checked(model, inputs: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+def all_finite(out) -> bool:
+    """Whether every value of a tensor or a tuple of tensors is finite (one host sync)."""
+    parts = out if isinstance(out, tuple) else (out,)
+    return bool(torch.stack([torch.isfinite(o).all() for o in parts]).all())
+
+
+def count_bad(out) -> tuple[int, int]:
+    """(non-finite values, all values) of a tensor or a tuple of tensors."""
+    parts = out if isinstance(out, tuple) else (out,)
+    return (sum(int((~torch.isfinite(o)).sum()) for o in parts),
+            sum(o.numel() for o in parts))
+
+
+def forward_checked(model, inputs: torch.Tensor, dtype: torch.dtype | None):
     """model(inputs) under autocast `dtype` (None: fp32) -> its float32 logits, e.g.
-    (N, 3, H, W) normalised images -> (N, 4, H, W) logits.
+    (N, 3, H, W) normalised images -> (N, 4, H, W) logits (a tuple of tensors for a model
+    with an image-level head, (N, 4) for a classifier: model.split_output).
 
     Logits with a NaN or an inf (an overflow in `dtype`) are recomputed in fp32, autocast
     disabled, for this forward alone: the first time in the process says so on stderr, and
@@ -120,7 +136,7 @@ def forward_checked(model, inputs: torch.Tensor, dtype: torch.dtype | None) -> t
     the CPU every batch anyway). Call it under torch.no_grad() for inference."""
     global recomputed
     logits = autocast_forward(model, inputs, dtype)
-    if torch.isfinite(logits).all():
+    if all_finite(logits):
         return logits
     if dtype is not None:
         logits = autocast_forward(model, inputs, None)
@@ -129,11 +145,11 @@ def forward_checked(model, inputs: torch.Tensor, dtype: torch.dtype | None) -> t
             print(f"warning: {dtype_name(dtype)} autocast gave non-finite logits (an "
                   "overflow): the batch was recomputed in fp32 (said once; later ones are "
                   "counted)", file=sys.stderr)
-        if torch.isfinite(logits).all():
+        if all_finite(logits):
             return logits
-    bad = int((~torch.isfinite(logits)).sum())
+    bad, total = count_bad(logits)
     raise NonFiniteLogits(f"the model produces non-finite logits in fp32{' too' if dtype else ''}"
-                          f" ({bad} of {logits.numel()} values NaN or inf): its weights are "
+                          f" ({bad} of {total} values NaN or inf): its weights are "
                           "broken (a diverged run?); retrain it or leave it out")
 
 

@@ -1,8 +1,13 @@
-"""Segmentation networks: (N, 3, H, W) float images -> (N, classes, H, W) logits.
+"""Networks: (N, 3, H, W) float images -> (N, classes, H, W) mask logits, image-level
+logits (N, classes), or both.
 
-Four segmentation_models_pytorch architectures (any smp encoder, or `tu-<timm model>`) and
-torchvision's DeepLabV3 on a ResNet-50/101. Every model has an `encoder` attribute (the
-backbone), which `param_groups` separates from the rest for a lower learning rate.
+Segmenters: four segmentation_models_pytorch architectures (any smp encoder, or
+`tu-<timm model>`) and torchvision's DeepLabV3 on a ResNet-50/101; with `aux_classes` they
+also return image-level logits from an auxiliary head on the pooled deepest encoder features
+(smp's `aux_params`), as a tuple (masks, labels). Classifiers (`Classifier`): an smp encoder
+(any smp or `tu-` timm encoder), average pooling and a linear layer: (N, classes) logits.
+`split_output` tells the three apart. Every model has an `encoder` attribute (the backbone),
+which `param_groups` separates from the rest for a lower learning rate.
 
 Encoder weights: "none" (random), "imagenet" (downloaded by smp/torchvision; offline that is
 an InputError) or the PATH of a local state dict that must fit the encoder exactly.
@@ -38,42 +43,79 @@ CLASSIFIER_KEYS = ("fc.weight", "fc.bias")  # an ImageNet ResNet checkpoint has 
 
 
 class TvDeepLabV3(DeepLabV3):
-    """torchvision DeepLabV3 returning the logits tensor (N, classes, H, W) instead of a dict.
+    """torchvision DeepLabV3 returning the logits tensor (N, classes, H, W) instead of a dict,
+    or with `classification_head` (smp's, on the 2048 pooled features) the tuple (masks
+    (N, classes, H, W), labels (N, aux classes)) as smp's models do with aux_params.
     `backbone` (alias `encoder`) maps (N, 3, H, W) to {"out": (N, 2048, H/stride, W/stride)}."""
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module):
+    def __init__(self, backbone: nn.Module, classifier: nn.Module,
+                 classification_head: nn.Module | None = None):
         super().__init__(backbone, classifier, aux_classifier=None)
+        self.classification_head = classification_head
 
     @property
     def encoder(self) -> nn.Module:
         return self.backbone
 
+    def forward(self, x: torch.Tensor):
+        features = self.backbone(x)["out"]
+        logits = F.interpolate(self.classifier(features), size=x.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        if self.classification_head is None:
+            return logits
+        return logits, self.classification_head(features)
+
+
+class Classifier(nn.Module):
+    """(N, 3, H, W) float images of any size (multiples of 32) -> (N, classes) logits: the
+    deepest feature map of an smp encoder, averaged over its cells, then dropout and a linear
+    layer (smp's ClassificationHead). Trained on crops, it runs on full-size images."""
+
+    def __init__(self, encoder: nn.Module, classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.encoder = encoder
+        self.classification_head = smp.base.ClassificationHead(
+            encoder.out_channels[-1], classes, pooling="avg", dropout=dropout)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(self.backbone(x)["out"])
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classification_head(self.encoder(x)[-1])
+
+
+def split_output(out) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Any model's output -> (mask logits (N, C, H, W) or None, image logits (N, C) or None)."""
+    if isinstance(out, (tuple, list)):
+        return out[0], out[1]
+    return (out, None) if out.dim() == 4 else (None, out)
 
 
 Rates = list[tuple[int, int]]  # the (rows, columns) dilation of each ASPP 3x3 branch
 
 
+AUX_DROPOUT = 0.0  # the auxiliary head's dropout: a linear layer on 512-2048 pooled features
+
+
 def _smp_model(cls, encoder: str, output_stride: int, classes: int, imagenet: bool,
-               rates: Rates) -> nn.Module:
+               rates: Rates, aux_classes: int) -> nn.Module:
     dilation = {} if output_stride == 32 else {"encoder_output_stride": output_stride}
     aspp = {"decoder_atrous_rates": rates} if cls in (smp.DeepLabV3, smp.DeepLabV3Plus) else {}
+    aux = ({"aux_params": {"classes": aux_classes, "pooling": "avg", "dropout": AUX_DROPOUT}}
+           if aux_classes else {})
     return cls(encoder_name=encoder, encoder_weights="imagenet" if imagenet else None,
-               classes=classes, activation=None, **dilation, **aspp)
+               classes=classes, activation=None, **dilation, **aspp, **aux)
 
 
 def _tv_deeplabv3(encoder: str, output_stride: int, classes: int, imagenet: bool,
-                  rates: Rates) -> nn.Module:
+                  rates: Rates, aux_classes: int) -> nn.Module:
     resnet, weights = TV_BACKBONES[encoder]
     net = resnet(weights=weights if imagenet else None,
                  replace_stride_with_dilation=TV_DILATION[output_stride])
     backbone = IntermediateLayerGetter(net, return_layers={"layer4": "out"})
-    return TvDeepLabV3(backbone, DeepLabHead(2048, classes, rates))
+    head = (smp.base.ClassificationHead(2048, aux_classes, pooling="avg", dropout=AUX_DROPOUT)
+            if aux_classes else None)
+    return TvDeepLabV3(backbone, DeepLabHead(2048, classes, rates), head)
 
 
-ARCHITECTURES = {  # each (encoder, output_stride, classes, imagenet, rates) -> model
+ARCHITECTURES = {  # each (encoder, output_stride, classes, imagenet, rates, aux_classes) -> model
     "deeplabv3": partial(_smp_model, smp.DeepLabV3),
     "deeplabv3plus": partial(_smp_model, smp.DeepLabV3Plus),
     "unet": partial(_smp_model, smp.Unet),  # no ASPP: rates unused
@@ -157,8 +199,10 @@ def _load_encoder_weights(module: nn.Module, state: dict[str, torch.Tensor], pat
 def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weights: str = "none",
                 output_stride: int | None = None, classes: int = 4,
                 atrous_rates_h: tuple[int, ...] = TrainConfig.atrous_rates_h,
-                atrous_rates_w: tuple[int, ...] = TrainConfig.atrous_rates_w) -> nn.Module:
-    """A model whose forward maps (N, 3, H, W) float images to (N, classes, H, W) logits.
+                atrous_rates_w: tuple[int, ...] = TrainConfig.atrous_rates_w,
+                aux_classes: int = 0) -> nn.Module:
+    """A model whose forward maps (N, 3, H, W) float images to (N, classes, H, W) logits,
+    or with aux_classes > 0 to the tuple (those logits, (N, aux_classes) image logits).
 
     output_stride: the encoder's deepest feature map is (H/stride, W/stride); None takes
     DEFAULT_STRIDE[arch]. The deeplab architectures take 8 or 16, unet and fpn only 32.
@@ -182,7 +226,7 @@ def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weig
     state = None if weights in ("none", "imagenet") else _read_state_dict(Path(weights))
     rates = list(zip(dilations(atrous_rates_h, stride), dilations(atrous_rates_w, stride)))
     try:
-        model = ARCHITECTURES[arch](encoder, stride, classes, imagenet, rates)
+        model = ARCHITECTURES[arch](encoder, stride, classes, imagenet, rates, aux_classes)
     except OSError as e:
         if not imagenet:
             raise
@@ -197,16 +241,50 @@ def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weig
     return model
 
 
+def _check_classifier_encoder(encoder: str, imagenet: bool) -> None:
+    if encoder.startswith("tu-"):
+        if not timm.is_model(encoder[3:]):
+            raise InputError(f"--encoder {encoder}: timm has no model {encoder[3:]!r}")
+        return
+    _check_encoder("unet", encoder, imagenet)
+
+
+def build_classifier(encoder: str = "resnet34", encoder_weights: str = "none",
+                     classes: int = 4, dropout: float = 0.2) -> Classifier:
+    """A Classifier on smp encoder `encoder` (or `tu-<timm model>`); encoder_weights as for
+    build_model: "none", "imagenet" (a download) or the PATH of a local state dict."""
+    weights = "none" if encoder_weights is None else str(encoder_weights)
+    imagenet = weights == "imagenet"
+    _check_classifier_encoder(encoder, imagenet)
+    state = None if weights in ("none", "imagenet") else _read_state_dict(Path(weights))
+    try:
+        backbone = smp.encoders.get_encoder(encoder, weights="imagenet" if imagenet else None)
+    except OSError as e:
+        if not imagenet:
+            raise
+        raise InputError(f"the ImageNet weights for {encoder} could not be downloaded "
+                         f"({e.__class__.__name__}); pass --encoder-weights PATH "
+                         f"(a local state dict) or --encoder-weights none") from None
+    if state is not None:
+        _load_encoder_weights(backbone, state, Path(weights), encoder)
+    return Classifier(backbone, classes, dropout)
+
+
 def from_config(config, encoder_weights: str | None = None) -> nn.Module:
-    """build_model for a TrainConfig (output_stride 0: the architecture's default);
-    `encoder_weights` replaces the config's (e.g. "none" when a checkpoint will be loaded).
-    A config that allows untrained ASPP taps (config.untrained_taps) prints a warning."""
+    """The model of a TrainConfig: a Classifier for task "classify"; else build_model
+    (output_stride 0: the architecture's default), with the auxiliary image-level head when
+    cls_weight > 0. `encoder_weights` replaces the config's (e.g. "none" when a checkpoint
+    will be loaded). A config that allows untrained ASPP taps (config.untrained_taps) prints
+    a warning."""
     weights = config.encoder_weights if encoder_weights is None else encoder_weights
+    if config.task == "classify":
+        return build_classifier(config.encoder, weights)
     untrained = untrained_line(config)
     if untrained:  # config.check refused it unless allow_untrained_taps
         print(f"warning: {untrained}; allowed by allow_untrained_taps", file=sys.stderr)
     return build_model(config.arch, config.encoder, weights, config.output_stride or None,
-                       atrous_rates_h=config.atrous_rates_h, atrous_rates_w=config.atrous_rates_w)
+                       atrous_rates_h=config.atrous_rates_h, atrous_rates_w=config.atrous_rates_w,
+                       aux_classes=4 if config.cls_weight > 0 else 0)
 
 
 def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -147,13 +147,41 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def fold_args(args) -> tuple[Path, Path, list[int]]:
-    """--runs, --folds-csv (default RUNS/folds.csv), --folds (default: all of folds.csv)."""
-    from competition.oof import parse_folds
+def fold_args(args) -> tuple:
+    """--runs, --weights, --classifiers, --classifier-weights (an oof.Runs), --folds-csv
+    (default: the first run's folds.csv), --folds (default: all of folds.csv)."""
+    from competition.oof import Runs, parse_folds
 
-    runs = Path(args.runs)
-    folds_csv = Path(args.folds_csv or runs / "folds.csv")
+    segmenters = run_list(args.runs, "--runs")
+    classifiers = (run_list(args.classifier_runs, "--classifier-runs")
+                   if args.classifier_runs else ())
+    runs = Runs(segmenters, run_weights(args.weights, segmenters, "--weights"), classifiers,
+                run_weights(args.classifier_weights, classifiers, "--classifier-weights"))
+    folds_csv = Path(args.folds_csv or segmenters[0] / "folds.csv")
     return runs, folds_csv, parse_folds(args.folds, folds_csv)
+
+
+def run_list(text: str, option: str) -> tuple[Path, ...]:
+    """'folds/a,folds/b' -> the run folders (each must exist)."""
+    runs = tuple(Path(r.strip()) for r in text.split(",") if r.strip())
+    missing = [r for r in runs if not r.is_dir()]
+    if not runs or missing:
+        raise InputError(f"{option} {text}: no run folder {missing[0] if missing else ''} "
+                         "(folders of fold<K>/best.pt, comma-separated)")
+    return runs
+
+
+def run_weights(text: str | None, runs: tuple, option: str) -> tuple[float, ...]:
+    """'1,0.5' -> one positive weight per run; None -> () (equal weights)."""
+    if text is None:
+        return ()
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise InputError(f"{option} {text}: expected comma-separated numbers") from None
+    if len(weights) != len(runs) or not all(w > 0 for w in weights):
+        raise InputError(f"{option} {text}: needs one positive weight per run ({len(runs)})")
+    return weights
 
 
 def cmd_oof(args) -> None:
@@ -162,8 +190,9 @@ def cmd_oof(args) -> None:
 
     runs, folds_csv, folds = fold_args(args)
     views, data, out = parse_tta(args.tta), Path(args.data), Path(args.out)
-    oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers)
-    result = oof.tune(runs, folds, out, args.min_areas, data)
+    stats_dir = Path(args.oof_dir or out / "oof")
+    oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers, stats_dir)
+    result = oof.tune(stats_dir, folds, out, args.min_areas, data)
     print_search(result, out)
     if args.skip_oof_csv:
         return
@@ -175,7 +204,7 @@ def cmd_oof(args) -> None:
 
     oof_csv = out / "oof.csv"
     predict_oof(data, runs, folds_csv, folds, read_params(out / "postprocess.json"), views,
-                oof_csv, args.batch_size, args.workers)
+                oof_csv, args.batch_size, args.workers, str(out / "postprocess.json"))
     scored = score_tables(read_table(oof_csv)[0], read_table(data / "train.csv")[0])
     print(f"wrote {oof_csv}; scored from the CSV against {data / 'train.csv'}: mean Dice "
           f"{scored['mean_dice']:.5f} (the search: {result['oof_mean_dice']:.5f})")
@@ -184,18 +213,34 @@ def cmd_oof(args) -> None:
 def cmd_search(args) -> None:
     from competition import oof
 
-    runs, _, folds = fold_args(args)
+    out = Path(args.out)
+    stats_dir = Path(args.oof_dir or out / "oof")
+    folds = oof.parse_folds(args.folds, None) if args.folds else stored_folds(stats_dir)
     data = Path(args.data) if args.data else None
-    print_search(oof.tune(runs, folds, Path(args.out), args.min_areas, data), Path(args.out))
+    print_search(oof.tune(stats_dir, folds, out, args.min_areas, data), out)
+
+
+def stored_folds(stats_dir: Path) -> list[int]:
+    """The folds whose OOF statistics are under STATS/fold<k>/meta.json."""
+    found = sorted(int(p.parent.name[4:]) for p in stats_dir.glob("fold*/meta.json")
+                   if p.parent.name[4:].isdigit())
+    if not found:
+        raise InputError(f"{stats_dir}: no OOF statistics (fold<K>/meta.json); run "
+                         "`python -m competition oof` first")
+    return found
 
 
 def print_search(result: dict, out: Path) -> None:
-    print(f"{'class':>5} {'threshold':>9} {'min comp':>8} {'min area':>8} {'OOF dice':>9} "
-          f"{'raw 0.5':>8} {'empty':>7}")
+    print(f"{'class':>5} {'threshold':>9} {'min comp':>8} {'min area':>8} {'gate':>16} "
+          f"{'OOF dice':>9} {'no gate':>8} {'raw 0.5':>8} {'empty':>7}")
     for c, v in result["classes"].items():
         raw = "-" if v["raw_dice"] is None else f"{v['raw_dice']:.4f}"
+        gate = v.get("gate", {"kind": "none"})
+        shown = "none" if gate["kind"] == "none" else \
+            f"{' '.join(x for x in (gate['kind'], gate['source']) if x)} {gate['value']:g}"
+        none = v.get("gates", {}).get("none", {}).get("dice", v["oof_dice"])
         print(f"{c:>5} {v['threshold']:9.2f} {v['min_component']:8d} {v['min_area']:8d} "
-              f"{v['oof_dice']:9.4f} {raw:>8} {v['all_empty']:7.4f}")
+              f"{shown:>16} {v['oof_dice']:9.4f} {none:8.4f} {raw:>8} {v['all_empty']:7.4f}")
     raw = "-" if result["raw_mean_dice"] is None else f"{result['raw_mean_dice']:.4f}"
     print(f"OOF CV over {result['images']} images: mean Dice {result['oof_mean_dice']:.5f} "
           f"(raw threshold 0.5: {raw}; all-empty baseline {result['all_empty_baseline']:.5f})")
@@ -220,13 +265,17 @@ def cmd_predict(args) -> None:
     if args.oof:
         out = Path(args.out or "submissions/oof.csv")
         frame = predict.predict_oof(data, *fold_args(args), params, views, out,
-                                    args.batch_size, args.workers)
+                                    args.batch_size, args.workers, args.postprocess)
     else:
         out = Path(args.out or "submissions/submission.csv")
-        frame = predict.predict_test(data, checkpoint_paths(args.checkpoints), params, views,
-                                     out, args.batch_size, args.workers,
-                                     Path(args.sample) if args.sample else None,
-                                     None if args.time_limit is None else args.time_limit * 60)
+        seg, weights = checkpoint_paths(args.checkpoints, args.weights)
+        cls, cls_weights = (checkpoint_paths(args.classifiers, args.classifier_weights,
+                                             "--classifiers")
+                            if args.classifiers else ([], None))
+        frame = predict.predict_test(data, seg, params, views, out, args.batch_size,
+                                     args.workers, Path(args.sample) if args.sample else None,
+                                     None if args.time_limit is None else args.time_limit * 60,
+                                     weights, cls, cls_weights, args.postprocess)
     filled = int((frame.EncodedPixels != "").sum())
     print(f"wrote {out}: {len(frame)} rows, {filled} non-empty masks (validated)")
 
@@ -273,10 +322,12 @@ def cmd_kernel(args) -> None:
 
     out = Path(args.out)
     wheels = [w.strip() for w in args.wheels.split(",") if w.strip()]
-    sizes = kernel.build(args.owner, checkpoint_paths(args.checkpoints), Path(args.postprocess),
-                         out, args.name, wheels,
+    seg, weights = checkpoint_paths(args.checkpoints, args.weights)
+    cls, cls_weights = (checkpoint_paths(args.classifiers, args.classifier_weights,
+                                         "--classifiers") if args.classifiers else ([], None))
+    sizes = kernel.build(args.owner, seg, Path(args.postprocess), out, args.name, wheels,
                          Path(args.wheelhouse) if args.wheelhouse else None, args.accelerator,
-                         args.time_limit)
+                         args.time_limit, weights, cls, cls_weights)
     for kind, (folder, size) in sizes.items():
         files = sorted(p.name for p in folder.iterdir())
         print(f"{folder}: {size / 2**20:.1f} MiB: {', '.join(files)}")
@@ -367,15 +418,33 @@ def build_parser() -> argparse.ArgumentParser:
                        help="loader processes decoding JPEGs")
 
     def fold_options(p) -> None:
-        p.add_argument("--runs", default="folds", help="folder of fold<K>/best.pt runs")
-        p.add_argument("--folds-csv", default=None, help="folds file (default RUNS/folds.csv)")
+        p.add_argument("--runs", default="folds", help="folder of fold<K>/best.pt runs; "
+                       "comma-separated folders average an ensemble (any architectures)")
+        p.add_argument("--weights", default=None, help="one weight per run (default equal)")
+        p.add_argument("--classifier-runs", default=None,
+                       help="folders of classifier runs (train --task classify), averaged "
+                       "apart from the segmenters: their probabilities feed the gates")
+        p.add_argument("--classifier-weights", default=None,
+                       help="one weight per classifier run (default equal)")
+        p.add_argument("--folds-csv", default=None,
+                       help="folds file (default: the first run's folds.csv)")
         p.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+
+    def checkpoint_options(p) -> None:
+        p.add_argument("--checkpoints", default="folds/fold*/best.pt",
+                       help="glob or comma-separated globs of segmenter checkpoints, averaged "
+                       "(--weights: one per comma-separated part, shared by its files)")
+        p.add_argument("--classifiers", default=None,
+                       help="glob(s) of classifier checkpoints (train --task classify), "
+                       "averaged apart; needed when postprocess.json gates on them")
 
     def search_options(p) -> None:
         p.add_argument("--out", default="submissions",
                        help="folder for postprocess.json and cv_report/")
         p.add_argument("--min-areas", type=tuple_of(int), default=None,
                        help="min-area grid in pixels, comma-separated (default 0..6000)")
+        p.add_argument("--oof-dir", default=None,
+                       help="folder of the OOF statistics, fold<K>/ (default OUT/oof)")
 
     p = sub.add_parser("oof", help="out-of-fold statistics of each fold's best.pt, then the "
                        "post-processing search (postprocess.json, CV report)")
@@ -389,15 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_oof)
 
     p = sub.add_parser("search", help="re-run the post-processing search on stored OOF files")
-    fold_options(p)
+    p.add_argument("--folds", default=None, help="comma-separated folds (default: all stored)")
     search_options(p)
     p.add_argument("--data", default=None, help="dataset for the overlays (default: the OOF's)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("predict", help="fold ensemble + TTA + post-processing -> submission CSV")
     inference_options(p)
-    p.add_argument("--checkpoints", default="folds/fold*/best.pt",
-                   help="glob or comma-separated checkpoint files averaged")
+    checkpoint_options(p)
     p.add_argument("--tta", default=None,
                    help=f"views ({TTA_HELP}); default: those postprocess.json was tuned with")
     p.add_argument("--postprocess", default="submissions/postprocess.json")
@@ -416,8 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kernel", help="Kaggle bundle: weights and code datasets, offline "
                        "inference kernel (--push uploads them)")
     p.add_argument("--owner", required=True, help="your Kaggle user name (owns the datasets)")
-    p.add_argument("--checkpoints", default="folds/fold*/best.pt",
-                   help="glob or comma-separated checkpoint files averaged")
+    checkpoint_options(p)
+    p.add_argument("--weights", default=None, help="one weight per comma-separated part of "
+                   "--checkpoints (default equal)")
+    p.add_argument("--classifier-weights", default=None,
+                   help="one weight per comma-separated part of --classifiers")
     p.add_argument("--postprocess", default="submissions/postprocess.json")
     p.add_argument("--out", default="kaggle", help="folder of weights/, code/ and kernel/")
     p.add_argument("--name", default="severstal-deeplabv3",

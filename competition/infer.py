@@ -22,6 +22,7 @@ import torch
 
 from competition import checkpoint, data as data_lib
 from competition.errors import InputError
+from competition.model import split_output
 from competition.progress import progress
 
 # TTA view -> the image axes it flips, of (N, C, H, W). A flip is its own inverse.
@@ -53,40 +54,69 @@ def flip(x: torch.Tensor, view: str) -> torch.Tensor:
 
 @dataclass
 class Ensemble:
-    """Models of one architecture, in eval mode on one device, with their configs and the
-    checkpoint files they came from (named in errors; empty for models built in memory)."""
+    """Models in eval mode on one device, with their configs, the checkpoint files they came
+    from (named in errors; empty for models built in memory) and their weights in the average
+    (empty: equal). Segmenters may differ in architecture, encoder, crop size and output
+    stride: each predicts full-size (N, 4, 256, 1600) probabilities, which are averaged."""
     models: list
     configs: list
     paths: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+
+    def weight(self, i: int) -> float:
+        return float(self.weights[i]) if self.weights else 1.0
 
 
-def checkpoint_paths(pattern: str) -> list[Path]:
-    """A glob ('folds/fold*/best.pt') or comma-separated paths -> sorted existing files."""
-    paths = []
-    for part in pattern.split(","):
-        found = sorted(glob.glob(part.strip()))
+WEIGHTS_OPTION = {"--checkpoints": "--weights", "--classifiers": "--classifier-weights"}
+
+
+def checkpoint_paths(pattern: str, weights: str | None = None,
+                     option: str = "--checkpoints") -> tuple[list[Path], list[float]]:
+    """A glob ('folds/fold*/best.pt') or comma-separated globs -> sorted existing files and
+    their weights. `weights`: one number per comma-separated part (a run), shared equally by
+    the files it matches, so a run of five folds weighs what a run of one does; None: every
+    file 1 (the plain mean over files)."""
+    parts = [part.strip() for part in pattern.split(",") if part.strip()]
+    per_part = [1.0] * len(parts)
+    if weights is not None:
+        named = WEIGHTS_OPTION[option]
+        try:
+            per_part = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise InputError(f"{named} {weights}: expected comma-separated numbers") from None
+        if len(per_part) != len(parts) or not all(w > 0 for w in per_part):
+            raise InputError(f"{named} {weights}: needs one positive weight per part of "
+                             f"{option} ({len(parts)})")
+    paths, out = [], []
+    for part, w in zip(parts, per_part):
+        found = sorted(glob.glob(part))
         if not found:
-            raise InputError(f"--checkpoints {part.strip()}: no such checkpoint file "
+            raise InputError(f"{option} {part}: no such checkpoint file "
                              "(train folds first: bash run.sh fold0 ...)")
         paths.extend(Path(p) for p in found)
-    return paths
+        out.extend([w / len(found) if weights is not None else 1.0] * len(found))
+    return paths, out
 
 
-def load_ensemble(paths: list[Path], device: torch.device) -> Ensemble:
-    """Load every checkpoint (EMA weights where kept). All must share architecture and
-    encoder: averaging the probabilities of unlike models is an error, not a silent mix."""
+ROLE = {"segment": ("segmenter", "--checkpoints"), "classify": ("classifier", "--classifiers")}
+
+
+def load_ensemble(paths: list[Path], device: torch.device, weights: list[float] | None = None,
+                  task: str = "segment") -> Ensemble:
+    """Load every checkpoint (EMA weights where kept). Each must be of `task` (a classifier
+    among the segmenters, or the reverse, is an error naming the option it belongs to)."""
     models, configs = [], []
     for path in paths:
         model, config = checkpoint.model_from(path, device)
-        if configs and (config.arch, config.encoder) != (configs[0].arch, configs[0].encoder):
-            raise InputError(f"{path}: {config.arch}/{config.encoder} differs from "
-                             f"{paths[0]}: {configs[0].arch}/{configs[0].encoder}; an ensemble "
-                             "takes checkpoints of one architecture")
+        if config.task != task:
+            role, option = ROLE[config.task]
+            raise InputError(f"{path}: a {role} (task {config.task}) among the {ROLE[task][0]}s;"
+                             f" pass it with {option}")
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         models.append(model)
         configs.append(config)
-    return Ensemble(models, configs, list(paths))
+    return Ensemble(models, configs, list(paths), list(weights or []))
 
 
 class NonFiniteLogits(InputError):
@@ -162,44 +192,96 @@ def model_dtype(config, dtype: torch.dtype | None) -> torch.dtype | None:
     return None if config.amp == "off" else dtype
 
 
+@dataclass
+class Output:
+    """What an ensemble predicts for a batch of N images, on the device, float32: `masks`
+    (N, 4, H, W) the segmenters' weighted mean probability over models and views; `maxprob`
+    (N, 4) its maximum over the pixels; `aux` (N, 4) the weighted mean of the image-level
+    heads of the segmenters that have one; `cls` (N, 4) the classifiers' weighted mean
+    (None where no model gives it)."""
+    masks: torch.Tensor
+    maxprob: torch.Tensor
+    aux: torch.Tensor | None = None
+    cls: torch.Tensor | None = None
+
+    def signals(self) -> dict:
+        """{"maxprob", "aux", "cls": (N, 4) float32 numpy} for the gates (those at hand)."""
+        return {k: getattr(self, k).cpu().numpy() for k in ("maxprob", "aux", "cls")
+                if getattr(self, k) is not None}
+
+
+def run_model(ensemble: Ensemble, m: int, batch: torch.Tensor, dtype):
+    """Model m of the ensemble on a (V*N, 3, H, W) batch -> (mask logits or None, image
+    logits or None), float32, checked (forward_checked; an error names its file)."""
+    model, config = ensemble.models[m], ensemble.configs[m]
+    inputs = batch.contiguous(memory_format=torch.channels_last) if config.channels_last \
+        else batch
+    try:
+        return split_output(forward_checked(model, inputs, model_dtype(config, dtype)))
+    except NonFiniteLogits as e:
+        name = ensemble.paths[m] if ensemble.paths else f"model {m} of the ensemble"
+        raise NonFiniteLogits(f"{name}: {e}") from None
+
+
+class Mean:
+    """A running weighted mean of tensors."""
+
+    def __init__(self):
+        self.total, self.weight = None, 0.0
+
+    def add(self, x: torch.Tensor, w: float) -> None:
+        x = x if w == 1.0 else x * w
+        self.total = x if self.total is None else self.total + x
+        self.weight += w
+
+    def value(self) -> torch.Tensor | None:
+        return None if self.total is None else self.total / self.weight
+
+
 @torch.no_grad()
+def predict_batch(ensemble: Ensemble, images: torch.Tensor, views: tuple[str, ...],
+                  dtype: torch.dtype | None, classifiers: Ensemble | None = None) -> Output:
+    """(N, 3, H, W) uint8 images on the device -> Output: sigmoids averaged over models
+    (weighted) and TTA views, each view's flip undone on the masks (image-level
+    probabilities need no undoing). `dtype`: the device's autocast dtype (None: fp32), used
+    by every model whose config allows it (model_dtype); every forward is checked."""
+    x = data_lib.normalize(images)
+    batch = torch.cat([flip(x, v) for v in views])  # (V*N, 3, H, W): one forward per model
+    n, v = len(images), len(views)
+    masks, aux, cls = Mean(), Mean(), Mean()
+    for m in range(len(ensemble.models)):
+        logits, labels = run_model(ensemble, m, batch, dtype)
+        probs = torch.sigmoid(logits)
+        for i, view in enumerate(views):
+            masks.add(flip(probs[i * n:(i + 1) * n], view), ensemble.weight(m))
+        if labels is not None:
+            aux.add(torch.sigmoid(labels).view(v, n, -1).mean(0), ensemble.weight(m))
+    for m in range(len(classifiers.models) if classifiers else 0):
+        _, labels = run_model(classifiers, m, batch, dtype)
+        cls.add(torch.sigmoid(labels).view(v, n, -1).mean(0), classifiers.weight(m))
+    mean = masks.value()
+    return Output(mean, mean.amax(dim=(2, 3)), aux.value(), cls.value())
+
+
 def probabilities(ensemble: Ensemble, images: torch.Tensor, views: tuple[str, ...],
                   dtype: torch.dtype | None) -> torch.Tensor:
     """(N, 3, H, W) uint8 images on the device -> (N, 4, H, W) float32 probabilities: the
-    mean over models and TTA views of sigmoid(logits), each view's flip undone. `dtype`:
-    the device's autocast dtype (None: fp32), used by every model whose config allows it
-    (model_dtype); every forward is checked (forward_checked)."""
-    x = data_lib.normalize(images)
-    batch = torch.cat([flip(x, v) for v in views])  # (V*N, 3, H, W): one forward per model
-    n = len(images)
-    total = None
-    for m, (model, config) in enumerate(zip(ensemble.models, ensemble.configs)):
-        inputs = batch.contiguous(memory_format=torch.channels_last) if config.channels_last \
-            else batch
-        try:
-            logits = forward_checked(model, inputs, model_dtype(config, dtype))
-        except NonFiniteLogits as e:
-            name = ensemble.paths[m] if ensemble.paths else f"model {m} of the ensemble"
-            raise NonFiniteLogits(f"{name}: {e}") from None
-        probs = torch.sigmoid(logits)
-        for i, view in enumerate(views):
-            p = flip(probs[i * n:(i + 1) * n], view)
-            total = p if total is None else total + p
-    return total / (len(ensemble.models) * len(views))
+    masks of predict_batch."""
+    return predict_batch(ensemble, images, views, dtype).masks
 
 
 def batches(ensemble: Ensemble, loader, views: tuple[str, ...], device: torch.device,
-            dtype: torch.dtype | None, desc: str):
-    """Yield (loader item, (N, 4, H, W) probabilities on the device) for every batch, with a
-    progress bar showing images per second. At the end, says on stderr how many of its
-    forwards were recomputed in fp32 (forward_checked), when any were."""
+            dtype: torch.dtype | None, desc: str, classifiers: Ensemble | None = None):
+    """Yield (loader item, Output on the device) for every batch, with a progress bar
+    showing images per second. At the end, says on stderr how many of its forwards were
+    recomputed in fp32 (forward_checked), when any were."""
     bar = progress(loader, desc=desc, unit="batch")
     seen, forwards, before, start = 0, 0, recomputed, time.perf_counter()
     for item in bar:
         images = item[0].to(device, non_blocking=True)
-        yield item, probabilities(ensemble, images, views, dtype)
+        yield item, predict_batch(ensemble, images, views, dtype, classifiers)
         seen += len(images)
-        forwards += len(ensemble.models)
+        forwards += len(ensemble.models) + (len(classifiers.models) if classifiers else 0)
         bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.1f}", refresh=False)
     if recomputed > before:
         print(f"warning: {desc}: {recomputed - before} of {forwards} batch forwards gave "

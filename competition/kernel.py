@@ -73,42 +73,58 @@ def title(slug: str) -> str:
 
 
 def model_names(paths: list[Path]) -> list[str]:
-    """folds/fold0/best.pt -> 'fold0' (the run folder), or model<i> when those repeat."""
-    names = [p.parent.name or p.stem for p in paths]
-    if len(set(names)) != len(names) or not all(OWNER.match(n) for n in names):
-        names = [f"model{i}" for i in range(len(paths))]
-    return names
+    """folds/fold0/best.pt -> 'fold0' (the run folder); 'unet-fold0' (run and fold) when
+    several runs share fold names; model<i> when those repeat too."""
+    for names in ([p.parent.name or p.stem for p in paths],
+                  [f"{p.parent.parent.name}-{p.parent.name}" for p in paths]):
+        if len(set(names)) == len(names) and all(OWNER.match(n) for n in names):
+            return names
+    return [f"model{i}" for i in range(len(paths))]
 
 
 def write_weights(folder: Path, paths: list[Path], postprocess: Path, owner: str,
-                  slug: str) -> dict:
-    """Slim checkpoints, configs, postprocess.json and the manifest. Every slim file is
-    loaded back as the kernel will load it (same architecture, weights that fit)."""
+                  slug: str, weights=None, classifiers=(), classifier_weights=None) -> dict:
+    """Slim checkpoints, configs, postprocess.json and the manifest (each model's file,
+    role (segment or classify), weight in its average, SHA-256). Every slim file is loaded
+    back as the kernel will load it (each of its task), and the gates of postprocess.json
+    must find the image-level probabilities they read among these models."""
     import torch
 
     from competition import checkpoint
     from competition.infer import load_ensemble, parse_tta
+    from competition.predict import check_sources
     from competition.search import read_params
 
     params = read_params(postprocess)
     if params.tta:
         parse_tta(params.tta, source=f"{postprocess}: \"tta\"")
     shutil.copyfile(postprocess, folder / "postprocess.json")
+    everything = list(paths) + list(classifiers)
+    roles = ["segment"] * len(paths) + ["classify"] * len(classifiers)
+    shares = list(weights or [1.0] * len(paths)) + list(
+        classifier_weights or [1.0] * len(classifiers))
     models = []
-    for path, name in zip(paths, model_names(paths)):
+    for path, name, role, share in zip(everything, model_names(everything), roles, shares):
         state = checkpoint.load(path)
         config = checkpoint.config_of(state, path)
         slim = {"config": state["config"], "model": state.get("ema") or state["model"],
                 "epoch": state.get("epoch"), "score": state.get("score")}
         checkpoint.save(folder / f"{name}.pt", slim)
         write_json(folder / f"{name}.config.json", state["config"])
-        score = (state.get("score") or {}).get("mean_dice")
-        models.append({"file": f"{name}.pt", "source": str(path), "arch": config.arch,
-                       "encoder": config.encoder, "epoch": state.get("epoch"),
-                       "val_dice": score, "sha256": sha256(folder / f"{name}.pt"),
+        score = state.get("score") or {}
+        models.append({"file": f"{name}.pt", "source": str(path), "role": role,
+                       "weight": float(share), "arch": config.arch, "encoder": config.encoder,
+                       "epoch": state.get("epoch"), "val_dice": score.get("mean_dice"),
+                       "val_score": score.get("score"),
+                       "sha256": sha256(folder / f"{name}.pt"),
                        "bytes": (folder / f"{name}.pt").stat().st_size})
-    load_ensemble([folder / m["file"] for m in models], torch.device("cpu"))
-    manifest = {"format": 1, "package": {"name": "competition", "version": __version__},
+    cpu = torch.device("cpu")
+    seg = [m for m in models if m["role"] == "segment"]
+    cls = [m for m in models if m["role"] == "classify"]
+    check_sources(params, load_ensemble([folder / m["file"] for m in seg], cpu),
+                  load_ensemble([folder / m["file"] for m in cls], cpu, task="classify")
+                  if cls else None, str(postprocess))
+    manifest = {"format": 2, "package": {"name": "competition", "version": __version__},
                 "models": models, "postprocess": "postprocess.json",
                 "tta": list(params.tta) if params.tta else None,
                 "built_with": {"python": sys.version.split()[0],
@@ -228,10 +244,13 @@ def size(folder: Path) -> int:
 def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
           name: str = "severstal-deeplabv3", wheels: tuple | list = DEFAULT_WHEELS,
           wheelhouse: Path | None = None, accelerator: str = DEFAULT_ACCELERATOR,
-          time_limit: float = DEFAULT_TIME_LIMIT) -> dict:
+          time_limit: float = DEFAULT_TIME_LIMIT, weights=None, classifiers=(),
+          classifier_weights=None) -> dict:
     """Write the bundle to `out` (replacing a previous bundle, refusing any other folder), the
     kernel asking for `accelerator` (a machine_shape) and stopping when its projected run
-    passes `time_limit` minutes. Returns {folder kind: (path, bytes)} for the three folders."""
+    passes `time_limit` minutes. The segmenters `checkpoints` and the `classifiers` are
+    averaged with their weights (None: equal), as `predict` averages them.
+    Returns {folder kind: (path, bytes)} for the three folders."""
     check_accelerator(accelerator)
     if not 0 < time_limit <= 60:
         raise InputError(f"--time-limit {time_limit}: minutes in (0, 60]; Kaggle stops a "
@@ -247,7 +266,8 @@ def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
     with atomic_dir(out) as tmp:
         for kind in ("weights", "code", "kernel"):
             (tmp / kind).mkdir()
-        write_weights(tmp / "weights", checkpoints, postprocess, owner, names["weights"])
+        write_weights(tmp / "weights", checkpoints, postprocess, owner, names["weights"],
+                      weights, classifiers, classifier_weights)
         write_code(tmp / "code", wheels, wheelhouse, owner, names["code"])
         write_kernel(tmp / "kernel", owner, names, accelerator, time_limit)
     return {kind: (out / kind, size(out / kind)) for kind in ("weights", "code", "kernel")}

@@ -98,17 +98,30 @@ def sha256(path: str) -> str:
 
 
 def checkpoints(weights: str) -> list:
-    """The manifest's model files, each checked against its recorded SHA-256."""
+    """The manifest's models as (role, path, weight), each file checked against its recorded
+    SHA-256 (a manifest before roles: segmenters of weight 1)."""
     with open(os.path.join(weights, MARKERS["weights"])) as f:
         manifest = json.load(f)
-    paths = []
+    models = []
     for model in manifest["models"]:
         path = os.path.join(weights, model["file"])
         if not os.path.isfile(path) or sha256(path) != model["sha256"]:
             raise SystemExit(f"error: {path}: missing or not the file the bundle was built "
                              "with (an older dataset version?)")
-        paths.append(path)
-    return paths
+        models.append((model.get("role", "segment"), path, model.get("weight", 1.0)))
+    return models
+
+
+def model_args(models: list) -> list:
+    """predict's options for the bundle's models: each file its own part, with its weight."""
+    args = []
+    for role, option in (("segment", "--checkpoints"), ("classify", "--classifiers")):
+        chosen = [(p, w) for r, p, w in models if r == role]
+        if chosen:
+            weights = "--weights" if role == "segment" else "--classifier-weights"
+            args += [option, ",".join(glob.escape(p) for p, _ in chosen),
+                     weights, ",".join(repr(float(w)) for _, w in chosen)]
+    return args
 
 
 def runs_on(capability: tuple, arch_list: list) -> bool:
@@ -169,7 +182,7 @@ def main() -> int:
         print(f"{kind}: {folder}")
     install(found["code"], os.environ.get("SEVERSTAL_PACKAGES") or
             os.path.join(tempfile.gettempdir(), "severstal-packages"))
-    paths = checkpoints(found["weights"])
+    models = checkpoints(found["weights"])
 
     import torch
 
@@ -181,7 +194,7 @@ def main() -> int:
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, GPU: {gpu}; "
           f"competition {competition.__version__} from {os.path.dirname(competition.__file__)}")
     left = TIME_LIMIT_MIN - (time.time() - start) / 60  # what the set-up left of the limit
-    code = run(["predict", "--data", found["data"], "--checkpoints", ",".join(paths),
+    code = run(["predict", "--data", found["data"], *model_args(models),
                 "--postprocess", os.path.join(found["weights"], "postprocess.json"),
                 "--out", "submission.csv", "--time-limit", f"{max(left, 0.01):.3f}"])
     print(f"kernel: {'submission.csv written' if code == 0 else 'failed'} in "

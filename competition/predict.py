@@ -16,6 +16,7 @@ import torch
 
 from competition import data as data_lib, submission
 from competition.errors import InputError
+from competition.gates import decide
 from competition.images import check_image, list_images
 from competition.infer import OneBehind, batches, device, load_ensemble
 from competition.labels import CLASSES, CURRENT, Sample, load_train, read_sample
@@ -64,13 +65,40 @@ class TimeLimit:
                 "stopped, nothing written (use fewer models or TTA views)")
 
 
+def gated_masks(pred, params: Params) -> torch.Tensor:
+    """An Output (infer.predict_batch) -> (N, 4, H, W) uint8 masks on its device: each
+    class's pixels above its threshold (per image where the class's gate scales it), emptied
+    where its gate says so. The comparisons are those of the OOF statistics: `probs > t`
+    with t a Python float of the grid, the gate's float32 signal against a Python float."""
+    thr, kept = decide(params.gate, params.threshold, params.thresholds, pred.signals())
+    probs = pred.masks
+    per_image = [params.gate[c]["kind"] == "scale" for c in range(probs.shape[1])]
+    masks = torch.stack([
+        torch.stack([probs[n, c] > float(thr[n, c]) for n in range(len(probs))])
+        if per_image[c] else probs[:, c] > float(params.threshold[c])
+        for c in range(probs.shape[1])], 1)
+    if not kept.all():
+        masks &= torch.from_numpy(kept).to(masks.device)[:, :, None, None]
+    return masks.to(torch.uint8)
+
+
+def check_sources(params: Params, ensemble, classifiers, where: str) -> None:
+    """The image-level probabilities the gates read must come from the models given."""
+    if "cls" in params.needs() and not classifiers:
+        raise InputError(f"{where} gates a class on the classifiers' probabilities: pass the "
+                         "classifier checkpoints with --classifiers")
+    if "aux" in params.needs() and not any(c.cls_weight > 0 for c in ensemble.configs):
+        raise InputError(f"{where} gates a class on the segmenters' image-level heads, and "
+                         "none of the segmenters given has one (trained with --cls-weight)")
+
+
 def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, dev,
            batch_size: int, workers: int, desc: str, out: dict,
-           limit: TimeLimit | None = None) -> None:
+           limit: TimeLimit | None = None, classifiers=None) -> None:
     """Predict `image_ids` of `folder` and put each (ImageId, ClassId)'s RLE into `out`.
-    Thresholds are applied on the device; component removal, the min-area step and the RLE
-    run on the CPU for batch i while the device computes batch i + 1. `limit` is told the
-    images done after every batch."""
+    Thresholds and gates are applied on the device (gated_masks); component removal, the
+    min-area step and the RLE run on the CPU for batch i while the device computes batch
+    i + 1. `limit` is told the images done after every batch."""
     dataset = data_lib.ImageDataset(folder, image_ids)
     loader = data_lib.loader(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
 
@@ -82,10 +110,9 @@ def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, 
     # the device's autocast dtype; a model whose config says amp "off" runs in fp32 (model_dtype)
     done = 0
     with OneBehind() as cpu:
-        for (_, index), probs in batches(ensemble, loader, views, dev, amp_dtype("auto", dev),
-                                         desc):
-            masks = torch.stack([probs[:, c] > t for c, t in enumerate(params.threshold)], 1)
-            cpu.submit(finish, masks.to(torch.uint8).cpu().numpy(), index.tolist())
+        for (_, index), pred in batches(ensemble, loader, views, dev, amp_dtype("auto", dev),
+                                        desc, classifiers):
+            cpu.submit(finish, gated_masks(pred, params).cpu().numpy(), index.tolist())
             done += len(index)
             if limit is not None:
                 limit.update(done)
@@ -125,36 +152,51 @@ def report_rate(n_images: int, n_models: int, views, seconds: float) -> None:
 
 def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out: Path,
                  batch_size: int, workers: int, sample_path: Path | None = None,
-                 time_limit: float | None = None) -> pd.DataFrame:
-    """time_limit: seconds the prediction may take (TimeLimit), counted from its first batch
-    being asked for; None: no limit."""
+                 time_limit: float | None = None, weights=None, classifiers=(),
+                 classifier_weights=None, where: str = "postprocess.json") -> pd.DataFrame:
+    """The segmenters `checkpoints` (weighted by `weights`, default equal) and the
+    `classifiers` predict the test images. time_limit: seconds the prediction may take
+    (TimeLimit), counted from its first batch being asked for; None: no limit."""
     sample, image_ids = test_sample(data, sample_path)
     dev = device()
-    ensemble = load_ensemble(checkpoints, dev)
+    ensemble = load_ensemble(checkpoints, dev, weights)
+    cls = load_ensemble(list(classifiers), dev, classifier_weights, task="classify") \
+        if classifiers else None
+    check_sources(params, ensemble, cls, where)
     encoded: dict = {}
     start = time.perf_counter()
     limit = None if time_limit is None else TimeLimit(time_limit, len(image_ids))
     encode(ensemble, data / "test_images", image_ids, params, views, dev, batch_size, workers,
-           "predict", encoded, limit)
-    report_rate(len(image_ids), len(checkpoints), views, time.perf_counter() - start)
+           "predict", encoded, limit, cls)
+    report_rate(len(image_ids), len(checkpoints) + len(classifiers), views,
+                time.perf_counter() - start)
     return submission.write(out, sample, encoded)
 
 
-def predict_oof(data: Path, runs: Path, folds_csv: Path, folds: list[int], params: Params,
-                views, out: Path, batch_size: int, workers: int) -> pd.DataFrame:
-    """Each fold's validation images predicted by runs/fold<k>/best.pt alone."""
-    from competition.oof import fold_runs
+def predict_oof(data: Path, runs, folds_csv: Path, folds: list[int], params: Params,
+                views, out: Path, batch_size: int, workers: int,
+                where: str = "postprocess.json") -> pd.DataFrame:
+    """Each fold's validation images predicted by that fold's models alone: runs is an
+    oof.Runs (or one run folder), averaged as `oof` averaged them."""
+    from competition.oof import as_runs, fold_runs
 
     image_ids, _ = load_train(data)
+    runs = as_runs(runs)
     todo = fold_runs(runs, folds_csv, folds, image_ids)
     dev = device()
-    ensembles = [load_ensemble([ckpt], dev) for _, _, ckpt in todo]
+    ensembles = [(load_ensemble(seg, dev, list(runs.weights) or None),
+                  load_ensemble(cls, dev, list(runs.classifier_weights) or None, "classify")
+                  if cls else None) for _, _, seg, cls in todo]
+    for ensemble, cls in ensembles:
+        check_sources(params, ensemble, cls, where)
     encoded: dict = {}
     start = time.perf_counter()
-    for (k, val_ids, _), ensemble in zip(todo, ensembles):
+    for (k, val_ids, _, _), (ensemble, cls) in zip(todo, ensembles):
         encode(ensemble, data / "train_images", val_ids, params, views, dev, batch_size,
-               workers, f"oof fold {k}", encoded)
-    report_rate(sum(len(ids) for _, ids, _ in todo), 1, views, time.perf_counter() - start)
-    pairs = pd.DataFrame([(i, c) for _, ids, _ in todo for i in ids for c in CLASSES],
+               workers, f"oof fold {k}", encoded, classifiers=cls)
+    n_models = len(runs.segmenters) + len(runs.classifiers)
+    report_rate(sum(len(ids) for _, ids, _, _ in todo), n_models, views,
+                time.perf_counter() - start)
+    pairs = pd.DataFrame([(i, c) for _, ids, _, _ in todo for i in ids for c in CLASSES],
                          columns=["ImageId", "ClassId"])
     return submission.write(out, Sample(CURRENT, "current", pairs), encoded)

@@ -26,7 +26,8 @@ def synthetic(tmp_path_factory):
 
 def random_checkpoint(path, seed=0, scale=30.0, **overrides):
     """A best.pt of an untrained demo_cpu model whose head is scaled up, so that its
-    probabilities spread over (0, 1) with structure in space: inference without training."""
+    probabilities spread over (0, 1) with structure in space: inference without training.
+    overrides: config fields (task="classify" for a classifier, cls_weight for a head)."""
     import torch
 
     from competition import checkpoint
@@ -37,9 +38,12 @@ def random_checkpoint(path, seed=0, scale=30.0, **overrides):
     torch.manual_seed(seed)
     model = from_config(config, "none")
     state = model.state_dict()
-    head = [k for k in state if k.endswith(".weight")][-1]
-    state[head] *= scale
-    state[head.replace(".weight", ".bias")] *= scale
+    weights = [k for k in state if k.endswith(".weight")]
+    masks = [k for k in weights if not k.startswith("classification_head")]
+    labels = [k for k in weights if k.startswith("classification_head")]
+    for head in masks[-1:] + labels[-1:]:  # the mask head; an image-level head too
+        state[head] *= scale
+        state[head.replace(".weight", ".bias")] *= scale
     checkpoint.save(path, {"config": to_dict(config), "model": state, "ema": None, "epoch": 1,
                            "step": 1})
     return path

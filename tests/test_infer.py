@@ -20,9 +20,9 @@ def record_batches(monkeypatch, module) -> dict:
     seen = {}
 
     def recording(*args, **kwargs):
-        for item, probs in infer.batches(*args, **kwargs):
-            seen.update(zip(item[-1].tolist(), probs.cpu()))
-            yield item, probs
+        for item, pred in infer.batches(*args, **kwargs):
+            seen.update(zip(item[-1].tolist(), pred.masks.cpu()))
+            yield item, pred
     monkeypatch.setattr(module, "batches", recording)
     return seen
 
@@ -108,25 +108,39 @@ def test_ensemble_averages_probabilities_not_logits():
     assert got.tolist() == pytest.approx(expected, abs=1e-7)
 
 
-def test_checkpoint_paths_glob_and_list(tmp_path):
-    for k in (1, 0):
-        (tmp_path / f"fold{k}").mkdir()
-        (tmp_path / f"fold{k}" / "best.pt").write_bytes(b"x")
-    found = infer.checkpoint_paths(str(tmp_path / "fold*" / "best.pt"))
-    assert [p.parent.name for p in found] == ["fold0", "fold1"]
-    assert len(infer.checkpoint_paths(f"{found[0]},{found[1]}")) == 2
+def test_checkpoint_paths_glob_list_and_weights(tmp_path):
+    for run, k in (("a", 1), ("a", 0), ("b", 0)):
+        (tmp_path / run / f"fold{k}").mkdir(parents=True)
+        (tmp_path / run / f"fold{k}" / "best.pt").write_bytes(b"x")
+    found, weights = infer.checkpoint_paths(str(tmp_path / "a" / "fold*" / "best.pt"))
+    assert [p.parent.name for p in found] == ["fold0", "fold1"] and weights == [1.0, 1.0]
+    assert len(infer.checkpoint_paths(f"{found[0]},{found[1]}")[0]) == 2
+    # a weight per comma-separated part (a run), shared by its files
+    both = f"{tmp_path / 'a' / 'fold*' / 'best.pt'},{tmp_path / 'b' / 'fold0' / 'best.pt'}"
+    found, weights = infer.checkpoint_paths(both, "1,3")
+    assert [p.parent.parent.name for p in found] == ["a", "a", "b"]
+    assert weights == [0.5, 0.5, 3.0]
+    with pytest.raises(InputError, match="--weights 1: needs one positive weight per part"):
+        infer.checkpoint_paths(both, "1")
+    with pytest.raises(InputError, match="--classifier-weights 1,x: expected comma-separated"):
+        infer.checkpoint_paths(both, "1,x", "--classifiers")
     with pytest.raises(InputError, match="fold7.*no such checkpoint"):
         infer.checkpoint_paths(str(tmp_path / "fold7" / "best.pt"))
 
 
-def test_load_ensemble_refuses_mixed_architectures_and_class_counts(tmp_path):
+def test_load_ensemble_mixes_architectures_and_refuses_tasks_and_class_counts(tmp_path):
     a = random_checkpoint(tmp_path / "a.pt")
-    b = random_checkpoint(tmp_path / "b.pt", arch="fpn")
-    ens = infer.load_ensemble([a, a], torch.device("cpu"))
+    b = random_checkpoint(tmp_path / "b.pt", arch="unet")
+    ens = infer.load_ensemble([a, b], torch.device("cpu"), [1.0, 2.0])
     assert len(ens.models) == 2 and not ens.models[0].training
-    with pytest.raises(InputError, match="b.pt: fpn/resnet18 differs from .*a.pt: "
-                                         "deeplabv3/resnet18"):
-        infer.load_ensemble([a, b], torch.device("cpu"))
+    assert [c.arch for c in ens.configs] == ["deeplabv3", "unet"] and ens.weight(1) == 2.0
+    c = random_checkpoint(tmp_path / "c.pt", task="classify")
+    with pytest.raises(InputError, match="c.pt: a classifier .* among the segmenters; pass it "
+                                         "with --classifiers"):
+        infer.load_ensemble([a, c], torch.device("cpu"))
+    with pytest.raises(InputError, match="a.pt: a segmenter .* among the classifiers; pass it "
+                                         "with --checkpoints"):
+        infer.load_ensemble([c, a], torch.device("cpu"), task="classify")
     from competition import checkpoint
     state = checkpoint.load(a)
     state["model"]["segmentation_head.0.weight"] = torch.zeros(5, 256, 1, 1)
@@ -135,6 +149,39 @@ def test_load_ensemble_refuses_mixed_architectures_and_class_counts(tmp_path):
     with pytest.raises(InputError, match="five.pt: its weights do not fit deeplabv3/resnet18 "
                                          "with 4 classes .*size mismatch"):
         infer.load_ensemble([a, tmp_path / "five.pt"], torch.device("cpu"))
+
+
+def test_weighted_ensemble_and_image_level_outputs_equal_a_direct_computation(tmp_path):
+    """Two segmenters of different architectures (one with an image-level head) and a
+    classifier: predict_batch's masks are the weighted mean of each model's sigmoid over the
+    views (flips undone), its aux and cls the view means of the heads' sigmoids."""
+    a = random_checkpoint(tmp_path / "a.pt", cls_weight=0.5)
+    b = random_checkpoint(tmp_path / "b.pt", seed=1, arch="unet")
+    c = random_checkpoint(tmp_path / "c.pt", seed=2, task="classify")
+    cpu = torch.device("cpu")
+    seg = infer.load_ensemble([a, b], cpu, [1.0, 3.0])
+    cls = infer.load_ensemble([c], cpu, task="classify")
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    views = ("none", "hflip")
+    out = infer.predict_batch(seg, images, views, None, cls)
+    from competition.data import normalize
+    x = normalize(images)
+    with torch.no_grad():
+        ma, la = seg.models[0](x)
+        ma_f, la_f = seg.models[0](x.flip(3))
+        mb, mb_f = seg.models[1](x), seg.models[1](x.flip(3))
+        lc, lc_f = cls.models[0](x), cls.models[0](x.flip(3))
+    s = torch.sigmoid
+    masks = (s(ma) + s(ma_f).flip(3) + 3 * s(mb) + 3 * s(mb_f).flip(3)) / 8
+    torch.testing.assert_close(out.masks, masks, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.maxprob, masks.amax(dim=(2, 3)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.aux, (s(la) + s(la_f)) / 2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.cls, (s(lc) + s(lc_f)) / 2, rtol=0, atol=1e-6)
+    assert (out.aux - out.cls).abs().max() > 1e-3, "the two sources differ"
+    assert set(out.signals()) == {"maxprob", "aux", "cls"}
+    alone = infer.predict_batch(infer.load_ensemble([b], cpu), images, views, None)
+    assert alone.aux is None and alone.cls is None
 
 
 def test_one_behind_runs_in_order_and_raises_errors():

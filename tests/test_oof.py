@@ -93,9 +93,10 @@ def test_npy_stream_refuses_a_short_file(tmp_path):
 
 
 def test_search_cv_equals_the_score_of_the_oof_submission(synthetic, runs, tmp_path):
-    oof.run(synthetic, runs, runs / "folds.csv", [0, 1], VIEWS, batch_size=4, workers=0)
     out = tmp_path / "sub"
-    result = oof.tune(runs, [0, 1], out, min_areas=(0,))  # no area step: masks survive
+    oof.run(synthetic, runs, runs / "folds.csv", [0, 1], VIEWS, batch_size=4, workers=0,
+            stats_dir=out / "oof")
+    result = oof.tune(out / "oof", [0, 1], out, min_areas=(0,))  # no area step: masks survive
     assert (out / "postprocess.json").is_file()
     assert {"cv_report.md", "dice_vs_threshold.png", "oof_overlays.png"} <= {
         p.name for p in (out / "cv_report").iterdir()}

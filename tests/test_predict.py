@@ -1,5 +1,6 @@
 """Test-set prediction: the ensemble's masks against a direct computation, the sample's
 rows and order, and bad input that must leave an existing submission untouched."""
+import dataclasses
 import json
 import shutil
 
@@ -19,6 +20,8 @@ from conftest import random_checkpoint, small_test_set
 from test_cli import one_line_error, run
 from test_infer import assert_one_by_one, record_batches
 
+GATE_CLS = {"kind": "gate", "source": "cls", "value": 0.5}
+GATE_AUX = {"kind": "scale", "source": "aux", "value": 5.0}
 PARAMS = Params((0.3, 0.5, 0.6, 0.7), (0, 30, 100, 400), (0, 50, 500, 1000))
 VIEWS = ("none", "hflip", "vflip")
 
@@ -157,8 +160,16 @@ def test_bad_input_is_one_error_and_keeps_the_old_submission(data, ckpts, tmp_pa
     first.write_bytes(b"not a jpeg")
     fails(f"{first.name}: unreadable image", folder=corrupt)
 
-    fpn = random_checkpoint(tmp_path / "fpn.pt", arch="fpn")
-    fails("fpn.pt: fpn/resnet18 differs", paths=[ckpts[0], fpn])
+    classifier = random_checkpoint(tmp_path / "cls.pt", task="classify")
+    fails("cls.pt: a classifier .* pass it with --classifiers", paths=[ckpts[0], classifier])
+    gated = dataclasses.replace(PARAMS, gate=(GATE_CLS, *PARAMS.gate[1:]))
+    with pytest.raises(InputError, match="gates a class on the classifiers' probabilities: "
+                                         "pass the classifier checkpoints with --classifiers"):
+        predict_test(data, ckpts, gated, ("none",), out, 4, 0)
+    gated = dataclasses.replace(PARAMS, gate=(*PARAMS.gate[:3], GATE_AUX))
+    with pytest.raises(InputError, match="none of the segmenters given has one"):
+        predict_test(data, ckpts, gated, ("none",), out, 4, 0)
+    assert out.read_text() == "the previous submission\n"
     diverged = random_checkpoint(tmp_path / "diverged.pt", scale=float("nan"))  # NaN head
     fails(f"^{diverged}: the model produces non-finite logits in fp32 \\(",
           paths=[ckpts[0], diverged])

@@ -1,0 +1,173 @@
+"""The image-level gates: their arithmetic on hand-worked pairs, the search's tables against a
+slow reference that scores every candidate pair by pair, and predict's masks by hand."""
+import numpy as np
+import pytest
+import torch
+
+from competition import gates, search
+from competition.errors import InputError
+from competition.infer import Output
+from competition.predict import gated_masks
+from competition.search import Params
+
+GRID = {"threshold": [0.3, 0.5], "min_component": [0], "min_area": [0]}
+
+
+def test_scaled_threshold_by_hand():
+    grid = [round(0.30 + 0.05 * i, 2) for i in range(12)]  # 0.30 .. 0.85
+    p = np.array([1.0, 0.95, 0.9, 0.5, 0.0], np.float32)
+    # t = 0.5 * 5 - 0.5 * 4 * p = 2.5 - 2p: 0.5, 0.6, 0.7, 1.5 and 2.5, the last two clipped
+    assert [grid[i] for i in gates.scaled_index(grid, 0.5, 5.0, p)] == [0.5, 0.6, 0.7, 0.85,
+                                                                       0.85]
+    # c = 1 is the identity; t0 = 0.3, c = 2: t = 0.6 - 0.3p; p = 0.6 -> 0.42: nearest 0.40
+    assert [grid[i] for i in gates.scaled_index(grid, 0.3, 1.0, p)] == [0.3] * 5
+    assert grid[gates.scaled_index(grid, 0.3, 2.0, np.float32(0.6))] == 0.4
+
+
+def hand_pairs():
+    """Class 1 of four images (the other classes all empty, predicted empty):
+    img  truth  area/inter at t=0.3  at t=0.5   p_cls  maxprob
+    0    0      10 / 0               10 / 0     0.1    0.97   a false positive
+    1    100    100 / 80             60 / 60    0.9    0.95
+    2    0      0                    0          0.2    0.2
+    3    50     40 / 40              20 / 20    0.3    0.7
+    """
+    stats = np.zeros((4, 4, 2, 1, 2), np.int32)
+    stats[:, 0, :, 0] = [[[10, 0], [10, 0]], [[100, 80], [60, 60]], [[0, 0], [0, 0]],
+                         [[40, 40], [20, 20]]]
+    truth = np.zeros((4, 4), np.int64)
+    truth[:, 0] = [0, 100, 0, 50]
+    signals = {"cls": np.zeros((4, 4), np.float32), "maxprob": np.zeros((4, 4), np.float32)}
+    signals["cls"][:, 0] = [0.1, 0.9, 0.2, 0.3]
+    signals["maxprob"][:, 0] = [0.97, 0.95, 0.2, 0.7]
+    return stats, truth, signals
+
+
+def test_gates_on_hand_worked_pairs():
+    stats, truth, signals = hand_pairs()
+    result, _ = search.search(stats, truth, np.zeros(4, int), GRID, signals)
+    one = result["classes"]["1"]
+    # no gate: t = 0.3 gives Dice 0, 2*80/200, 1, 2*40/90; t = 0.5 gives 0, 2*60/160, 1, 2*20/70
+    none = (0 + 0.8 + 1 + 80 / 90) / 4
+    assert one["gates"]["none"]["dice"] == pytest.approx(none, abs=1e-12)
+    assert one["gates"]["none"]["threshold"] == 0.3
+    # gate on p_cls: g = 0.05 and 0.1 empty nothing (0.1 < 0.1 is false); g = 0.2 empties
+    # image 0 (a saved empty pair, Dice 1); 0.3 adds image 2 (empty anyway); 0.4 loses image 3
+    gate = one["gates"]["gate cls"]
+    assert gate["value"] == 0.2 and gate["dice"] == pytest.approx((1 + 0.8 + 1 + 80 / 90) / 4)
+    assert (gate["empty_saved"], gate["defect_lost"]) == (1, 0)
+    # maxprob: image 0's 0.97 is above image 1's 0.95: no g helps; the mildest (0.5) is kept
+    mp = one["gates"]["maxprob"]
+    assert mp["value"] == 0.5 and mp["dice"] == pytest.approx(none, abs=1e-12)
+    assert one["gate"] == {"kind": "gate", "source": "cls", "value": 0.2}
+    assert one["oof_dice"] == pytest.approx(gate["dice"])
+    assert result["oof_mean_dice"] == pytest.approx((gate["dice"] + 3) / 4)
+    # a gate that cannot beat "none" is not chosen
+    flat = {"cls": np.full((4, 4), 0.5, np.float32), "maxprob": signals["maxprob"]}
+    flat["cls"][:, 0] = 1.0
+    result, _ = search.search(stats, truth, np.zeros(4, int), GRID, flat)
+    assert result["classes"]["1"]["gate"] == gates.NONE
+    assert result["classes"]["1"]["oof_dice"] == pytest.approx(none, abs=1e-12)
+
+
+def reference(stats, truth, signals, grid, gate):
+    """The slow obvious way: one class, each (threshold, min_component, min_area) and each
+    pair in Python: the gate's threshold for the pair, then the emptying, then Dice."""
+    thresholds, comps, areas = grid["threshold"], grid["min_component"], grid["min_area"]
+    table = np.zeros((len(thresholds), len(comps), len(areas)))
+    for k in range(len(thresholds)):
+        for m in range(len(comps)):
+            for a, min_area in enumerate(areas):
+                total = 0.0
+                for n in range(len(truth)):
+                    kk, keep = k, True
+                    if gate["kind"] == "scale":
+                        p = float(signals[gate["source"]][n])
+                        t = thresholds[k] * gate["value"] - thresholds[k] * (gate["value"] - 1) * p
+                        kk = min(range(len(thresholds)), key=lambda i: (abs(thresholds[i] - t), i))
+                    elif gate["kind"] != "none":
+                        key = "maxprob" if gate["kind"] == "maxprob" else gate["source"]
+                        keep = not signals[key][n] < np.float32(gate["value"])
+                    area, inter = stats[n, kk, m]
+                    if not keep or area < min_area:
+                        area, inter = 0, 0
+                    t_area = truth[n]
+                    total += 1.0 if area + t_area == 0 else 2 * inter / (area + t_area)
+                table[k, m, a] = total / len(truth)
+    return table
+
+
+def random_pairs(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    area = -np.sort(-rng.integers(0, 400, (n, 4, 4, 3)), axis=2)  # falls with the threshold
+    area = -np.sort(-area, axis=3) * (rng.random((n, 4, 1, 1)) < 0.6)
+    truth = rng.integers(1, 300, (n, 4)) * (rng.random((n, 4)) < 0.3)
+    inter = np.minimum((area * rng.random((n, 4, 1, 1))).astype(int), truth[..., None, None])
+    signals = {k: rng.random((n, 4)).astype(np.float32) for k in ("maxprob", "aux", "cls")}
+    return np.stack([area, inter], -1).astype(np.int32), truth, signals
+
+
+def test_every_gate_kind_equals_the_slow_reference():
+    stats, truth, signals = random_pairs()
+    grid = {"threshold": [0.3, 0.45, 0.6, 0.75], "min_component": [0, 50, 100],
+            "min_area": [0, 100, 250]}
+    for c in range(4):
+        sig = {k: v[:, c] for k, v in signals.items()}
+        best, plain = search.class_choices(stats[:, c], truth[:, c], sig, grid["threshold"],
+                                           grid["min_area"])
+        np.testing.assert_allclose(plain, reference(stats[:, c], truth[:, c], sig, grid,
+                                                    gates.NONE), atol=1e-12)
+        assert set(best) == {"none", "gate aux", "gate cls", "scale aux", "scale cls", "maxprob"}
+        for name, b in best.items():
+            values = gates.GATES.get(b["gate"]["kind"], [None])
+            tables = [reference(stats[:, c], truth[:, c], sig, grid, {**b["gate"], "value": v})
+                      for v in values]
+            assert b["dice"] == pytest.approx(max(t.max() for t in tables), abs=1e-12), name
+            chosen = values.index(b["gate"]["value"])
+            assert tables[chosen][b["k"], b["m"], b["a"]] == pytest.approx(b["dice"], abs=1e-12)
+            # the mildest value reaching the best
+            assert all(t.max() < b["dice"] - 1e-12 for t in tables[:chosen]), name
+
+
+def test_the_chosen_gate_is_never_worse_than_none_on_oof():
+    for seed in range(3):
+        stats, truth, signals = random_pairs(seed=seed)
+        result, _ = search.search(stats, truth, np.arange(60) % 3, {
+            "threshold": [0.3, 0.4, 0.5, 0.7], "min_component": [0, 50, 90],
+            "min_area": [0, 200]},
+            signals)
+        for v in result["classes"].values():
+            assert v["oof_dice"] >= v["gates"]["none"]["dice"]
+            assert v["oof_dice"] == max(g["dice"] for g in v["gates"].values())
+
+
+def test_a_non_finite_signal_is_an_error():
+    signals = {"cls": np.array([[0.5, np.nan, 0.1, 0.2]], np.float32)}
+    with pytest.raises(InputError, match="oof/fold0: cls of row 0 is nan"):
+        gates.check_signals(signals, 1, "oof/fold0")
+
+
+def test_predict_masks_by_hand():
+    """Two images, 1x3 pixels. Class 1 gated on cls at 0.5, class 2 scaled on aux (t0 0.5,
+    c 5, grid 0.3..0.8), class 3 maxprob 0.8, class 4 none at 0.5."""
+    probs = torch.tensor([[[[0.6, 0.4, 0.9]], [[0.55, 0.75, 0.65]], [[0.7, 0.75, 0.2]],
+                           [[0.5, 0.51, 0.49]]],
+                          [[[0.6, 0.4, 0.9]], [[0.55, 0.75, 0.65]], [[0.9, 0.1, 0.85]],
+                           [[0.0, 1.0, 0.5]]]])
+    pred = Output(probs, probs.amax(dim=(2, 3)),
+                  aux=torch.tensor([[0, 1.0, 0, 0], [0, 0.95, 0, 0]]),
+                  cls=torch.tensor([[0.4, 0, 0, 0], [0.5, 0, 0, 0]]))
+    params = Params((0.5, 0.5, 0.5, 0.5), (0,) * 4, (0,) * 4, None, (
+        {"kind": "gate", "source": "cls", "value": 0.5},
+        {"kind": "scale", "source": "aux", "value": 5.0},
+        {"kind": "maxprob", "source": None, "value": 0.8}, gates.NONE),
+        (0.3, 0.4, 0.5, 0.6, 0.7, 0.8))
+    got = gated_masks(pred, params).numpy()[:, :, 0]
+    expected = np.array([
+        # class 1: image 0's p_cls 0.4 < 0.5: emptied; image 1's 0.5 passes: probs > 0.5
+        # class 2: aux 1.0 keeps t = 0.5; aux 0.95 gives t = 2.5 - 1.9 = 0.6
+        # class 3: maxprob 0.75 < 0.8 empties image 0; image 1 (0.9) > 0.5
+        # class 4: > 0.5
+        [[0, 0, 0], [1, 1, 1], [0, 0, 0], [0, 1, 0]],
+        [[1, 0, 1], [0, 1, 1], [1, 0, 1], [0, 1, 0]]], np.uint8)
+    np.testing.assert_array_equal(got, expected)

@@ -8,14 +8,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from competition import infer, oof
+from competition import gates, infer, oof
 from competition.data import SteelDataset
 from competition.labels import by_image, load_train, read_table
 from competition.metric import score_tables
 from competition.predict import predict_oof
-from competition.search import read_params
+from competition.search import Params, read_params
 from conftest import random_checkpoint
-from test_infer import assert_one_by_one, record_batches
+from test_infer import ATOL, assert_one_by_one, record_batches
 
 VIEWS = ("none", "hflip")
 THRESHOLDS = (0.2, 0.5, 0.8)
@@ -114,3 +114,90 @@ def test_search_cv_equals_the_score_of_the_oof_submission(synthetic, runs, tmp_p
         assert scored["per_class"][c] == pytest.approx(result["classes"][c]["oof_dice"],
                                                        abs=1e-12)
     assert scored["all_empty_baseline"] == pytest.approx(result["all_empty_baseline"])
+
+
+@pytest.fixture(scope="module")
+def ensemble_runs(synthetic, runs, tmp_path_factory):
+    """Three runs over the same two folds: DeepLabV3 with an image-level head, a Unet, and a
+    classifier (untrained models)."""
+    root = tmp_path_factory.mktemp("ensemble")
+    kinds = {"deeplab": dict(cls_weight=0.5), "unet": dict(arch="unet"),
+             "cls": dict(task="classify")}
+    for i, (name, overrides) in enumerate(kinds.items()):
+        for k in (0, 1):
+            (root / name / f"fold{k}").mkdir(parents=True)
+            random_checkpoint(root / name / f"fold{k}" / "best.pt", seed=10 * i + k, **overrides)
+    (root / "deeplab" / "folds.csv").write_bytes((runs / "folds.csv").read_bytes())
+    return oof.Runs((root / "deeplab", root / "unet"), (1.0, 3.0), (root / "cls",))
+
+
+def test_ensemble_oof_equals_each_model_alone_averaged(synthetic, ensemble_runs, tmp_path,
+                                                       monkeypatch):
+    """Fold 0's statistics of a weighted DeepLabV3 + Unet ensemble with a classifier: the
+    probabilities the stream used are 1:3 means of each model predicting each image alone,
+    and the stored maxprob, aux and cls are that mean's maximum and the heads' own."""
+    image_ids, labels = load_train(synthetic)
+    ids = image_ids[:10][0::2]  # fold 0 of the runs fixture
+    seg, cls = ensemble_runs.of_fold(0)
+    seen = record_batches(monkeypatch, oof)
+    out = tmp_path / "oof"
+    oof.fold_stats(synthetic, ids, by_image(labels), seg, VIEWS, out, torch.device("cpu"),
+                   batch_size=2, workers=0, desc="test", thresholds=THRESHOLDS,
+                   min_components=COMPONENTS, weights=[1.0, 3.0], classifiers=cls)
+    cpu = torch.device("cpu")
+    alone = [infer.load_ensemble([p], cpu) for p in seg]
+    classifier = infer.load_ensemble(cls, cpu, task="classify")
+    items = [SteelDataset(synthetic / "train_images", ids, by_image(labels))[i]
+             for i in range(len(ids))]
+    aux, probs_cls = [], []
+    for i, (image, _, _) in enumerate(items):
+        a = infer.predict_batch(alone[0], image[None], VIEWS, None)
+        b = infer.predict_batch(alone[1], image[None], VIEWS, None)
+        torch.testing.assert_close(seen[i], ((a.masks + 3 * b.masks) / 4)[0], rtol=0,
+                                   atol=ATOL)
+        aux.append(a.aux[0])
+        probs_cls.append(infer.predict_batch(alone[1], image[None], VIEWS, None,
+                                             classifier).cls[0])
+    np.testing.assert_allclose(np.load(out / "maxprob.npy"),
+                               np.stack([seen[i].amax(dim=(1, 2)) for i in range(5)]), atol=ATOL)
+    np.testing.assert_allclose(np.load(out / "aux.npy"), torch.stack(aux), atol=ATOL)
+    np.testing.assert_allclose(np.load(out / "cls.npy"), torch.stack(probs_cls), atol=ATOL)
+    stats, truths = direct_stats([seen[i] for i in range(5)], [t for _, t, _ in items])
+    np.testing.assert_array_equal(np.load(out / "stats.npy"), stats)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["signals"] == ["maxprob", "aux", "cls"]
+    assert [m["weight"] for m in meta["segmenters"]] == [1.0, 3.0]
+    assert meta["classifiers"][0]["checkpoint"] == str(cls[0])
+
+
+# Two assignments of gate kinds to classes: every kind is predicted once, and scored.
+ASSIGNMENTS = (("gate cls", "scale aux", "maxprob", "none"),
+               ("scale cls", "gate aux", "none", "maxprob"))
+
+
+def test_each_gate_kind_scores_on_the_oof_submission_what_the_search_says(
+        synthetic, ensemble_runs, runs, tmp_path):
+    """The search reports, per class, the Dice of each gate kind at its best setting. With
+    those settings in postprocess.json, the OOF submission of the same ensemble, written
+    as CSV and scored like any other, gives exactly those Dice."""
+    out = tmp_path / "sub"
+    oof.run(synthetic, ensemble_runs, runs / "folds.csv", [0, 1], VIEWS, batch_size=4,
+            workers=0, stats_dir=out / "oof")
+    result = oof.tune(out / "oof", [0, 1], out, min_areas=(0, 2000))
+    assert result["signals"] == ["aux", "cls", "maxprob"]
+    kinds = {name for v in result["classes"].values() for name in v["gates"]}
+    assert kinds == {"none", "gate aux", "gate cls", "scale aux", "scale cls", "maxprob"}
+    for chosen in ASSIGNMENTS:
+        settings = [result["classes"][str(c + 1)]["gates"][name] for c, name in enumerate(chosen)]
+        gate_of = [{"kind": n.split()[0], "source": (n.split() + [None])[1], "value": s["value"]}
+                   if n != "none" else gates.NONE for n, s in zip(chosen, settings)]
+        params = Params(tuple(s["threshold"] for s in settings),
+                        tuple(s["min_component"] for s in settings),
+                        tuple(s["min_area"] for s in settings), VIEWS, tuple(gate_of),
+                        tuple(result["grid"]["threshold"]))
+        predict_oof(synthetic, ensemble_runs, runs / "folds.csv", [0, 1], params, VIEWS,
+                    out / "oof.csv", batch_size=4, workers=0)
+        scored = score_tables(read_table(out / "oof.csv")[0],
+                              read_table(synthetic / "train.csv")[0])
+        for c, s in enumerate(settings):
+            assert scored["per_class"][str(c + 1)] == pytest.approx(s["dice"], abs=1e-12), chosen[c]

@@ -192,7 +192,7 @@ def cmd_oof(args) -> None:
     views, data, out = parse_tta(args.tta), Path(args.data), Path(args.out)
     stats_dir = Path(args.oof_dir or out / "oof")
     oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers, stats_dir)
-    result = oof.tune(stats_dir, folds, out, args.min_areas, data)
+    result = oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args))
     print_search(result, out)
     if args.skip_oof_csv:
         return
@@ -217,7 +217,24 @@ def cmd_search(args) -> None:
     stats_dir = Path(args.oof_dir or out / "oof")
     folds = oof.parse_folds(args.folds, None) if args.folds else stored_folds(stats_dir)
     data = Path(args.data) if args.data else None
-    print_search(oof.tune(stats_dir, folds, out, args.min_areas, data), out)
+    print_search(oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args)), out)
+
+
+def gate_args(args) -> tuple:
+    """--gates and --gate-sources -> (kinds or None, sources or None), checked."""
+    from competition.gates import GATES, SOURCES
+
+    def parse(text, valid, option, extra=()):
+        if text is None:
+            return None
+        chosen = [x.strip() for x in text.split(",") if x.strip()]
+        wrong = [x for x in chosen if x not in valid and x not in extra]
+        if wrong or not chosen:
+            raise InputError(f"{option} {text}: unknown {wrong[0] if wrong else 'value'!r}; "
+                             f"valid: {', '.join([*extra, *valid])}")
+        return [x for x in chosen if x in valid]
+    return (parse(args.gates, GATES, "--gates", ("none",)),
+            parse(args.gate_sources, SOURCES, "--gate-sources"))
 
 
 def stored_folds(stats_dir: Path) -> list[int]:
@@ -445,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="min-area grid in pixels, comma-separated (default 0..6000)")
         p.add_argument("--oof-dir", default=None,
                        help="folder of the OOF statistics, fold<K>/ (default OUT/oof)")
+        p.add_argument("--gates", default=None,
+                       help="gate kinds searched beside none, comma-separated, of gate, "
+                       "scale, maxprob; 'none' for no gate (default: all)")
+        p.add_argument("--gate-sources", default=None,
+                       help="image-level sources the gates read, of aux (the segmenters' "
+                       "heads) and cls (the classifiers) (default: all recorded)")
 
     p = sub.add_parser("oof", help="out-of-fold statistics of each fold's best.pt, then the "
                        "post-processing search (postprocess.json, CV report)")

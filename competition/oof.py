@@ -279,16 +279,19 @@ def params_of(result: dict) -> Params:
 
 
 def tune(stats_dir: Path, folds: list[int], out: Path, min_areas=None,
-         data: Path | None = None) -> dict:
+         data: Path | None = None, kinds=None, sources=None) -> dict:
     """Search the OOF statistics of `folds` (STATS/fold<k>/); write out/postprocess.json and
-    out/cv_report/."""
+    out/cv_report/. kinds: the gate kinds searched beside none (None: all); sources: the
+    image-level sources they may read, of aux and cls (None: all recorded)."""
     from competition.report import write_report
 
     st = load_stats(stats_dir, folds)
     meta = st["metas"][folds[0]]
     grid = {"threshold": meta["thresholds"], "min_component": meta["min_components"],
             "min_area": sorted(set(int(a) for a in min_areas or MIN_AREAS))}
-    result, tables = search(st["stats"], st["truth"], st["fold"], grid, st["signals"])
+    signals = {k: v for k, v in st["signals"].items()
+               if sources is None or k == "maxprob" or k in sources}
+    result, tables = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
     data = Path(data or meta["data"])
     result = {"version": 2, "connectivity": 8, **result, "tta": meta["tta"],
               "ensemble": {f"fold{k}": {"segmenters": st["metas"][k].get("segmenters"),

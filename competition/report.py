@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from competition import metric
+from competition import gates, metric
 from competition.files import atomic_path, write_text
 
 REPORT = "cv_report.md"
@@ -225,6 +225,8 @@ def report_text(result: dict, have_overlays: bool) -> str:
         _summary(result),
         "## Post-processing per class\n",
         _class_table(result),
+        "## Image-level gates\n",
+        _gate_table(result),
         "## Folds\n",
         _fold_table(result),
         "## Grid searched\n",
@@ -243,7 +245,7 @@ def _summary(result: dict) -> str:
     defects = sum(int(classes[c]["defect_pairs"]) for c in classes)
     gain = result["oof_mean_dice"] - result["all_empty_baseline"]
     tta = ", ".join(result.get("tta") or ["none"])
-    checkpoints = ", ".join(f"`{p}`" for p in result.get("checkpoints") or []) or "-"
+    checkpoints = ", ".join(f"`{p}`" for p in _checkpoints(result)) or "-"
     data = f" Data: `{result['data']}`." if result.get("data") else ""
     return (
         f"Out-of-fold predictions on {result['images']} images ({pairs} (image, class) pairs, "
@@ -256,16 +258,64 @@ def _summary(result: dict) -> str:
     )
 
 
+def _checkpoints(result: dict) -> list[str]:
+    """Every model the OOF statistics came from (a "weight" where not 1), fold by fold."""
+    out = []
+    for fold in (result.get("ensemble") or {}).values():
+        for role in ("segmenters", "classifiers"):
+            out += [m["checkpoint"] + (f" ×{m['weight']:g}" if m["weight"] != 1 else "")
+                    for m in fold.get(role) or []]
+    return out or list(result.get("checkpoints") or [])
+
+
+def _gate_name(gate: dict | None) -> str:
+    if not gate or gate["kind"] == "none":
+        return "none"
+    return " ".join(x for x in (gate["kind"], gate.get("source"), format_value(gate["value"]))
+                    if x)
+
+
+GATE_TEXT = {"gate": "p_cls < g empties", "scale": "t = t0·c − t0·(c−1)·p_cls",
+             "maxprob": "max probability < g empties"}
+
+
+def _gate_table(result: dict) -> str:
+    """Per class, each gate kind at its best setting beside "none": its OOF Dice, and the
+    empty pairs it saves and the defect pairs it loses against the "none" choice."""
+    rows = []
+    for c in _classes(result):
+        s = result["classes"][c]
+        for name, g in (s.get("gates") or {}).items():
+            kind = name.split()[0]
+            rows.append([c, name + (" ✓" if name == gates.label(s.get("gate") or gates.NONE) else ""),
+                         "" if g["value"] is None else format_value(g["value"]),
+                         format_value(g["threshold"]), format_value(g["min_component"]),
+                         format_value(g["min_area"]), format_dice(g["dice"]),
+                         f"{g['dice'] - s['gates']['none']['dice']:+.4f}",
+                         g["empty_saved"], g["defect_lost"], GATE_TEXT.get(kind, "")])
+    if not rows:
+        return "No image-level signal was recorded with these OOF statistics.\n"
+    signals = ", ".join(result.get("signals") or []) or "none"
+    return (f"Signals recorded: {signals} (aux: the segmenters' image-level heads, cls: the "
+            "classifiers, maxprob: each mask's largest probability). ✓ marks the kind "
+            "chosen, the best one only when it beats \"none\" on OOF. Saved: empty pairs "
+            "the \"none\" choice predicts non-empty and this one empties; lost: defect "
+            "pairs it empties that \"none\" predicts.\n\n"
+            + format_table(["class", "gate", "value", "threshold", "min component",
+                            "min area", "OOF Dice", "vs none", "empty saved",
+                            "defect lost", "rule"], rows))
+
+
 def _class_table(result: dict) -> str:
-    headers = ["class", "threshold", "min component", "min area", "OOF Dice", "raw Dice",
-               "all-empty Dice", "pairs", "defect pairs"]
+    headers = ["class", "threshold", "min component", "min area", "gate", "OOF Dice",
+               "raw Dice", "all-empty Dice", "pairs", "defect pairs"]
     classes = result["classes"]
     rows = [[c, format_value(s["threshold"]), format_value(s["min_component"]),
-             format_value(s["min_area"]), format_dice(s["oof_dice"]),
+             format_value(s["min_area"]), _gate_name(s.get("gate")), format_dice(s["oof_dice"]),
              format_dice(s.get("raw_dice")), format_dice(s["all_empty"]), s["pairs"],
              s["defect_pairs"]]
             for c, s in ((c, classes[c]) for c in _classes(result))]
-    rows.append(["mean", "", "", "", format_dice(result["oof_mean_dice"]),
+    rows.append(["mean", "", "", "", "", format_dice(result["oof_mean_dice"]),
                  format_dice(result.get("raw_mean_dice")),
                  format_dice(result["all_empty_baseline"]),
                  sum(int(s["pairs"]) for s in classes.values()),

@@ -100,11 +100,14 @@ def last_max(table: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(flat, table.shape))
 
 
-def candidates(signals: dict) -> list[dict]:
+def candidates(signals: dict, kinds=None) -> list[dict]:
     """Every gate searched, "none" first, for the signals at hand: gate and scale for each
-    source in `signals` ("aux", "cls"), maxprob when signals has the maximum probabilities."""
+    source in `signals` ("aux", "cls"), maxprob when signals has the maximum probabilities.
+    kinds: the gate kinds allowed (None: all of gates.GATES)."""
     out = [dict(gates.NONE)]
     for kind, values in gates.GATES.items():
+        if kinds is not None and kind not in kinds:
+            continue
         sources = [s for s in gates.SOURCES if s in signals] if gates.NEEDS_SOURCE[kind] \
             else ([None] if "maxprob" in signals else [])
         out += [{"kind": kind, "source": s, "value": v} for s in sources for v in values]
@@ -125,11 +128,11 @@ def gated_stats(stats: np.ndarray, gate: dict, values, thresholds, k: int) -> np
 
 
 def class_choices(stats: np.ndarray, truth: np.ndarray, signals: dict, thresholds,
-                  areas) -> tuple[dict, np.ndarray]:
+                  areas, kinds=None) -> tuple[dict, np.ndarray]:
     """One class: stats (N, K, M, 2), truth (N,), signals {name: (N,)} -> the best setting of
     each gate kind ({label: {gate, k, m, a, dice}}, the mildest value on a tie) and the
     table without a gate."""
-    options = candidates(signals)
+    options = candidates(signals, kinds)
     families = {gates.label(g): (gates.signal(g, signals), gates.GATES[g["kind"]])
                 for g in options if g["kind"] in ("gate", "maxprob")}
     plain, tables = gate_tables(stats, truth, areas, families)
@@ -159,10 +162,11 @@ def pair_choice(stats, truth, signals: dict, choice: dict, grid: dict) -> np.nda
 
 
 def search(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict,
-           signals: dict | None = None) -> tuple[dict, dict]:
+           signals: dict | None = None, kinds=None) -> tuple[dict, dict]:
     """stats (N, 4, K, M, 2), truth areas (N, 4), fold of each image (N,), grid
     {"threshold": K, "min_component": M, "min_area": A values}, signals {"maxprob", "aux",
-    "cls": (N, 4) float32} (those at hand; gates.py) -> (result, tables).
+    "cls": (N, 4) float32} (those at hand; gates.py; only the sources given are searched),
+    kinds: the gate kinds searched beside "none" (None: all) -> (result, tables).
 
     result: per class the chosen values and gate, their OOF Dice (within a gate kind, ties go
     to the most cautious post-processing: the highest threshold, then the largest
@@ -179,7 +183,7 @@ def search(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict,
     for c, class_id in enumerate(CLASSES):
         sig = {name: values[:, c] for name, values in signals.items()}
         best, tables[str(class_id)] = class_choices(stats[:, c], truth[:, c], sig, thresholds,
-                                                    areas)
+                                                    areas, kinds)
         none = best["none"]
         choice = max(best.values(), key=lambda b: b["dice"])  # the first on a tie: none
         if choice["dice"] <= none["dice"]:

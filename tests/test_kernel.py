@@ -25,7 +25,14 @@ from test_cli import one_line_error, run
 from test_train import tiny
 
 OWNER, NAME = "alice", "sev-test"
-PARAMS = Params((0.4, 0.5, 0.6, 0.5), (0, 20, 100, 300), (0, 50, 400, 800))
+GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+# every gate kind, each reading another signal: the classifier's, the Unet's head, maxprob
+GATES = ({"kind": "gate", "source": "cls", "value": 0.5},
+         {"kind": "scale", "source": "aux", "value": 5.0},
+         {"kind": "maxprob", "source": None, "value": 0.7}, {"kind": "none", "source": None,
+                                                             "value": None})
+PARAMS = Params((0.4, 0.5, 0.6, 0.5), (0, 20, 100, 300), (0, 50, 400, 800), None, GATES, GRID)
+WEIGHTS = [1.0, 2.0]
 VIEWS = ("none", "hflip")
 SLUGS = {"weights": "sev-test-weights", "code": "sev-test-code", "kernel": "sev-test-inference"}
 
@@ -41,30 +48,41 @@ def wheelhouse(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(synthetic, tmp_path_factory):
-    """A model trained for one epoch (its last.pt: optimizer state, EMA weights) and an
-    untrained one of the same architecture."""
+    """A DeepLabV3 trained for one epoch (its last.pt: optimizer state, EMA weights) and an
+    untrained Unet with an image-level head."""
     root = tmp_path_factory.mktemp("runs")
     image_ids, labels = load_train(synthetic)
     write_csv(root / "folds.csv", make_folds(image_ids, labels, n_folds=5, seed=0))
     train_lib.fit(tiny(epochs=1), synthetic, 0, root / "fold0", root / "folds.csv")
     (root / "fold1").mkdir()
-    return [root / "fold0" / "last.pt", random_checkpoint(root / "fold1" / "best.pt", seed=5)]
+    return [root / "fold0" / "last.pt", random_checkpoint(root / "fold1" / "best.pt", seed=5,
+                                                          arch="unet", cls_weight=0.5)]
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls") / "classifier"
+    root.mkdir()
+    return random_checkpoint(root / "best.pt", seed=7, task="classify")
 
 
 @pytest.fixture(scope="module")
 def postprocess(tmp_path_factory):
     path = tmp_path_factory.mktemp("pp") / "postprocess.json"
     classes = {str(c + 1): {"threshold": PARAMS.threshold[c], "min_component":
-                            PARAMS.min_component[c], "min_area": PARAMS.min_area[c]}
+                            PARAMS.min_component[c], "min_area": PARAMS.min_area[c],
+                            "gate": GATES[c]}
                for c in range(4)}
-    path.write_text(json.dumps({"classes": classes, "tta": list(VIEWS)}))
+    path.write_text(json.dumps({"classes": classes, "tta": list(VIEWS),
+                                "grid": {"threshold": list(GRID)}}))
     return path
 
 
 @pytest.fixture(scope="module")
-def bundle(models, postprocess, wheelhouse, tmp_path_factory):
+def bundle(models, classifier, postprocess, wheelhouse, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "kaggle"
-    kernel.build(OWNER, models, postprocess, out, NAME, list(kernel.DEFAULT_WHEELS), wheelhouse)
+    kernel.build(OWNER, models, postprocess, out, NAME, list(kernel.DEFAULT_WHEELS), wheelhouse,
+                 weights=WEIGHTS, classifiers=[classifier])
     return out
 
 
@@ -78,14 +96,17 @@ def sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_bundle_holds_weights_only_configs_and_wheels(bundle, models, postprocess):
+def test_bundle_holds_weights_only_configs_and_wheels(bundle, models, classifier, postprocess):
     weights, code, script = bundle / "weights", bundle / "code", bundle / "kernel"
     assert sorted(p.name for p in weights.iterdir()) == sorted([
-        "fold0.pt", "fold0.config.json", "fold1.pt", "fold1.config.json", "postprocess.json",
-        "severstal-bundle.json", "dataset-metadata.json"])
+        "fold0.pt", "fold0.config.json", "fold1.pt", "fold1.config.json", "classifier.pt",
+        "classifier.config.json", "postprocess.json", "severstal-bundle.json",
+        "dataset-metadata.json"])
     assert (weights / "postprocess.json").read_bytes() == postprocess.read_bytes()
     manifest = json.loads((weights / "severstal-bundle.json").read_text())
-    for entry, source in zip(manifest["models"], models):
+    assert [(m["role"], m["weight"], m["arch"]) for m in manifest["models"]] == [
+        ("segment", 1.0, "deeplabv3"), ("segment", 2.0, "unet"), ("classify", 1.0, "deeplabv3")]
+    for entry, source in zip(manifest["models"], models + [classifier]):
         assert entry["sha256"] == sha256(weights / entry["file"])
         assert entry["source"] == str(source)
         slim = torch.load(weights / entry["file"], weights_only=True)
@@ -161,8 +182,8 @@ def test_the_kaggle_cli_reads_the_metadata_as_intended(bundle, monkeypatch, caps
             assert p.is_file() and not should_ignore(p.name, False, DEFAULT_IGNORE_PATTERNS)
 
 
-def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, test_data, tmp_path,
-                                                         capfd):
+def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, classifier, test_data,
+                                                         tmp_path, capfd):
     """The rehearsal: Kaggle's newer layout (competitions/<slug>, datasets/<owner>/<slug>) of
     links, the network cut; the script installs the wheels, finds everything, and writes the
     same submission.csv as a local predict of the original checkpoints."""
@@ -191,7 +212,8 @@ def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, test_da
     # the local run must see the same forwards, since another batch size may change the last
     # bits of a probability and flip a pixel on the threshold
     expected = tmp_path / "local.csv"
-    predict_test(test_data, models, PARAMS, VIEWS, expected, batch_size=8, workers=0)
+    predict_test(test_data, models, PARAMS, VIEWS, expected, batch_size=8, workers=0,
+                 weights=WEIGHTS, classifiers=[classifier])
     assert result.read_text() == expected.read_text()
     assert pd.read_csv(expected, keep_default_na=False).EncodedPixels.ne("").any()
 
@@ -262,8 +284,9 @@ def test_find_input_probes_the_kaggle_layouts(tmp_path, monkeypatch):
 
 def test_a_weights_file_that_differs_from_the_manifest_stops_the_kernel(bundle, tmp_path):
     weights = shutil.copytree(bundle / "weights", tmp_path / "weights")
-    assert kernel_script.checkpoints(str(weights)) == [str(weights / "fold0.pt"),
-                                                       str(weights / "fold1.pt")]
+    assert kernel_script.checkpoints(str(weights)) == [
+        ("segment", str(weights / "fold0.pt"), 1.0), ("segment", str(weights / "fold1.pt"), 2.0),
+        ("classify", str(weights / "classifier.pt"), 1.0)]
     with open(weights / "fold1.pt", "ab") as f:
         f.write(b"\0")
     with pytest.raises(SystemExit, match=r"fold1.pt: missing or not the file the bundle"):
@@ -359,7 +382,7 @@ def test_the_kernel_passes_what_its_set_up_left_of_the_limit(monkeypatch, tmp_pa
     monkeypatch.setattr(kernel_script.time, "time", lambda: next(clock, 1100.0))
     monkeypatch.setattr(kernel_script, "find_input", lambda root, kind: str(tmp_path / kind))
     monkeypatch.setattr(kernel_script, "install", lambda code, target: None)
-    monkeypatch.setattr(kernel_script, "checkpoints", lambda weights: ["a.pt"])
+    monkeypatch.setattr(kernel_script, "checkpoints", lambda weights: [("segment", "a.pt", 1.0)])
     monkeypatch.setattr(kernel_script, "check_gpu", lambda torch: "none")
     monkeypatch.setattr(kernel_script, "TIME_LIMIT_MIN", 20.0)
     monkeypatch.setattr(kernel_script, "OFFLINE", {})  # leave this process's environment be
@@ -457,12 +480,13 @@ def test_push_says_what_is_missing(bundle, monkeypatch, tmp_path):
     assert kernel.credentials() == str(tmp_path / ".kaggle" / "kaggle.json")
 
 
-def test_bad_input_is_one_line_and_keeps_the_previous_bundle(bundle, models, postprocess,
-                                                             wheelhouse, tmp_path):
+def test_bad_input_is_one_line_and_keeps_the_previous_bundle(bundle, models, classifier,
+                                                             postprocess, wheelhouse, tmp_path):
     out = shutil.copytree(bundle, tmp_path / "kaggle")
     before = {p: sha256(p) for p in out.rglob("*") if p.is_file()}
     base = ["kernel", "--owner", OWNER, "--checkpoints", ",".join(map(str, models)),
-            "--postprocess", postprocess, "--out", out, "--wheelhouse", wheelhouse]
+            "--classifiers", classifier, "--postprocess", postprocess, "--out", out,
+            "--wheelhouse", wheelhouse]
     cases = [
         (["--owner", "a b"], "--owner 'a b': not a Kaggle user name"),
         (["--name", "Sev_Test"], "--name 'Sev_Test': needs 3 to 40 lowercase"),
@@ -476,17 +500,21 @@ def test_bad_input_is_one_line_and_keeps_the_previous_bundle(bundle, models, pos
     ]
     for extra, message in cases:
         one_line_error(run(*base, *extra), message)
-    mixed = random_checkpoint(tmp_path / "fold9" / "best.pt", encoder="resnet34")
-    one_line_error(run(*base, "--checkpoints", f"{models[0]},{mixed}"),
-                   "differs from", "an ensemble takes checkpoints of one architecture")
+    one_line_error(run(*base, "--checkpoints", f"{models[0]},{classifier}"),
+                   "among the segmenters; pass it with --classifiers")
+    one_line_error(run(*base, "--checkpoints", str(models[0])),  # the DeepLab has no head
+                   "gates a class on the segmenters' image-level heads")
+    one_line_error(run(*base[:5], *base[7:]),  # no --classifiers
+                   "gates a class on the classifiers' probabilities")
+    one_line_error(run(*base, "--weights", "1"), "--weights 1: needs one positive weight")
     assert {p: sha256(p) for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
 def test_cli_builds_prints_the_sizes_and_rehearses_the_classic_layout(
-        models, postprocess, wheelhouse, test_data, tmp_path):
+        models, classifier, postprocess, wheelhouse, test_data, tmp_path):
     out = run("kernel", "--owner", OWNER, "--checkpoints", ",".join(map(str, models)),
-              "--postprocess", postprocess, "--out", tmp_path / "kaggle", "--wheelhouse",
+              "--classifiers", classifier, "--weights", "1,2", "--postprocess", postprocess, "--out", tmp_path / "kaggle", "--wheelhouse",
               wheelhouse, "--check", test_data, "--layout", "classic")
     assert out.returncode == 0, out.stderr
     assert f"{tmp_path / 'kaggle' / 'weights'}: " in out.stdout

@@ -88,10 +88,10 @@ def test_overlay_figure_is_wide(written):
 def test_markdown_has_chosen_values_scores_folds_and_links(written):
     folder, _, result = written
     text = (folder / "cv_report.md").read_text()
-    assert "| 1 | 0.5 | 100 | 400 | 0.9510 | 0.9210 | 0.8900 | 10 | 1 |" in text
-    assert "| 2 | 0.4 | 0 | 800 | 0.9832 |" in text
-    assert "| 3 | 0.6 | 100 | 0 | 0.8123 |" in text
-    assert "| 4 | 0.5 | 0 | 200 | 0.9467 |" in text
+    assert "| 1 | 0.5 | 100 | 400 | none | 0.9510 | 0.9210 | 0.8900 | 10 | 1 |" in text
+    assert "| 2 | 0.4 | 0 | 800 | none | 0.9832 |" in text
+    assert "| 3 | 0.6 | 100 | 0 | none | 0.8123 |" in text
+    assert "| 4 | 0.5 | 0 | 200 | none | 0.9467 |" in text
     assert "| mean |  |  |  | 0.9233 | 0.8871 | 0.8560 | 40 | 10 |" in text
     assert "| 0 | 5 | 0.9311 |" in text and "| 1 | 5 | 0.9155 |" in text
     for name in PNGS:
@@ -122,8 +122,8 @@ def test_without_examples_no_overlay_and_still_a_report(tmp_path):
     assert sorted(p.name for p in paths) == sorted(["cv_report.md"] + PNGS[:3])
     text = (tmp_path / "cv_report.md").read_text()
     assert "oof_overlays.png" not in text and "No OOF examples" in text
-    assert "| 2 | 0.4 | 0 | 800 | 0.9832 | - |" in text
-    assert "| mean |  |  |  | 0.9233 | - | 0.8560 |" in text
+    assert "| 2 | 0.4 | 0 | 800 | none | 0.9832 | - |" in text
+    assert "| mean |  |  |  |  | 0.9233 | - | 0.8560 |" in text
 
 
 def test_a_table_of_the_wrong_shape_writes_nothing(tmp_path):
@@ -173,3 +173,33 @@ def test_save_png_lowers_the_dpi_to_fit(tmp_path):
     assert small == (tmp_path / "small.png").stat().st_size < full
     width = matplotlib.image.imread(tmp_path / "small.png").shape[1]
     assert report.MIN_DPI * 8 <= width < report.DPI * 8
+
+
+def test_the_gate_table_shows_each_kind_beside_none_and_marks_the_choice(tmp_path):
+    tables = fake_tables()
+    result = fake_result(tables)
+    del result["checkpoints"]
+    result["ensemble"] = {"fold0": {
+        "segmenters": [{"checkpoint": "folds/fold0/best.pt", "weight": 1.0},
+                       {"checkpoint": "folds/unet/fold0/best.pt", "weight": 2.0}],
+        "classifiers": [{"checkpoint": "folds/cls/fold0/best.pt", "weight": 1.0}]}}
+    result["signals"] = ["cls", "maxprob"]
+    one = result["classes"]["1"]
+    one["gate"] = {"kind": "gate", "source": "cls", "value": 0.2}
+    setting = {"threshold": 0.5, "min_component": 100, "min_area": 400}
+    one["gates"] = {
+        "none": {**setting, "dice": 0.9210, "value": None, "empty_saved": 0, "defect_lost": 0},
+        "gate cls": {**setting, "dice": 0.9510, "value": 0.2, "empty_saved": 3,
+                     "defect_lost": 1},
+        "maxprob": {**setting, "dice": 0.9210, "value": 0.5, "empty_saved": 0,
+                    "defect_lost": 0}}
+    report.write_report(tmp_path, result, tables, [])
+    text = (tmp_path / "cv_report.md").read_text()
+    assert "| 1 | 0.5 | 100 | 400 | gate cls 0.2 | 0.9510 |" in text
+    assert "| 2 | 0.4 | 0 | 800 | none | 0.9832 |" in text
+    assert "| 1 | none |  | 0.5 | 100 | 400 | 0.9210 | +0.0000 | 0 | 0 |  |" in text
+    assert ("| 1 | gate cls ✓ | 0.2 | 0.5 | 100 | 400 | 0.9510 | +0.0300 | 3 | 1 | "
+            "p_cls < g empties |") in text
+    assert "| 1 | maxprob | 0.5 |" in text
+    assert ("`folds/fold0/best.pt`, `folds/unet/fold0/best.pt ×2`, "
+            "`folds/cls/fold0/best.pt`") in text

@@ -92,7 +92,7 @@ def test_markdown_has_chosen_values_scores_folds_and_links(written):
     assert "| 2 | 0.4 | 0 | 800 | none | 0.9832 |" in text
     assert "| 3 | 0.6 | 100 | 0 | none | 0.8123 |" in text
     assert "| 4 | 0.5 | 0 | 200 | none | 0.9467 |" in text
-    assert "| mean |  |  |  | 0.9233 | 0.8871 | 0.8560 | 40 | 10 |" in text
+    assert "| mean |  |  |  |  | 0.9233 | 0.8871 | 0.8560 | 40 | 10 |" in text
     assert "| 0 | 5 | 0.9311 |" in text and "| 1 | 5 | 0.9155 |" in text
     for name in PNGS:
         assert f"]({name})" in text

@@ -123,7 +123,7 @@ def cmd_train(args) -> None:
     import torch.distributed as dist
 
     from competition.config import build_config, TrainConfig
-    from competition.train import fit
+    from competition.train import fit, summary
 
     explicit = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__
                 if f != "name" and getattr(args, f) is not None}
@@ -135,9 +135,8 @@ def cmd_train(args) -> None:
         row = fit(config, args.data, args.fold, out, args.folds, args.resume, args.overwrite,
                   explicit)
         if row and os.environ.get("RANK", "0") == "0":
-            print(f"fold {args.fold}: best val dice {row['best']:.4f} against the all-empty "
-                  f"baseline {row['all_empty']:.4f} ({row['best'] - row['all_empty']:+.4f}); "
-                  f"wrote {out}/best.pt, last.pt, history.csv")
+            print(f"fold {args.fold}: {summary(row)}; wrote {out}/best.pt, last.pt, "
+                  "history.csv")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -418,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset folder in Kaggle layout")
     p.add_argument("--fold", type=int, required=True, help="the fold to validate on")
     p.add_argument("--config", default=None,
-                   help="preset: deeplabv3_r34 (default), deeplabv3_r101, demo_cpu")
+                   help="preset: deeplabv3_r34 (default), deeplabv3_r101, demo_cpu "
+                        "(segmenters; --cls-weight W adds an image-level head), "
+                        "classifier_r34, demo_cpu_cls (image-level classifiers)")
     p.add_argument("--folds", default="folds/folds.csv", help="folds file (`folds` stage)")
     p.add_argument("--out", default=None, help="output folder (default folds/fold<K>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

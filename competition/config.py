@@ -43,6 +43,9 @@ class TrainConfig:
     hflip_p: float = 0.5
     vflip_p: float = 0.5
     brightness_contrast_p: float = 0.3
+    mask_dropout_p: float = 0.0  # "defect blackout": share of crops in which one defect region
+    # (a connected component of the union of the 4 masks) is set to 0 in the image and in all
+    # masks, so its class label can flip to 0 (classifiers: learn the defect, not the image)
     balance: bool = False  # sample defect and defect-free images equally often
     num_workers: int = 8  # JPEG decoding and augmentation in worker processes
     # optimisation
@@ -82,6 +85,18 @@ PRESETS: dict[str, dict] = {
                      defect_crop_p=0.8, epochs=6, batch_size=8, lr=2e-3,
                      encoder_lr=2e-3, warmup_epochs=0.5, ema_decay=0.98, num_workers=2,
                      val_batch_size=4, val_min_area=(200, 200, 400, 800)),
+    # image-level classifiers: near-full crops (1568 of 1600 columns: only a shift), no
+    # defect-biased crop (the labels keep the data's class balance), defect blackout on half
+    # the crops; a linear head on a pretrained encoder, so a low encoder LR
+    "classifier_r34": dict(task="classify", encoder="resnet34", crop_height=256,
+                           crop_width=1568, defect_crop_p=0.0, mask_dropout_p=0.5, epochs=20,
+                           batch_size=16, lr=1e-3, encoder_lr=2e-4, val_batch_size=16),
+    # about 2-3 minutes on 2 CPU cores for the demo's 320 training images (5 epochs of 40
+    # updates): 128x512 crops, full-size validation
+    "demo_cpu_cls": dict(task="classify", encoder="resnet18", encoder_weights="none",
+                         crop_height=128, crop_width=512, defect_crop_p=0.0,
+                         mask_dropout_p=0.5, epochs=5, batch_size=8, lr=2e-3,
+                         encoder_lr=2e-3, warmup_epochs=0.5, num_workers=2, val_batch_size=8),
 }
 TASKS = ("segment", "classify")
 FULL_SIZE = (256, 1600)  # (rows, columns) of every image: validation, OOF and test run on it
@@ -129,6 +144,9 @@ def check(c: TrainConfig) -> None:
         raise InputError(f"task {c.task!r}: valid values are {', '.join(TASKS)}")
     if c.cls_weight < 0:
         raise InputError(f"cls_weight {c.cls_weight}: must be 0 (no head) or more")
+    if c.task == "classify" and c.cls_weight > 0:
+        raise InputError(f"cls_weight {c.cls_weight}: weighs a segmenter's auxiliary head; a "
+                         "classifier (task classify) trains on its image-level BCE alone")
     if c.amp not in ("auto", "bf16", "fp16", "off"):
         raise InputError(f"amp {c.amp!r}: valid values are auto, bf16, fp16, off")
     for field in ("epochs", "batch_size", "accumulate", "val_batch_size", "crop_height",
@@ -141,9 +159,13 @@ def check(c: TrainConfig) -> None:
     for field in ("pos_weight", "val_min_area"):
         if len(getattr(c, field)) != 4:
             raise InputError(f"{field} {getattr(c, field)}: needs one value per class (4)")
+    for field in ("defect_crop_p", "hflip_p", "vflip_p", "brightness_contrast_p",
+                  "mask_dropout_p"):
+        if not 0.0 <= getattr(c, field) <= 1.0:
+            raise InputError(f"{field} {getattr(c, field)}: a probability, must be in [0, 1]")
     if not 0.0 <= c.ema_decay < 1.0:
         raise InputError(f"ema_decay {c.ema_decay}: must be in [0, 1)")
-    if c.batch_size < 2 and c.arch in ASPP_ARCHS:
+    if c.batch_size < 2 and c.task == "segment" and c.arch in ASPP_ARCHS:
         raise InputError(f"batch_size {c.batch_size}: {c.arch}'s image-pooling branch normalises "
                          "one pooled value per image (BatchNorm), which cannot train on a batch "
                          "of one; use --batch-size 2 or more (--accumulate N keeps the update "

@@ -32,22 +32,44 @@ MEAN = (0.485, 0.456, 0.406)  # ImageNet, what the encoders were trained with
 STD = (0.229, 0.224, 0.225)
 
 
+CLASS_MASKS = "class_masks"  # the extra target of a train_transform: the (H, W, 4) masks
+
+
 def train_transform(config) -> A.Compose:
-    """Crop (biased to defects), flips, brightness/contrast. Image (H, W, 3), mask (H, W, 4)."""
+    """Crop (around a defect pixel with probability defect_crop_p, else anywhere: the
+    classifier presets crop anywhere), flips, brightness/contrast, then with probability
+    mask_dropout_p "defect blackout": albumentations' MaskDropout sets one connected defect
+    region to 0 in the image and in every mask, so a class whose only region it was is no
+    longer present. Apply it with `augment`: image (H, W, 3), masks (H, W, 4).
+
+    MaskDropout labels the regions of a single-channel `mask`; so `mask` is the union of the
+    four masks (H, W) and the four masks travel as the extra mask target CLASS_MASKS, which
+    every step transforms as it does `mask` (the defect crop finds the same pixels in the
+    union as in the four) and MaskDropout zeroes, all channels, where it drops a region."""
     import albumentations as A
 
     h, w, p = config.crop_height, config.crop_width, config.defect_crop_p
     crop = A.OneOf([A.CropNonEmptyMaskIfExists(h, w, p=p), A.RandomCrop(h, w, p=1.0 - p)], p=1.0)
     if p in (0.0, 1.0):  # OneOf would drop a child of probability 0
         crop = A.CropNonEmptyMaskIfExists(h, w) if p == 1.0 else A.RandomCrop(h, w)
-    transform = A.Compose([
+    steps = [
         crop,
         A.HorizontalFlip(p=config.hflip_p),
         A.VerticalFlip(p=config.vflip_p),
         A.RandomBrightnessContrast(0.15, 0.15, p=config.brightness_contrast_p),
-    ])
+    ]
+    if config.mask_dropout_p > 0:  # last: the dropped region stays exactly 0 in the image
+        steps.append(A.MaskDropout(max_objects=1, fill=0, fill_mask=0, p=config.mask_dropout_p))
+    transform = A.Compose(steps, additional_targets={CLASS_MASKS: "mask"})
     seed_transform(transform, config.seed, 0, 0)  # a stream for direct calls; items reseed it
     return transform
+
+
+def augment(transform: A.Compose, image: np.ndarray, mask: np.ndarray):
+    """A train_transform applied to an (H, W, 3) uint8 image and its (H, W, 4) {0, 1} masks
+    -> (image (h, w, 3), masks (h, w, 4)), h x w the crop."""
+    out = transform(image=image, mask=mask.max(axis=-1), **{CLASS_MASKS: mask})
+    return out["image"], out[CLASS_MASKS]
 
 
 def seed_transform(transform: A.Compose, seed: int, epoch: int, position: int) -> None:
@@ -90,8 +112,9 @@ class SteelDataset(Dataset):
         mask = masks(self.encoded.get(image_id, {}))
         if self.transform is not None:
             seed_transform(self.transform, self.seed, epoch, position)
-            out = self.transform(image=image, mask=np.ascontiguousarray(mask.transpose(1, 2, 0)))
-            image, mask = out["image"], out["mask"].transpose(2, 0, 1)
+            image, mask = augment(self.transform, image,
+                                  np.ascontiguousarray(mask.transpose(1, 2, 0)))
+            mask = mask.transpose(2, 0, 1)
         return (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
                 torch.from_numpy(np.ascontiguousarray(mask)), i)
 

@@ -1,4 +1,5 @@
-"""Training losses for the four-class multilabel masks: soft Dice + BCE.
+"""Training losses: soft Dice + BCE on the four-class multilabel masks, and BCE of
+image-level logits against "class present in the image" (an auxiliary head or a classifier).
 
 The competition scores Dice per (image, class) pair and gives 0 to any predicted pixel on
 an empty pair, so the Dice term here is per image and per class, and keeps penalising
@@ -12,6 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from competition.model import split_output
 
 
 def soft_dice_loss(logits: Tensor, targets: Tensor, smooth: float = 1.0) -> Tensor:
@@ -53,3 +56,48 @@ class DiceBCELoss(nn.Module):
         dice = soft_dice_loss(logits, targets, self.smooth).mean()
         bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
         return self.dice_weight * dice + self.bce_weight * bce
+
+
+def presence(masks: Tensor) -> Tensor:
+    """(N, C, H, W) {0, 1} masks -> (N, C) float32: 1 where class c has a pixel in image n.
+    Taken after augmentation: a crop or a MaskDropout that removes a defect makes it 0."""
+    return masks.amax(dim=(2, 3)).float()
+
+
+def presence_bce(image_logits: Tensor, masks: Tensor) -> Tensor:
+    """(N, C) image logits (any float dtype) and (N, C, H, W) {0, 1} masks -> () float32: the
+    mean BCE-with-logits against presence(masks)."""
+    if image_logits.dim() != 2 or image_logits.shape != masks.shape[:2]:
+        raise ValueError(f"image logits {tuple(image_logits.shape)} and masks "
+                         f"{tuple(masks.shape)}: need (N, C) and (N, C, H, W)")
+    return F.binary_cross_entropy_with_logits(image_logits.float(), presence(masks))
+
+
+class SegmentLoss(nn.Module):
+    """A segmenter's loss: `masks` (a DiceBCELoss) on its (N, C, H, W) mask logits, plus
+    cls_weight * presence_bce of its (N, C) image logits when it has an image-level head
+    (its output is then the tuple (masks, labels), see model.split_output). A float32 scalar."""
+
+    def __init__(self, masks: DiceBCELoss, cls_weight: float = 0.0):
+        super().__init__()
+        self.masks, self.cls_weight = masks, cls_weight
+
+    def forward(self, out, targets: Tensor) -> Tensor:
+        mask_logits, image_logits = split_output(out)
+        if mask_logits is None or (self.cls_weight > 0) != (image_logits is not None):
+            raise ValueError(f"SegmentLoss(cls_weight={self.cls_weight}) needs mask logits"
+                             + (" and image logits" if self.cls_weight > 0 else " alone"))
+        loss = self.masks(mask_logits, targets)
+        if self.cls_weight > 0:
+            loss = loss + self.cls_weight * presence_bce(image_logits, targets)
+        return loss
+
+
+class PresenceLoss(nn.Module):
+    """A classifier's loss: presence_bce of its (N, C) logits against the (N, C, H, W) masks."""
+
+    def forward(self, out, targets: Tensor) -> Tensor:
+        mask_logits, image_logits = split_output(out)
+        if mask_logits is not None:
+            raise ValueError("PresenceLoss takes a classifier's (N, C) logits, not mask logits")
+        return presence_bce(image_logits, targets)

@@ -1,9 +1,10 @@
 """Train one fold: plain functions, `train_one_epoch`, `evaluate`, `fit`.
 
 One process, or one per GPU under `torchrun --nproc_per_node=N -m competition train ...`
-(DDP; only rank 0 writes). Every epoch: train on the crops, validate on full-size images
-with the competition metric, write last.pt (and best.pt when the validation Dice improved)
-and history.csv, each atomically.
+(DDP; only rank 0 writes). Every epoch: train on the crops, validate on full-size images,
+write last.pt (and best.pt when the validation score improved: the competition's Dice for a
+segmenter, the mean ROC AUC of "class present" for a classifier) and history.csv, each
+atomically.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from competition.errors import InputError
 from competition.files import write_csv, write_json
 from competition.labels import CLASSES, by_image, load_train
 from competition.infer import NonFiniteLogits, forward_checked
-from competition.losses import DiceBCELoss
+from competition.losses import DiceBCELoss, PresenceLoss, SegmentLoss, presence
 from competition.metric import dice_from_counts
-from competition.model import from_config, param_groups
+from competition.model import from_config, param_groups, split_output
 from competition.postprocess import binarize, pair_counts
 from competition.progress import progress
 from competition.schedules import build_scheduler, lr_factor
@@ -289,42 +290,121 @@ def same_on_every_rank(module: torch.nn.Module, rt) -> None:
             dist.broadcast(tensor, 0)
 
 
+def roc_auc(probs, labels) -> float | None:
+    """ROC AUC of (n,) scores against (n,) {0, 1} labels: the chance that a positive scores
+    above a negative (ties count half; sklearn's roc_auc_score), or None when the labels hold
+    one value only (no pair to rank: undefined, and never NaN)."""
+    labels = np.asarray(labels, bool)
+    if labels.all() or not labels.any():
+        return None
+    from sklearn.metrics import roc_auc_score  # training only: inference never loads sklearn
+
+    return float(roc_auc_score(labels, np.asarray(probs, np.float64)))
+
+
+def best_f1(probs, labels) -> tuple[float | None, float | None]:
+    """(n,) probabilities and (n,) {0, 1} labels -> (threshold, F1) of the prediction
+    `probs > threshold` with the highest F1 = 2 TP / (2 TP + FP + FN) over every cut of the
+    sorted probabilities; (None, None) when no label is 1 (F1 undefined).
+
+    The threshold lies halfway between the lowest probability called positive and the next
+    lower one, so `>` and `>=` agree on these data; when all are called positive, halfway
+    between the lowest and 0 (-0.5 if the lowest is 0). Among cuts of equal F1 the highest
+    threshold (fewest positives) wins."""
+    p, y = np.asarray(probs, np.float64), np.asarray(labels, bool)
+    if not y.any():
+        return None, None
+    order = np.argsort(-p, kind="stable")
+    p, y = p[order], y[order]
+    ends = np.flatnonzero(np.append(p[1:] != p[:-1], True))  # last of each run of equal values
+    f1 = 2 * np.cumsum(y)[ends] / (ends + 1 + y.sum())  # predicted positives: ends + 1
+    k = int(np.argmax(f1))  # the first maximum: the highest threshold
+    lowest = p[ends[k]]
+    below = p[ends[k] + 1] if ends[k] + 1 < len(p) else 0.0 if lowest > 0 else -1.0
+    return float((lowest + below) / 2), float(f1[k])
+
+
+def gather_rows(parts: list[np.ndarray], columns: int, rt) -> np.ndarray:
+    """This rank's (n_i, columns) arrays -> every rank's rows, (sum of n, columns), in rank
+    order (a collective under DDP: all ranks call it, with or without rows)."""
+    rows = np.concatenate(parts) if parts else np.zeros((0, columns))
+    if rt.world == 1:
+        return rows
+    every = [None] * rt.world
+    dist.all_gather_object(every, rows)
+    return np.concatenate(every)
+
+
+def image_scores(probs: np.ndarray, labels: np.ndarray, f1: bool) -> dict:
+    """(N, C) image-level probabilities and (N, C) {0, 1} presence labels -> per class the
+    ROC AUC (None for a class whose labels are all 0 or all 1: skipped), mean_auc over the
+    classes that have one (None when none has), and with `f1` the best_f1 threshold and F1
+    per class (None for a class without positives)."""
+    auc = {str(c): roc_auc(probs[:, i], labels[:, i]) for i, c in enumerate(CLASSES)}
+    defined = [v for v in auc.values() if v is not None]
+    result = {"auc": auc, "mean_auc": float(np.mean(defined)) if defined else None}
+    if f1:
+        best = {str(c): best_f1(probs[:, i], labels[:, i]) for i, c in enumerate(CLASSES)}
+        result["f1"] = {c: f for c, (_, f) in best.items()}
+        result["f1_threshold"] = {c: t for c, (t, _) in best.items()}
+    return result
+
+
 @torch.no_grad()
 def evaluate(model, loader, loss_fn, config, rt, dtype) -> dict:
-    """Full-size validation under the default post-processing (config.val_threshold and
-    val_min_area): the competition's mean Dice over (image, class) pairs, per-class Dice,
-    the all-empty baseline on the same pairs, and the mean loss. A forward whose logits
-    overflow under fp16 is recomputed in fp32 (infer.forward_checked), never scored as NaN.
-    Each rank scores its own images; the sums are reduced, so the result does not depend on
-    the number of ranks."""
+    """Full-size validation of any model (model.split_output) -> a dict with the mean loss,
+    `images` and `score`, the number best.pt is kept for:
+
+    - segmenters: the competition's mean Dice over (image, class) pairs under the default
+      post-processing (config.val_threshold and val_min_area), per-class Dice and the
+      all-empty baseline on the same pairs; score = mean_dice. With an image-level head
+      (cls_weight > 0) also image_scores: per-class ROC AUC of the head and mean_auc.
+    - classifiers (task classify): image_scores with the best-F1 threshold and F1 per class;
+      score = mean_auc, or 0.0 when no class has both labels in the validation images.
+
+    A forward whose logits overflow under fp16 is recomputed in fp32 (infer.forward_checked),
+    never scored as NaN. Each rank scores its own images; the sums are reduced and the
+    image-level probabilities gathered, so the result does not depend on the number of ranks.
+    """
     model.eval()
-    counts, loss_sum = [], 0.0
+    counts, probs, labels, loss_sum, seen = [], [], [], 0.0, 0
     for images, masks, _ in progress(loader, desc="validate", unit="batch", disable=not rt.main,
                                      leave=False):
         images = data_lib.normalize(images.to(rt.device), config.channels_last)
         masks = masks.to(rt.device)
-        logits = forward_checked(model, images, dtype)  # an fp16 overflow is redone in fp32
-        loss_sum += loss_fn(logits, masks).item() * len(images)
-        pred = binarize(torch.sigmoid(logits), config.val_threshold, config.val_min_area)
-        counts.append(pair_counts(pred, masks).cpu().numpy())  # (N, C, 3)
-    counts = np.concatenate(counts) if counts else np.zeros((0, len(CLASSES), 3), np.int64)
+        out = forward_checked(model, images, dtype)  # an fp16 overflow is redone in fp32
+        loss_sum += loss_fn(out, masks).item() * len(images)
+        seen += len(images)
+        mask_logits, image_logits = split_output(out)
+        if mask_logits is not None:
+            pred = binarize(torch.sigmoid(mask_logits), config.val_threshold, config.val_min_area)
+            counts.append(pair_counts(pred, masks).cpu().numpy())  # (N, C, 3)
+        if image_logits is not None:
+            probs.append(torch.sigmoid(image_logits).cpu().numpy())  # (N, C)
+            labels.append(presence(masks).cpu().numpy())
+    k = len(CLASSES)
+    counts = np.concatenate(counts) if counts else np.zeros((0, k, 3), np.int64)
     dice = dice_from_counts(counts[..., 0], counts[..., 1], counts[..., 2])  # (N, C)
     # per class: Dice sum, empty-truth pairs, pairs; then the loss sum and the image count
-    sums = np.concatenate([dice.sum(0), (counts[..., 2] == 0).sum(0), np.full(
-        len(CLASSES), len(counts)), [loss_sum, len(counts)]]).astype(np.float64)
+    sums = np.concatenate([dice.sum(0), (counts[..., 2] == 0).sum(0), np.full(k, len(counts)),
+                           [loss_sum, seen]]).astype(np.float64)
     if rt.world > 1:
         reduced = torch.from_numpy(sums).to(rt.device)
         dist.all_reduce(reduced)
         sums = reduced.cpu().numpy()
-    k = len(CLASSES)
-    dice_sum, empty, pairs = sums[:k], sums[k:2 * k], sums[2 * k:3 * k]
-    return {
-        "loss": float(sums[-2] / max(sums[-1], 1)),
-        "mean_dice": float(dice_sum.sum() / pairs.sum()),
-        "per_class": {str(c): float(dice_sum[i] / pairs[i]) for i, c in enumerate(CLASSES)},
-        "all_empty_baseline": float(empty.sum() / pairs.sum()),
-        "images": int(sums[-1]),
-    }
+    result = {"loss": float(sums[-2] / max(sums[-1], 1)), "images": int(sums[-1])}
+    if config.task == "segment":
+        dice_sum, empty, pairs = sums[:k], sums[k:2 * k], sums[2 * k:3 * k]
+        result.update({
+            "mean_dice": float(dice_sum.sum() / pairs.sum()),
+            "per_class": {str(c): float(dice_sum[i] / pairs[i]) for i, c in enumerate(CLASSES)},
+            "all_empty_baseline": float(empty.sum() / pairs.sum())})
+    if config.task == "classify" or config.cls_weight > 0:
+        result.update(image_scores(gather_rows(probs, k, rt), gather_rows(labels, k, rt),
+                                   f1=config.task == "classify"))
+    result["score"] = (result["mean_dice"] if config.task == "segment" else
+                       result["mean_auc"] if result["mean_auc"] is not None else 0.0)
+    return result
 
 
 def make_model(config, device: torch.device, encoder_weights: str | None = None):
@@ -333,8 +413,14 @@ def make_model(config, device: torch.device, encoder_weights: str | None = None)
     return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
 
-def make_loss(config, device: torch.device) -> DiceBCELoss:
-    return DiceBCELoss(config.dice_weight, config.bce_weight, config.pos_weight).to(device)
+def make_loss(config, device: torch.device) -> torch.nn.Module:
+    """The task's loss on `device`, called as loss_fn(model output, (N, 4, H, W) masks) -> ()
+    float32: a segmenter's Dice+BCE (+ cls_weight x its head's BCE against class presence),
+    a classifier's BCE against class presence (losses.presence)."""
+    if config.task == "classify":
+        return PresenceLoss().to(device)
+    masks = DiceBCELoss(config.dice_weight, config.bce_weight, config.pos_weight)
+    return SegmentLoss(masks, config.cls_weight).to(device)
 
 
 def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime):
@@ -386,10 +472,56 @@ def resolve_config(config, out: Path, resume: bool, overwrite: bool, explicit: d
     return wanted, state, saved
 
 
+def per_class(values: dict) -> str:
+    """{"1": 0.91, "2": None, ...} -> '1:0.910 2:- ...' (None: undefined for that class)."""
+    return " ".join(f"{c}:{'-' if v is None else f'{v:.3f}'}" for c, v in values.items())
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def describe(result: dict) -> str:
-    classes = " ".join(f"{c}:{v:.3f}" for c, v in result["per_class"].items())
-    return (f"val dice {result['mean_dice']:.4f} [{classes}] "
+    """evaluate's result as the middle of an epoch's line."""
+    if "mean_dice" not in result:  # a classifier
+        return (f"val auc {fmt(result['mean_auc'])} [{per_class(result['auc'])}] "
+                f"f1 [{per_class(result['f1'])}] at [{per_class(result['f1_threshold'])}]")
+    line = (f"val dice {result['mean_dice']:.4f} [{per_class(result['per_class'])}] "
             f"(all-empty {result['all_empty_baseline']:.4f})")
+    if "auc" in result:
+        line += f" head auc {fmt(result['mean_auc'])} [{per_class(result['auc'])}]"
+    return line
+
+
+def history_columns(result: dict) -> dict:
+    """evaluate's result -> its history.csv columns: val_loss; val_dice, dice_1..4, all_empty
+    (segmenters); val_auc (the mean), auc_1..4 (a head or a classifier); f1_1..4 and
+    f1_threshold_1..4 (classifiers). An undefined value (one label only) is None."""
+    row = {"val_loss": result["loss"]}
+    if "mean_dice" in result:
+        row.update({"val_dice": result["mean_dice"],
+                    **{f"dice_{c}": v for c, v in result["per_class"].items()},
+                    "all_empty": result["all_empty_baseline"]})
+    if "auc" in result:
+        row.update({"val_auc": result["mean_auc"],
+                    **{f"auc_{c}": v for c, v in result["auc"].items()}})
+    if "f1" in result:
+        row.update({**{f"f1_{c}": v for c, v in result["f1"].items()},
+                    **{f"f1_threshold_{c}": v for c, v in result["f1_threshold"].items()}})
+    return row
+
+
+def summary(row: dict) -> str:
+    """The last history row of a run -> its best score in words: Dice against the all-empty
+    baseline (segmenters; with a head, the last epoch's AUC too), mean ROC AUC and the last
+    epoch's best F1 per class (classifiers)."""
+    if "val_dice" not in row:
+        f1 = per_class({str(c): row[f"f1_{c}"] for c in CLASSES})
+        return (f"best val AUC {row['best']:.4f} (mean over the classes with both labels); "
+                f"epoch {row['epoch']}: best F1 per class {f1}")
+    head = f"; epoch {row['epoch']}: head AUC {fmt(row['val_auc'])}" if "val_auc" in row else ""
+    return (f"best val dice {row['best']:.4f} against the all-empty baseline "
+            f"{row['all_empty']:.4f} ({row['best'] - row['all_empty']:+.4f})" + head)
 
 
 def schedule_args(config, updates: int) -> dict:
@@ -509,13 +641,11 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
         except NonFiniteLogits as e:
             raise InputError(f"{out}: validation after epoch {epoch + 1}: {e}; stopped, the "
                              f"last checkpoint written is kept. Try a lower --lr") from None
-        improved = result["mean_dice"] > best
-        best = max(best, result["mean_dice"])
+        improved = result["score"] > best
+        best = max(best, result["score"])
         row = {"epoch": epoch + 1, "step": scheduler.last_epoch,
                "lr": optimizer.param_groups[-1]["lr"], "train_loss": trained["loss"],
-               "val_loss": result["loss"], "val_dice": result["mean_dice"],
-               **{f"dice_{c}": v for c, v in result["per_class"].items()},
-               "all_empty": result["all_empty_baseline"], "best": best,
+               **history_columns(result), "best": best,
                "images_per_s": trained["images"] / trained["seconds"],
                "epoch_s": trained["seconds"], "skipped_steps": trained["skipped"],
                "planned_epochs": config.epochs}

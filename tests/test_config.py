@@ -18,6 +18,21 @@ def test_presets_override_defaults_and_options_override_presets():
     assert build_config("deeplabv3_r101").encoder == "resnet101"
 
 
+def test_classifier_presets():
+    for name in ("classifier_r34", "demo_cpu_cls"):
+        config = build_config(name)
+        assert config.task == "classify" and config.cls_weight == 0.0
+        assert config.defect_crop_p == 0.0 and 0.0 < config.mask_dropout_p <= 1.0
+    real = build_config("classifier_r34")
+    assert (real.encoder, real.encoder_weights, real.batch_size) == ("resnet34", "imagenet", 16)
+    assert (real.crop_height, real.crop_width) == (256, 1568)
+    demo = build_config("demo_cpu_cls")
+    assert (demo.encoder, demo.encoder_weights, demo.num_workers) == ("resnet18", "none", 2)
+    assert build_config("demo_cpu").cls_weight == 0.0
+    assert build_config("demo_cpu", cls_weight=0.2).cls_weight == 0.2
+    assert build_config("demo_cpu_cls", batch_size=1).batch_size == 1, "no ASPP pooling"
+
+
 def test_json_round_trip_and_differences():
     config = build_config("demo_cpu", pos_weight=(1.0, 2.0, 1.0, 3.0))
     again = from_dict(to_dict(config) | {"pos_weight": [1.0, 2.0, 1.0, 3.0]})  # JSON lists
@@ -38,6 +53,11 @@ def test_json_round_trip_and_differences():
     ({"val_threshold": 1.5}, "val_threshold"),
     ({"atrous_rates_h": (3, 6)}, r"atrous_rates_h \(3, 6\): needs three rates"),
     ({"atrous_rates_w": (0, 6, 9)}, r"atrous_rates_w \(0, 6, 9\): needs three rates of at"),
+    ({"mask_dropout_p": 1.5}, r"mask_dropout_p 1.5: a probability, must be in \[0, 1\]"),
+    ({"mask_dropout_p": -0.1}, "mask_dropout_p -0.1"),
+    ({"hflip_p": 2.0}, "hflip_p 2.0"),
+    ({"task": "detect"}, "task 'detect'"),
+    ({"task": "classify", "cls_weight": 0.2}, "cls_weight 0.2: weighs a segmenter's"),
 ])
 def test_bad_values_are_input_errors(values, message):
     if message is None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from competition import data as data_lib, rle
-from competition.config import TrainConfig
+from competition.config import TrainConfig, build_config
 from competition.images import read_image
 from competition.labels import by_image, load_train
 
@@ -49,10 +49,10 @@ def test_train_transform_crops_flips_and_keeps_image_and_mask_aligned():
     transform = data_lib.train_transform(config)
     image, mask = stripes()
     for _ in range(20):
-        out = transform(image=image, mask=mask)
-        assert out["image"].shape == (128, 256, 3) and out["mask"].shape == (128, 256, 4)
-        assert np.array_equal(out["image"][..., 0] > 127, out["mask"].any(-1))
-        assert out["mask"].any(), "defect_crop_p=1 must always crop on a defect"
+        out_image, out_mask = data_lib.augment(transform, image, mask)
+        assert out_image.shape == (128, 256, 3) and out_mask.shape == (128, 256, 4)
+        assert np.array_equal(out_image[..., 0] > 127, out_mask.any(-1))
+        assert out_mask.any(), "defect_crop_p=1 must always crop on a defect"
 
 
 def test_random_crops_miss_a_small_defect_that_defect_crops_always_hit():
@@ -66,6 +66,70 @@ def test_random_crops_miss_a_small_defect_that_defect_crops_always_hit():
         hits[p] = np.mean([transform(image=image, mask=mask)["mask"].any() for _ in range(100)])
     # a random 256-wide window covers the box (x 200..229) with chance ~ (256+30)/1344 < 0.3
     assert hits[1.0] == 1.0 and hits[0.0] < 0.4
+
+
+def two_defects():
+    """A grey image with two defect regions of different classes: class 1 on rows 10..29,
+    columns 200..229; class 3 on columns 1000..1099 (all rows)."""
+    image, mask = stripes()
+    image[:] = 100
+    return image, mask
+
+
+def blackout(p=1.0):
+    """A transform that keeps the whole image in place and drops one region with chance p."""
+    config = dataclasses.replace(TrainConfig(), crop_height=256, crop_width=1600,
+                                 defect_crop_p=0.0, hflip_p=0.0, vflip_p=0.0,
+                                 brightness_contrast_p=0.0, mask_dropout_p=p)
+    return data_lib.train_transform(config)
+
+
+def test_mask_dropout_blacks_out_one_defect_in_the_image_and_every_mask_channel():
+    image, mask = two_defects()
+    transform = blackout()
+    dropped = []
+    for position in range(12):
+        data_lib.seed_transform(transform, 0, 0, position)
+        out_image, out_mask = data_lib.augment(transform, image, mask)
+        assert out_mask.shape == (256, 1600, 4) and out_mask.dtype == np.uint8
+        labels = torch.from_numpy(out_mask.transpose(2, 0, 1)).amax(dim=(1, 2)).tolist()
+        gone = [c for c in (0, 2) if not out_mask[..., c].any()]
+        assert len(gone) == 1, "one region of the two is dropped, whole"
+        (c,) = gone
+        region = mask[..., c] == 1
+        assert (out_image[region] == 0).all(), "the dropped defect is black in the image"
+        assert (out_mask[region] == 0).all(), "and 0 in all four mask channels"
+        assert (out_image[~region] == 100).all(), "nothing else changes"
+        assert np.array_equal(out_mask[~region], mask[~region])
+        assert labels == [c != 0, 0, c != 2, 0], "its class is no longer present"
+        dropped.append(c)
+    assert set(dropped) == {0, 2}, "either region can be dropped"
+
+
+def test_mask_dropout_off_and_without_defects_changes_nothing():
+    image, mask = two_defects()
+    out_image, out_mask = data_lib.augment(blackout(0.0), image, mask)
+    assert np.array_equal(out_image, image) and np.array_equal(out_mask, mask)
+    empty = np.zeros_like(mask)
+    out_image, out_mask = data_lib.augment(blackout(), image, empty)
+    assert np.array_equal(out_image, image) and not out_mask.any()
+
+
+def test_the_classifier_transform_crops_randomly_and_is_seeded_by_key(train_set):
+    """demo_cpu_cls: plain random crops of the preset's size (no defect bias) with defect
+    blackout; an item's augmentation still depends on (seed, epoch, position) alone."""
+    folder, image_ids, encoded, _ = train_set
+    config = build_config("demo_cpu_cls")
+    transform = data_lib.train_transform(config)
+    names = [type(t).__name__ for t in transform.transforms]
+    assert names[0] == "RandomCrop" and names[-1] == "MaskDropout"
+    dataset = data_lib.SteelDataset(folder, image_ids[:4], encoded, transform, config.seed)
+    image, mask, _ = dataset[(0, 3, 2)]
+    assert image.shape == (3, 128, 512) and mask.shape == (4, 128, 512)
+    again = data_lib.SteelDataset(folder, image_ids[:4], encoded,
+                                  data_lib.train_transform(config), config.seed)
+    assert all(torch.equal(a, b) for a, b in zip(dataset[(0, 3, 2)][:2], again[(0, 3, 2)][:2]))
+    assert not torch.equal(dataset[(1, 3, 2)][0], image), "another epoch, another crop"
 
 
 def crop_means(dataset, keys):

@@ -5,7 +5,8 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
-from competition.losses import DiceBCELoss, soft_dice_loss
+from competition.losses import (DiceBCELoss, PresenceLoss, SegmentLoss, presence,
+                                presence_bce, soft_dice_loss)
 
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 3/4, sigmoid(-ln 3) = 1/4
 ONE_PIXEL = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])  # (1, 1, 2, 2), truth = top-left pixel
@@ -132,3 +133,64 @@ def test_gradient_flows(dtype):
     DiceBCELoss(pos_weight=[1.0, 2.0, 3.0, 4.0])(logits, targets).backward()
     assert logits.grad.dtype == dtype
     assert torch.isfinite(logits.grad.float()).all() and logits.grad.abs().sum() > 0
+
+
+# --- image-level: "class present in the image" --------------------------------------------
+
+def two_images():
+    """(2, 4, 2, 2) masks: image 0 has one pixel of class 1 and all of class 3, image 1 one
+    pixel of class 4: presence [[1, 0, 1, 0], [0, 0, 0, 1]]."""
+    masks = torch.zeros(2, 4, 2, 2, dtype=torch.uint8)
+    masks[0, 0, 1, 1] = 1
+    masks[0, 2] = 1
+    masks[1, 3, 0, 1] = 1
+    return masks
+
+
+# image logits: p = 1/2, 3/4, 1/4, 3/4 for image 0 and 3/4, 1/4, 1/2, 1/4 for image 1
+IMAGE_LOGITS = torch.tensor([[0.0, LN3, -LN3, LN3], [LN3, -LN3, 0.0, -LN3]])
+# BCE per entry against presence [[1, 0, 1, 0], [0, 0, 0, 1]]: -ln(p) for a 1, -ln(1-p) for a 0
+#   image 0: ln 2, ln 4, ln 4, ln 4;  image 1: ln 4, ln(4/3), ln 2, ln 4
+BCE_BY_HAND = (2 * math.log(2) + 5 * math.log(4) + math.log(4 / 3)) / 8
+
+
+def test_presence_by_hand():
+    labels = presence(two_images())
+    assert labels.dtype == torch.float32 and labels.shape == (2, 4)
+    assert labels.tolist() == [[1, 0, 1, 0], [0, 0, 0, 1]]
+
+
+def test_presence_bce_by_hand():
+    assert presence_bce(IMAGE_LOGITS, two_images()).item() == pytest.approx(BCE_BY_HAND)
+    assert PresenceLoss()(IMAGE_LOGITS, two_images()).item() == pytest.approx(BCE_BY_HAND)
+    assert PresenceLoss()(IMAGE_LOGITS.bfloat16(), two_images()).dtype == torch.float32
+    with pytest.raises(ValueError, match="image logits"):
+        presence_bce(IMAGE_LOGITS[:, :3], two_images())
+    with pytest.raises(ValueError, match="not mask logits"):
+        PresenceLoss()(torch.zeros(2, 4, 2, 2), two_images())
+
+
+def test_segment_loss_adds_the_weighted_head_bce():
+    masks = two_images()
+    mask_logits = torch.zeros(2, 4, 2, 2)
+    # Dice per (image, class) at p = 1/2 on 4 pixels, smooth 1: 1 - (2 * s/2 + 1) / (2 + s + 1)
+    # with s truth pixels: s = 1 -> 0.5, s = 4 -> 1 - 5/7 = 2/7, s = 0 -> 2/3 (5 such pairs)
+    dice = (0.5 + 2 / 7 + 5 * 2 / 3 + 0.5) / 8
+    masks_only = dice + math.log(2)  # BCE at p = 1/2 is ln 2 on every pixel
+    loss = SegmentLoss(DiceBCELoss(), cls_weight=0.2)
+    assert loss((mask_logits, IMAGE_LOGITS), masks).item() == pytest.approx(
+        masks_only + 0.2 * BCE_BY_HAND)
+    assert SegmentLoss(DiceBCELoss())(mask_logits, masks).item() == pytest.approx(masks_only)
+    with pytest.raises(ValueError, match="needs mask logits and image logits"):
+        loss(mask_logits, masks)  # a head's weight, no head
+    with pytest.raises(ValueError, match="needs mask logits alone"):
+        SegmentLoss(DiceBCELoss())((mask_logits, IMAGE_LOGITS), masks)
+
+
+def test_the_head_gets_a_gradient_only_from_its_weight():
+    masks, mask_logits = two_images(), torch.zeros(2, 4, 2, 2, requires_grad=True)
+    image_logits = IMAGE_LOGITS.clone().requires_grad_()
+    SegmentLoss(DiceBCELoss(), 0.5)((mask_logits, image_logits), masks).backward()
+    # d BCE / d logit = (p - y) / (N * C): 0.5 * (1/2 - 1) / 8 for image 0, class 1
+    assert image_logits.grad[0, 0].item() == pytest.approx(0.5 * -0.5 / 8)
+    assert mask_logits.grad.abs().sum() > 0

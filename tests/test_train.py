@@ -61,6 +61,8 @@ def test_fit_writes_config_checkpoints_and_history(trained):
     assert last["epoch"] == 2 and last["step"] == 24 and last["config"] == to_dict(tiny())
     best = checkpoint.load(out / "best.pt")
     assert best["score"]["mean_dice"] == row["best"] == max(h["val_dice"] for h in last["history"])
+    assert best["score"]["score"] == best["score"]["mean_dice"], "a segmenter is kept for Dice"
+    assert "val_auc" not in history.columns, "no head, no AUC"
     assert history.val_dice.max() == pytest.approx(row["best"], rel=1e-12)  # through CSV
     assert "optimizer" not in best, "best.pt holds what inference needs"
     assert 0 <= history.all_empty.iloc[0] <= 1
@@ -122,15 +124,21 @@ def interrupt_in_epoch(monkeypatch, epoch):
     monkeypatch.setattr(train_lib, "train_one_epoch", stop)
 
 
-def test_resume_continues_exactly(trained, synthetic, folds_csv, tmp_path, monkeypatch):
-    out = tmp_path / "fold0"
+def interrupted_and_resumed(config, synthetic, folds_csv, out, monkeypatch) -> dict:
+    """A 2-epoch run of `config` interrupted in epoch 2 and resumed: its last.pt."""
     with monkeypatch.context() as patch:
         interrupt_in_epoch(patch, 1)
         with pytest.raises(KeyboardInterrupt):
-            train_lib.fit(tiny(), synthetic, 0, out, folds_csv)
+            train_lib.fit(config, synthetic, 0, out, folds_csv)
     assert checkpoint.load(out / "last.pt")["epoch"] == 1
-    train_lib.fit(tiny(), synthetic, 0, out, folds_csv, resume=True)
-    resumed, straight = checkpoint.load(out / "last.pt"), checkpoint.load(trained[0] / "last.pt")
+    train_lib.fit(config, synthetic, 0, out, folds_csv, resume=True)
+    return checkpoint.load(out / "last.pt")
+
+
+def test_resume_continues_exactly(trained, synthetic, folds_csv, tmp_path, monkeypatch):
+    resumed = interrupted_and_resumed(tiny(), synthetic, folds_csv, tmp_path / "fold0",
+                                      monkeypatch)
+    straight = checkpoint.load(trained[0] / "last.pt")
     assert resumed["step"] == straight["step"] == 24
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key

@@ -50,30 +50,24 @@ case "$stage" in
     "$PY" -m competition baseline --sample "$syn/sample_submission.csv" --out submissions/demo/empty.csv
     "$PY" -m competition validate --submission submissions/demo/empty.csv --sample "$syn/sample_submission.csv"
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
-    # fold 0 of three runs (a CPU budget; a real run has five folds each: bash run.sh fold0..4):
-    # DeepLabV3 with an image-level head, a Unet, and a separate classifier
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --cls-weight 0.2 \
+    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu \
       --folds folds/demo/folds.csv --out folds/demo/fold0 --overwrite
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --arch unet \
-      --folds folds/demo/folds.csv --out folds/demo-unet/fold0 --overwrite
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu_cls \
-      --folds folds/demo/folds.csv --out folds/demo-cls/fold0 --overwrite
-    # the ensemble's OOF statistics, the search of post-processing and gates, the OOF CSV
-    "$PY" -m competition oof --data "$syn" --runs folds/demo,folds/demo-unet \
-      --classifier-runs folds/demo-cls --folds 0 --tta none,hflip --out submissions/demo
-    seg='folds/demo/fold*/best.pt,folds/demo-unet/fold*/best.pt' cls='folds/demo-cls/fold*/best.pt'
-    "$PY" -m competition predict --data "$syn" --checkpoints "$seg" --classifiers "$cls" \
+    # one trained fold here (a CPU budget); a real run has five: bash run.sh fold0..fold4
+    # (several runs and classifier runs ensemble: docs/gates-and-ensembles.md)
+    "$PY" -m competition oof --data "$syn" --runs folds/demo --folds 0 --tta none,hflip \
+      --out submissions/demo
+    "$PY" -m competition predict --data "$syn" --checkpoints 'folds/demo/fold*/best.pt' \
       --postprocess submissions/demo/postprocess.json --out submissions/demo/submission.csv
     "$PY" -m competition validate --submission submissions/demo/submission.csv \
       --sample "$syn/sample_submission.csv"
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/submission.csv
     # the Kaggle bundle, and its kernel run here as on Kaggle: offline, on a simulated /kaggle/input
-    "$PY" -m competition kernel --owner demo-user --checkpoints "$seg" --classifiers "$cls" \
+    "$PY" -m competition kernel --owner demo-user --checkpoints 'folds/demo/fold*/best.pt' \
       --postprocess submissions/demo/postprocess.json --out kaggle/demo --check "$syn"
     cmp kaggle/demo/rehearsal/working/submission.csv submissions/demo/submission.csv
     echo "demo: the offline kernel's submission.csv is identical to submissions/demo/submission.csv"
-    echo "demo: done: folds/demo{,-unet,-cls}/fold0 (models), submissions/demo/ (oof/," \
-      "postprocess.json, cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
+    echo "demo: done: folds/demo/fold0 (model), submissions/demo/ (oof/, postprocess.json," \
+      "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
   folds)
     # bash run.sh folds [--n-folds N ...] on $DATA, or --labels CSV (image-level labels)
     setup

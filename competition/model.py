@@ -196,6 +196,13 @@ def _load_encoder_weights(module: nn.Module, state: dict[str, torch.Tensor], pat
     module.load_state_dict(state)
 
 
+def download_error(encoder: str, e: OSError) -> InputError:
+    """The one line for ImageNet weights that could not be downloaded (offline)."""
+    return InputError(f"the ImageNet weights for {encoder} could not be downloaded "
+                      f"({e.__class__.__name__}); pass --encoder-weights PATH "
+                      f"(a local state dict) or --encoder-weights none")
+
+
 def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weights: str = "none",
                 output_stride: int | None = None, classes: int = 4,
                 atrous_rates_h: tuple[int, ...] = TrainConfig.atrous_rates_h,
@@ -230,9 +237,7 @@ def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weig
     except OSError as e:
         if not imagenet:
             raise
-        raise InputError(f"the ImageNet weights for {encoder} could not be downloaded "
-                         f"({e.__class__.__name__}); pass --encoder-weights PATH "
-                         f"(a local state dict) or --encoder-weights none") from None
+        raise download_error(encoder, e) from None
     except ValueError as e:  # smp: e.g. a VGG or Xception encoder cannot be dilated
         message = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise InputError(f"--encoder {encoder} with --arch {arch}: {message}") from None
@@ -262,9 +267,7 @@ def build_classifier(encoder: str = "resnet34", encoder_weights: str = "none",
     except OSError as e:
         if not imagenet:
             raise
-        raise InputError(f"the ImageNet weights for {encoder} could not be downloaded "
-                         f"({e.__class__.__name__}); pass --encoder-weights PATH "
-                         f"(a local state dict) or --encoder-weights none") from None
+        raise download_error(encoder, e) from None
     if state is not None:
         _load_encoder_weights(backbone, state, Path(weights), encoder)
     return Classifier(backbone, classes, dropout)

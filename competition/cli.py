@@ -247,13 +247,13 @@ def stored_folds(stats_dir: Path) -> list[int]:
 
 
 def print_search(result: dict, out: Path) -> None:
+    from competition.gates import NONE, describe
+
     print(f"{'class':>5} {'threshold':>9} {'min comp':>8} {'min area':>8} {'gate':>16} "
           f"{'OOF dice':>9} {'no gate':>8} {'raw 0.5':>8} {'empty':>7}")
     for c, v in result["classes"].items():
         raw = "-" if v["raw_dice"] is None else f"{v['raw_dice']:.4f}"
-        gate = v.get("gate", {"kind": "none"})
-        shown = "none" if gate["kind"] == "none" else \
-            f"{' '.join(x for x in (gate['kind'], gate['source']) if x)} {gate['value']:g}"
+        shown = describe(v.get("gate") or NONE)
         none = v.get("gates", {}).get("none", {}).get("dice", v["oof_dice"])
         print(f"{c:>5} {v['threshold']:9.2f} {v['min_component']:8d} {v['min_area']:8d} "
               f"{shown:>16} {v['oof_dice']:9.4f} {none:8.4f} {raw:>8} {v['all_empty']:7.4f}")

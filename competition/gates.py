@@ -42,6 +42,11 @@ def label(gate: dict) -> str:
     return " ".join(x for x in (gate["kind"], gate.get("source")) if x)
 
 
+def describe(gate: dict) -> str:
+    """'gate cls 0.2', 'scale aux 5', 'maxprob 0.7'; 'none'."""
+    return label(gate) if gate["kind"] == "none" else f"{label(gate)} {gate['value']:g}"
+
+
 def signal(gate: dict, signals: dict) -> np.ndarray | None:
     """The (N, 4) float32 values a gate compares: signals["maxprob"] for maxprob, the
     source's probabilities for gate and scale, None for none."""

@@ -66,6 +66,11 @@ class Ensemble:
     def weight(self, i: int) -> float:
         return float(self.weights[i]) if self.weights else 1.0
 
+    @property
+    def has_heads(self) -> bool:
+        """Whether any model has an image-level head (trained with cls_weight > 0)."""
+        return any(c.cls_weight > 0 for c in self.configs)
+
 
 WEIGHTS_OPTION = {"--checkpoints": "--weights", "--classifiers": "--classifier-weights"}
 

@@ -94,8 +94,7 @@ def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpts, views, ou
     n, k, m = len(image_ids), len(thresholds), len(min_components)
     picks, examples = set(example_picks(image_ids, encoded)), {}
     components = np.asarray(min_components, np.int64)
-    signals = ["maxprob"] + (["aux"] if any(c.cls_weight > 0 for c in ensemble.configs) else []) \
-        + (["cls"] if cls else [])
+    signals = ["maxprob"] + (["aux"] if ensemble.has_heads else []) + (["cls"] if cls else [])
 
     with atomic_dir(out) as tmp:
         with NpyStream(tmp / "stats.npy", (n, len(CLASSES), k, m, 2), np.int32) as stats, \

@@ -87,7 +87,7 @@ def check_sources(params: Params, ensemble, classifiers, where: str) -> None:
     if "cls" in params.needs() and not classifiers:
         raise InputError(f"{where} gates a class on the classifiers' probabilities: pass the "
                          "classifier checkpoints with --classifiers")
-    if "aux" in params.needs() and not any(c.cls_weight > 0 for c in ensemble.configs):
+    if "aux" in params.needs() and not ensemble.has_heads:
         raise InputError(f"{where} gates a class on the segmenters' image-level heads, and "
                          "none of the segmenters given has one (trained with --cls-weight)")
 

@@ -268,13 +268,6 @@ def _checkpoints(result: dict) -> list[str]:
     return out or list(result.get("checkpoints") or [])
 
 
-def _gate_name(gate: dict | None) -> str:
-    if not gate or gate["kind"] == "none":
-        return "none"
-    return " ".join(x for x in (gate["kind"], gate.get("source"), format_value(gate["value"]))
-                    if x)
-
-
 GATE_TEXT = {"gate": "p_cls < g empties", "scale": "t = t0·c − t0·(c−1)·p_cls",
              "maxprob": "max probability < g empties"}
 
@@ -311,7 +304,8 @@ def _class_table(result: dict) -> str:
                "raw Dice", "all-empty Dice", "pairs", "defect pairs"]
     classes = result["classes"]
     rows = [[c, format_value(s["threshold"]), format_value(s["min_component"]),
-             format_value(s["min_area"]), _gate_name(s.get("gate")), format_dice(s["oof_dice"]),
+             format_value(s["min_area"]), gates.describe(s.get("gate") or gates.NONE),
+             format_dice(s["oof_dice"]),
              format_dice(s.get("raw_dice")), format_dice(s["all_empty"]), s["pairs"],
              s["defect_pairs"]]
             for c, s in ((c, classes[c]) for c in _classes(result))]

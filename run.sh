@@ -50,24 +50,87 @@ case "$stage" in
     "$PY" -m competition baseline --sample "$syn/sample_submission.csv" --out submissions/demo/empty.csv
     "$PY" -m competition validate --submission submissions/demo/empty.csv --sample "$syn/sample_submission.csv"
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu \
+    # three runs on fold 0 (a CPU budget; a real run has five folds: bash run.sh fold0..fold4):
+    # DeepLabV3 with an image-level head, a Unet, and a separate image-level classifier
+    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --cls-weight 0.2 \
       --folds folds/demo/folds.csv --out folds/demo/fold0 --overwrite
-    # one trained fold here (a CPU budget); a real run has five: bash run.sh fold0..fold4
-    # (several runs and classifier runs ensemble: docs/gates-and-ensembles.md)
-    "$PY" -m competition oof --data "$syn" --runs folds/demo --folds 0 --tta none,hflip \
-      --out submissions/demo
-    "$PY" -m competition predict --data "$syn" --checkpoints 'folds/demo/fold*/best.pt' \
+    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --arch unet \
+      --folds folds/demo/folds.csv --out folds/demo-unet/fold0 --overwrite
+    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu_cls \
+      --folds folds/demo/folds.csv --out folds/demo-cls/fold0 --overwrite
+    # the two segmenters averaged on their out-of-fold images, the classifier beside them;
+    # the search picks threshold, min sizes and an image-level gate per class
+    # (docs/gates-and-ensembles.md)
+    "$PY" -m competition oof --data "$syn" --runs folds/demo,folds/demo-unet \
+      --classifier-runs folds/demo-cls --folds 0 --tta none,hflip --out submissions/demo
+    seg='folds/demo/fold*/best.pt,folds/demo-unet/fold*/best.pt' cls='folds/demo-cls/fold*/best.pt'
+    "$PY" -m competition predict --data "$syn" --checkpoints "$seg" --classifiers "$cls" \
       --postprocess submissions/demo/postprocess.json --out submissions/demo/submission.csv
     "$PY" -m competition validate --submission submissions/demo/submission.csv \
       --sample "$syn/sample_submission.csv"
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/submission.csv
     # the Kaggle bundle, and its kernel run here as on Kaggle: offline, on a simulated /kaggle/input
-    "$PY" -m competition kernel --owner demo-user --checkpoints 'folds/demo/fold*/best.pt' \
+    "$PY" -m competition kernel --owner demo-user --checkpoints "$seg" --classifiers "$cls" \
       --postprocess submissions/demo/postprocess.json --out kaggle/demo --check "$syn"
     cmp kaggle/demo/rehearsal/working/submission.csv submissions/demo/submission.csv
     echo "demo: the offline kernel's submission.csv is identical to submissions/demo/submission.csv"
-    echo "demo: done: folds/demo/fold0 (model), submissions/demo/ (oof/, postprocess.json," \
+    echo "demo: done: folds/demo/fold0, folds/demo-unet/fold0, folds/demo-cls/fold0 (models), submissions/demo/ (oof/, postprocess.json," \
       "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
+  demo-gates)
+    # After `demo`: OOF CV and test Dice of the demo's DeepLabV3 (with its head), Unet and
+    # both averaged, each with no gate, the head's gates, the classifier's gates and the
+    # search's free choice (every kind); a table row each (docs/gates-and-ensembles.md).
+    setup
+    syn=input/synthetic m=submissions/demo-gates cls='folds/demo-cls/fold*/best.pt'
+    [ -f folds/demo-cls/fold0/best.pt ] || { echo "error: run 'bash run.sh demo' first" >&2; exit 2; }
+    rows=() seen=()
+    for models in deeplab unet ensemble; do
+      case $models in
+        deeplab) runs=folds/demo seg='folds/demo/fold*/best.pt' gate_sets="none aux cls all" ;;
+        unet) runs=folds/demo-unet seg='folds/demo-unet/fold*/best.pt' gate_sets="none cls all" ;;
+        ensemble) runs=folds/demo,folds/demo-unet
+                  seg='folds/demo/fold*/best.pt,folds/demo-unet/fold*/best.pt' gate_sets="none aux cls all" ;;
+      esac
+      "$PY" -m competition oof --data "$syn" --runs "$runs" --folds-csv folds/demo/folds.csv \
+        --classifier-runs folds/demo-cls --folds 0 --tta none,hflip --out "$m/$models" \
+        --skip-oof-csv > /dev/null
+      for g in $gate_sets; do
+        case $g in
+          none) opts=(--gates none) ;; aux) opts=(--gates gate,scale --gate-sources aux) ;;
+          cls) opts=(--gates gate,scale --gate-sources cls) ;; all) opts=() ;;
+        esac
+        out=$m/$models/$g
+        "$PY" -m competition search --oof-dir "$m/$models/oof" --out "$out" "${opts[@]}" > /dev/null
+        # the chosen settings; a repeat of an earlier row's (same models) reuses its test score
+        chosen=$("$PY" - "$out/postprocess.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+def gate(g):
+    return "none" if g["kind"] == "none" else " ".join(
+        str(x) for x in (g["kind"], g.get("source") or "", f"{g['value']:g}") if x)
+key = json.dumps({c: {k: v[k] for k in ("threshold", "min_component", "min_area", "gate")}
+                  for c, v in r["classes"].items()}, sort_keys=True)
+print(f"{r['oof_mean_dice']:.5f}\t" + " / ".join(gate(v["gate"]) for v in r["classes"].values())
+      + "\t" + key)
+PYEOF
+)
+        IFS=$'\t' read -r cv gates key <<< "$chosen"
+        test_dice=""
+        for s in "${seen[@]}"; do [ "${s%%$'\t'*}" = "$models$key" ] && test_dice=${s##*$'\t'}; done
+        if [ -z "$test_dice" ]; then
+          "$PY" -m competition predict --data "$syn" --checkpoints "$seg" --classifiers "$cls" \
+            --postprocess "$out/postprocess.json" --out "$out/submission.csv" > /dev/null
+          test_dice=$("$PY" -m competition score --truth "$syn/test_truth.csv" \
+            --submission "$out/submission.csv" --json | tail -1 |
+            "$PY" -c 'import json, sys; print(f"{json.load(sys.stdin)[\"mean_dice\"]:.5f}")')
+          seen+=("$models$key"$'\t'"$test_dice")
+        fi
+        rows+=("| $models | $g | $cv | $test_dice | $gates |")
+      done
+    done
+    echo "| models | gates searched | OOF CV | test Dice | chosen gate per class (1 / 2 / 3 / 4) |"
+    echo "|---|---|---|---|---|"
+    printf '%s\n' "${rows[@]}" ;;
   folds)
     # bash run.sh folds [--n-folds N ...] on $DATA, or --labels CSV (image-level labels)
     setup
@@ -101,7 +164,7 @@ case "$stage" in
     "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)
     sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup demo test folds fold<K> oof predict kernel train search score validate check synth bench (python -m competition --help)" ;;
+    echo "stages: setup demo demo-gates test folds fold<K> oof predict kernel train search score validate check synth bench (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

@@ -28,7 +28,7 @@ from competition.errors import InputError
 from competition.files import write_csv, write_json
 from competition.labels import CLASSES, by_image, load_train
 from competition.infer import NonFiniteLogits, forward_checked
-from competition.losses import DiceBCELoss, PresenceLoss, SegmentLoss, presence
+from competition.losses import MaskLoss, PresenceLoss, SegmentLoss, presence
 from competition.metric import dice_from_counts
 from competition.model import from_config, param_groups, split_output
 from competition.postprocess import binarize, pair_counts
@@ -415,11 +415,12 @@ def make_model(config, device: torch.device, encoder_weights: str | None = None)
 
 def make_loss(config, device: torch.device) -> torch.nn.Module:
     """The task's loss on `device`, called as loss_fn(model output, (N, 4, H, W) masks) -> ()
-    float32: a segmenter's Dice+BCE (+ cls_weight x its head's BCE against class presence),
-    a classifier's BCE against class presence (losses.presence)."""
+    float32: a segmenter's config.loss, a weighted sum of losses.LOSSES (+ cls_weight x its
+    head's BCE against class presence), a classifier's BCE against class presence
+    (losses.presence). An unknown loss name is an InputError."""
     if config.task == "classify":
         return PresenceLoss().to(device)
-    masks = DiceBCELoss(config.dice_weight, config.bce_weight, config.pos_weight)
+    masks = MaskLoss(config_lib.parse_loss(config.loss), config.pos_weight, config.focal_gamma)
     return SegmentLoss(masks, config.cls_weight).to(device)
 
 
@@ -458,6 +459,9 @@ def resolve_config(config, out: Path, resume: bool, overwrite: bool, explicit: d
         if last.exists() and not overwrite:
             raise InputError(f"{out} already holds a run ({last}): pass --resume to continue "
                              "it, --overwrite to start again, or --out for another folder")
+        if config.init_from and Path(config.init_from).resolve().parent == out.resolve():
+            raise InputError(f"--init-from {config.init_from} lies in --out {out}, which the "
+                             "new run writes over: give the new run another --out")
         return config, None, None
     state = checkpoint.load(last)
     saved = checkpoint.config_of(state, last)
@@ -574,6 +578,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     rt = runtime()
     data, out = Path(data), Path(out)
     config, state, saved = resolve_config(config, out, resume, overwrite, explicit or {})
+    loss_fn = make_loss(config, rt.device)  # an unknown loss name stops here, before any work
     dtype = (amp_dtype(config.amp, rt.device) if state is None else
              resume_dtype(saved_precision(state, saved, rt.device), rt.device, out / "last.pt"))
     image_ids, labels = load_train(data)
@@ -581,7 +586,9 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     encoded = by_image(labels)
     configure_backends(rt.device)
     torch.manual_seed(config.seed)
-    model = make_model(config, rt.device)
+    model = make_model(config, rt.device, "none" if config.init_from else None)
+    started = (checkpoint.init_weights(model, config.init_from, config)
+               if config.init_from and state is None else None)  # resumed: from last.pt
     encoder_params, head_params = param_groups(model)
     optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": config.encoder_lr},
                                    {"params": head_params, "lr": config.lr}],
@@ -593,7 +600,6 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     scheduler = build_scheduler(optimizer, **schedule_args(config, updates))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
     ema = make_ema(model) if config.ema_decay > 0 else None
-    loss_fn = make_loss(config, rt.device)
 
     start_epoch, best, history, ema_updates = 0, -1.0, [], 0
     if state is not None:
@@ -621,6 +627,8 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
               f"{rt.world} process(es) on {rt.device}, amp {PRECISION[dtype]}; {updates} updates "
               f"per epoch, epochs {start_epoch + 1}..{config.epochs}"
               + (f" (resumed from {out / 'last.pt'})" if state is not None else ""))
+        if started:
+            print(started)
         write_json(out / "config.json", config_lib.to_dict(config))
 
     row = history[-1] if history else {}

@@ -10,22 +10,11 @@ import torch
 from competition import checkpoint, train as train_lib
 from competition.config import build_config, to_dict
 from competition.errors import InputError
-from competition.files import write_csv
-from competition.folds import make_folds
-from competition.labels import load_train
 from competition.model import from_config
 from test_cli import one_line_error, run
-from test_train import cli_args, tiny
+from test_train import cli_args, folds_csv, tiny  # noqa: F401 (folds_csv: a fixture)
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def folds_csv(synthetic, tmp_path_factory):
-    image_ids, labels = load_train(synthetic)
-    path = tmp_path_factory.mktemp("folds") / "folds.csv"
-    write_csv(path, make_folds(image_ids, labels, n_folds=5, seed=0))
-    return path
 
 
 def saved_run(path, config, ema=True, seed=0):

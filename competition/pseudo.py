@@ -119,10 +119,11 @@ def describe(summary: dict) -> str:
 class Predictions:
     """An ensemble's test predictions: `encoded` (ImageId, ClassId) -> RLE of the
     post-processed mask ('' empty), `signals` {name: (N, 4) float32} rows in `image_ids`
-    order, and the models' files."""
+    order, the source the rule reads, and the models' files."""
     image_ids: list[str]
     encoded: dict
     signals: dict
+    source: str
     models: dict
 
 
@@ -139,9 +140,10 @@ def test_images(data: Path) -> list[str]:
 
 def predict(data: Path, checkpoints: list[Path], params, views, batch_size: int, workers: int,
             weights=None, classifiers=(), classifier_weights=None,
-            where: str = "postprocess.json") -> Predictions:
+            where: str = "postprocess.json", source: str = "auto") -> Predictions:
     """Run the ensemble on every test image as `predict` does (predict.load_models,
-    predict.encode), keeping the image-level signals beside the masks' RLE."""
+    predict.encode), keeping the image-level signals beside the masks' RLE. `source` is
+    resolved (resolve_source) once the models are loaded, before any image is predicted."""
     from competition import predict as predict_lib
     from competition.gates import check_signals
     from competition.infer import device
@@ -150,6 +152,7 @@ def predict(data: Path, checkpoints: list[Path], params, views, batch_size: int,
     dev = device()
     ensemble, cls = predict_lib.load_models(checkpoints, params, dev, weights, classifiers,
                                             classifier_weights, where)
+    source = resolve_source(source, cls is not None, ensemble.has_heads)
     encoded, signals = {}, {}
     predict_lib.encode(ensemble, data / "test_images", image_ids, params, views, dev,
                        batch_size, workers, "pseudo", encoded, classifiers=cls, signals=signals)
@@ -158,7 +161,7 @@ def predict(data: Path, checkpoints: list[Path], params, views, batch_size: int,
                              for i, p in enumerate(ensemble.paths)],
               "classifiers": [{"checkpoint": str(p), "weight": cls.weight(i)}
                               for i, p in enumerate(cls.paths)] if cls else []}
-    return Predictions(image_ids, encoded, signals, models)
+    return Predictions(image_ids, encoded, signals, source, models)
 
 
 def nonempty(pred: Predictions) -> np.ndarray:
@@ -227,8 +230,8 @@ def make(data: Path, checkpoints: list[Path], params, views, out: Path, rule: Ru
     check_rule(rule)
     check_out(out, data)
     pred = predict(data, checkpoints, params, views, batch_size, workers, weights,
-                   classifiers, classifier_weights, where)
-    source = resolve_source(rule.source, "cls" in pred.signals, "aux" in pred.signals)
+                   classifiers, classifier_weights, where, rule.source)
+    source = pred.source
     selection = select(pred.signals[source], nonempty(pred), rule.high, rule.low)
     summary = {**summarize(selection),
                "rule": {"source": source, "high": rule.high, "low": rule.low,

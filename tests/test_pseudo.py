@@ -368,7 +368,10 @@ def test_the_loaders_mix_pseudo_items_into_training_only(synthetic, folds_csv, f
 
 
 def test_a_run_with_pseudo_labels_validates_and_scores_oof_on_the_fold_alone(
-        synthetic, folds_csv, fake, tmp_path, monkeypatch, capsys):
+        synthetic, fake, tmp_path, monkeypatch, capsys):
+    image_ids, labels = load_train(synthetic)
+    folds_csv = tmp_path / "folds.csv"  # 10 folds: 6 validation images (CPU time)
+    write_csv(folds_csv, make_folds(image_ids, labels, n_folds=10, seed=0))
     captured = {}
     real = train_lib.build_loaders
 
@@ -379,7 +382,7 @@ def test_a_run_with_pseudo_labels_validates_and_scores_oof_on_the_fold_alone(
     runs = tmp_path / "runs"
     config = build_config("demo_cpu", **TINY, pseudo=str(fake), pseudo_share=0.25)
     row = train_lib.fit(config, synthetic, 0, runs / "fold0", folds_csv)
-    assert row["step"] == 16  # 48 images, 3 a batch beside 1 pseudo-labelled: 16 updates
+    assert row["step"] == 18  # 54 images, 3 a batch beside 1 pseudo-labelled: 18 updates
     assert "pseudo-labels: 12 images of" in capsys.readouterr().out
     folds = pd.read_csv(folds_csv)
     val_ids = folds.ImageId[folds.fold == 0].tolist()

@@ -21,6 +21,7 @@ from competition.search import Params
 from conftest import random_checkpoint
 from test_cli import one_line_error, run_here
 from test_infer import record_batches
+from test_train import folds_csv  # noqa: F401 (the fixture: 5 folds of the synthetic set)
 
 PARAMS = Params((0.3, 0.5, 0.6, 0.7), (0, 30, 100, 400), (0, 50, 500, 1000))
 VIEWS = ("none",)
@@ -258,14 +259,6 @@ def test_pseudo_refusals_are_one_line(data, models, tmp_path, capsys):
 
 
 # ---- training with a pseudo-labelled set ----
-
-@pytest.fixture(scope="module")
-def folds_csv(synthetic, tmp_path_factory):
-    image_ids, labels = load_train(synthetic)
-    path = tmp_path_factory.mktemp("folds") / "folds.csv"
-    write_csv(path, make_folds(image_ids, labels, n_folds=5, seed=0))
-    return path
-
 
 def stand_in(synthetic, root):
     """A pseudo-labelled dataset without a model: links to the 12 synthetic test images, with

@@ -48,6 +48,10 @@ class TrainConfig:
     # (a connected component of the union of the 4 masks) is set to 0 in the image and in all
     # masks, so its class label can flip to 0 (classifiers: learn the defect, not the image)
     balance: bool = False  # sample defect and defect-free images equally often
+    pseudo: str = ""  # a pseudo-labelled dataset (`python -m competition pseudo`) mixed into
+    # every training batch, never validated on; "" for none
+    pseudo_share: float = 0.0  # the share of each batch drawn from `pseudo`: round half up of
+    # batch_size x share images (pseudo_per_batch); 0 with no pseudo; 1st place ~ 0.15
     num_workers: int = 8  # JPEG decoding and augmentation in worker processes
     # optimisation
     epochs: int = 30
@@ -251,6 +255,34 @@ def check(c: TrainConfig) -> None:
     untrained = untrained_line(c)
     if untrained and not c.allow_untrained_taps:
         raise InputError(f"{untrained}; allow_untrained_taps true trains them anyway")
+    check_pseudo(c)
+
+
+def pseudo_per_batch(batch_size: int, share: float) -> int:
+    """Pseudo-labelled images in every batch of `batch_size`: batch_size x share rounded half
+    up (8 x 0.15 = 1.2 -> 1; 16 x 0.15 = 2.4 -> 2; 4 x 0.125 = 0.5 -> 1)."""
+    return math.floor(batch_size * share + 0.5)
+
+
+def check_pseudo(c: TrainConfig) -> None:
+    """pseudo and pseudo_share come together, and the share gives at least one pseudo-labelled
+    and one labelled image per batch."""
+    if not 0.0 <= c.pseudo_share < 1.0:  # a NaN fails too
+        raise InputError(f"pseudo_share {c.pseudo_share}: the share of pseudo-labelled images "
+                         "in a batch, must be in [0, 1)")
+    if c.pseudo_share > 0 and not c.pseudo:
+        raise InputError(f"pseudo_share {c.pseudo_share} without pseudo: give the "
+                         "pseudo-labelled dataset too (--pseudo DIR)")
+    if not c.pseudo:
+        return
+    if c.pseudo_share == 0:
+        raise InputError(f"pseudo {c.pseudo} with pseudo_share 0 mixes nothing in: give "
+                         "--pseudo-share in (0, 1), e.g. 0.15")
+    k = pseudo_per_batch(c.batch_size, c.pseudo_share)
+    if not 1 <= k < c.batch_size:
+        raise InputError(f"pseudo_share {c.pseudo_share} of batch_size {c.batch_size} gives {k} "
+                         "pseudo-labelled images per batch (rounded half up): it must leave at "
+                         "least one of each kind; change --pseudo-share or --batch-size")
 
 
 def cells(pixels: int, stride: int) -> int:

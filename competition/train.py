@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from competition import checkpoint, config as config_lib, data as data_lib
+from competition import checkpoint, config as config_lib, data as data_lib, pseudo as pseudo_lib
 from competition.errors import InputError
 from competition.files import write_csv, write_json
 from competition.labels import CLASSES, by_image, load_train
@@ -424,15 +424,20 @@ def make_loss(config, device: torch.device) -> torch.nn.Module:
     return SegmentLoss(masks, config.cls_weight).to(device)
 
 
-def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime):
+def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, pseudo=None):
     """Training crops from a per-epoch sampler sharded by rank (and drop_last: DeepLabV3's
-    image pooling cannot train on a batch of one), full-size validation split by rank."""
+    image pooling cannot train on a batch of one), full-size validation split by rank.
+    `pseudo` (a pseudo.PseudoSet): mixed into every training batch (pseudo.mix), never
+    into validation."""
     folder = data / "train_images"
-    train_set = data_lib.SteelDataset(folder, train_ids, encoded,
-                                      data_lib.train_transform(config), config.seed)
+    transform = data_lib.train_transform(config)
+    train_set = data_lib.SteelDataset(folder, train_ids, encoded, transform, config.seed)
     weights = (data_lib.balance_weights(data_lib.has_defect(train_ids, encoded))
                if config.balance else None)
     sampler = data_lib.train_sampler(train_set, config.seed, rt.rank, rt.world, weights)
+    if pseudo is not None:
+        train_set, sampler = pseudo_lib.mix(train_set, sampler.sampler, pseudo, transform,
+                                            config, rt.rank, rt.world)
     pin = rt.device.type == "cuda"
     train_loader = data_lib.loader(train_set, config.batch_size, config.num_workers,
                                    sampler=sampler, drop_last=True, pin_memory=pin,
@@ -584,6 +589,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     image_ids, labels = load_train(data)
     train_ids, val_ids = split(folds_csv, fold, image_ids)
     encoded = by_image(labels)
+    pseudo = pseudo_lib.load(config.pseudo, image_ids, data) if config.pseudo else None
     configure_backends(rt.device)
     torch.manual_seed(config.seed)
     model = make_model(config, rt.device, "none" if config.init_from else None)
@@ -593,7 +599,8 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": config.encoder_lr},
                                    {"params": head_params, "lr": config.lr}],
                                   weight_decay=config.weight_decay)
-    train_loader, val_loader = build_loaders(config, data, train_ids, val_ids, encoded, rt)
+    train_loader, val_loader = build_loaders(config, data, train_ids, val_ids, encoded, rt,
+                                             pseudo)
     updates = len(train_loader) // config.accumulate
     if state is not None:
         announce_extension(saved, config, state, updates)
@@ -629,6 +636,11 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
               + (f" (resumed from {out / 'last.pt'})" if state is not None else ""))
         if started:
             print(started)
+        if pseudo is not None:
+            k = config_lib.pseudo_per_batch(config.batch_size, config.pseudo_share)
+            print(f"pseudo-labels: {len(pseudo.image_ids)} images of {pseudo.folder}, {k} in "
+                  f"every batch of {config.batch_size} (share {k / config.batch_size:.3f} for "
+                  f"pseudo_share {config.pseudo_share}); never validated on")
         write_json(out / "config.json", config_lib.to_dict(config))
 
     row = history[-1] if history else {}

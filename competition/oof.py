@@ -153,14 +153,16 @@ def parse_folds(text: str | None, folds_csv: Path) -> list[int]:
 @dataclass(frozen=True)
 class Runs:
     """The runs an OOF ensemble averages: folders of fold<k>/best.pt, segmentation runs
-    (any architectures) and classifier runs, each with its weight in its own average."""
+    (any architectures) and classifier runs, each with its weight in its own average.
+    `name`: the segmenters' checkpoint file in fold<k>/ (averaged.pt: `average`'s)."""
     segmenters: tuple[Path, ...]
     weights: tuple[float, ...] = ()
     classifiers: tuple[Path, ...] = ()
     classifier_weights: tuple[float, ...] = ()
+    name: str = "best.pt"
 
     def of_fold(self, k: int) -> tuple[list[Path], list[Path]]:
-        return ([r / f"fold{k}" / "best.pt" for r in self.segmenters],
+        return ([r / f"fold{k}" / self.name for r in self.segmenters],
                 [r / f"fold{k}" / "best.pt" for r in self.classifiers])
 
 

@@ -120,16 +120,18 @@ def update_bn(model: torch.nn.Module, loader, device: torch.device, channels_las
     return seen
 
 
-def load_kept(run: Path, entries: list[dict]) -> tuple[list[dict], list[str], config_lib.TrainConfig]:
-    """The kept files of `entries` -> (their weights, their paths, the config of the latest).
-    Configs that differ in anything but the epochs (a run extended on resume) and the fields
-    that change no result -> InputError naming the two files."""
+def load_kept(run: Path, entries: list[dict]) -> tuple[list[dict], list[str],
+                                                     config_lib.TrainConfig, int | None]:
+    """The kept files of `entries` -> (their weights, their paths, the config and optimizer
+    step of the latest). Configs that differ in anything but the epochs (a run extended on
+    resume) and the fields that change no result -> InputError naming the two files."""
     paths = [str(Path(run) / keep.FOLDER / e["file"]) for e in entries]
-    states, configs = [], []
+    states, configs, steps = [], [], []
     for path in paths:
         state = checkpoint.load(path)
         configs.append(checkpoint.config_of(state, path))
         states.append(state.get("ema") or state["model"])
+        steps.append(state.get("step"))
     for path, config in zip(paths[1:], configs[1:]):
         diffs = config_lib.differences(dataclasses.replace(configs[0], epochs=config.epochs),
                                        config)
@@ -137,7 +139,7 @@ def load_kept(run: Path, entries: list[dict]) -> tuple[list[dict], list[str], co
             raise InputError(f"{path}: another config than {paths[0]} ({diffs[0]}): only "
                              "weights of one run can be averaged")
     latest = max(range(len(entries)), key=lambda i: entries[i]["epoch"])
-    return states, paths, configs[latest]
+    return states, paths, configs[latest], steps[latest]
 
 
 def fold_from_name(run: Path) -> int | None:
@@ -168,7 +170,7 @@ def average_run(run: str | Path, top: int | None = None, last: int | None = None
                          "or more")
     index = keep.read(run)
     entries = keep.select(run, index, top, last)
-    states, paths, config = load_kept(run, entries)
+    states, paths, config, step = load_kept(run, entries)
     mode, k = ("top", top) if top is not None else ("last", last)
     if not (run / "best.pt").is_file():
         raise InputError(f"{run / 'best.pt'}: not found; the average is compared with it")
@@ -236,7 +238,7 @@ def average_run(run: str | Path, top: int | None = None, last: int | None = None
         "gain": result["score"] - best_result["score"],
         "beat_best": result["score"] > best_result["score"], "result": result}
     checkpoint.save(out, {"config": config_lib.to_dict(saved), "model": averaged, "ema": None,
-                          "epoch": max(summary["epochs"]), "step": None, "score": result,
+                          "epoch": max(summary["epochs"]), "step": step, "score": result,
                           "averaged": {k: v for k, v in summary.items() if k != "result"}})
     write_json(out.with_suffix(".json"), summary)
     return summary

@@ -179,8 +179,10 @@ def fold_runs(runs, folds_csv: Path, folds: list[int],
     ckpts = [p for _, seg, cls in todo for p in seg + cls]
     missing = [str(p) for p in ckpts if not p.is_file()]
     if missing:
+        make = ("train it with `bash run.sh fold<K>`" if missing[0].endswith("best.pt") else
+                "make it (`python -m competition average --run RUN/fold<K> --top K`)")
         raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} of {len(ckpts)} "
-                         "missing); train it with `bash run.sh fold<K>` or pass --folds")
+                         f"missing); {make} or pass --folds")
     return [(k, split(folds_csv, k, image_ids)[1], seg, cls) for k, seg, cls in todo]
 
 

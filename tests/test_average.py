@@ -12,10 +12,9 @@ from competition import train as train_lib
 from competition.config import build_config
 from competition.errors import InputError
 from competition.files import write_csv
-from competition.folds import make_folds
-from competition.labels import load_train
 from conftest import random_checkpoint
 from test_cli import one_line_error, run
+from test_train import folds_csv  # noqa: F401 (a fixture)
 
 TINY = dict(crop_height=64, crop_width=128, epochs=3, batch_size=4, num_workers=0,
             val_batch_size=6, warmup_epochs=0.5, ema_decay=0.9, keep_top=2, keep_last=0)
@@ -231,14 +230,6 @@ def test_resumed_drops_epochs_past_last_pt_and_entries_without_their_file(tmp_pa
 # --- real runs: train --keep-top, resume, average ---------------------------------------------
 
 @pytest.fixture(scope="module")
-def folds_csv(synthetic, tmp_path_factory):
-    image_ids, labels = load_train(synthetic)
-    path = tmp_path_factory.mktemp("folds") / "folds.csv"
-    write_csv(path, make_folds(image_ids, labels, n_folds=5, seed=0))
-    return path
-
-
-@pytest.fixture(scope="module")
 def kept_run(synthetic, folds_csv, tmp_path_factory):
     """A 3-epoch run keeping its 2 best epochs, killed in epoch 3 after its kept file and
     index were written and before last.pt, then resumed: (run folder, the index before the
@@ -302,6 +293,7 @@ def test_average_cli_writes_averaged_pt_usable_like_best_pt(kept_run, tmp_path):
     assert summary["best_score"] == pytest.approx(summary["best_score_recorded"], abs=1e-12)
     state = checkpoint.load(run_dir / "averaged.pt")
     assert state["score"]["score"] == summary["score"] and state["ema"] is None
+    assert state["epoch"] == 3 and state["step"] == 36  # the latest averaged: 12 updates an epoch
     model, config = checkpoint.model_from(run_dir / "averaged.pt")  # as oof/predict/kernel
     assert config == checkpoint.config_of(checkpoint.load(run_dir / "best.pt"))
     # the weights are the mean of the two epochs'; only the BatchNorm buffers were re-estimated
@@ -382,7 +374,7 @@ def test_other_bad_input_is_refused_before_anything_is_written(tmp_path):
     run_dir = hand_made_run(tmp_path / "a")
     for kwargs, message in ((dict(top=2, bn_batches=-1), "--bn-batches -1"),
                             (dict(top=0), "--top 0: must be at least 1"),
-                            (dict(top=2), r"data.*not found|no such|train.csv"),
+                            (dict(top=2), r"data/train.csv: file not found"),
                             (dict(), "give one of --top K and --last K")):
         with pytest.raises(InputError, match=message):
             avg.average_run(run_dir, **kwargs)

@@ -142,6 +142,23 @@ def cmd_train(args) -> None:
             dist.destroy_process_group()
 
 
+def cmd_average(args) -> None:
+    from competition.average import average_run, describe
+
+    summary = average_run(args.run, args.top, args.last, args.bn_batches, args.data, args.fold,
+                          args.folds_csv, args.batch_size, args.workers, args.out)
+    print(describe(summary))
+    out = Path(args.out or Path(args.run) / "averaged.pt")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def checkpoint_name(text: str) -> str:
+    """--checkpoint-name: a file name, no folder."""
+    if not text or Path(text).name != text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r}: a file name in fold<K>/, e.g. averaged.pt")
+    return text
+
+
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -155,7 +172,8 @@ def fold_args(args) -> tuple:
     classifiers = (run_list(args.classifier_runs, "--classifier-runs")
                    if args.classifier_runs else ())
     runs = Runs(segmenters, run_weights(args.weights, segmenters, "--weights"), classifiers,
-                run_weights(args.classifier_weights, classifiers, "--classifier-weights"))
+                run_weights(args.classifier_weights, classifiers, "--classifier-weights"),
+                args.checkpoint_name)
     folds_csv = Path(args.folds_csv or segmenters[0] / "folds.csv")
     return runs, folds_csv, parse_folds(args.folds, folds_csv)
 
@@ -455,6 +473,27 @@ def build_parser() -> argparse.ArgumentParser:
     config_options(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("average", help="average a run's kept epochs (train --keep-top/--keep-"
+                       "last), re-estimate BatchNorm, validate -> RUN/averaged.pt")
+    p.add_argument("--run", required=True, help="run folder with kept/ (e.g. folds/fold0)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--top", type=int, help="average the K epochs of best validation score")
+    which.add_argument("--last", type=int, help="average the K last epochs")
+    p.add_argument("--bn-batches", type=int, default=None,
+                   help="BatchNorm re-estimation on this many batches of the fold's full-size "
+                   "training images (default: all; 0: keep the averaged statistics)")
+    p.add_argument("--data", default=None, help="dataset (default: the run's, kept/index.json)")
+    p.add_argument("--fold", type=int, default=None, help="default: the run's")
+    p.add_argument("--folds-csv", default=None, help="default: the run's")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch, BatchNorm and validation (default: the run's "
+                   "val_batch_size)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader processes (default: the run's num_workers)")
+    p.add_argument("--out", default=None,
+                   help="default RUN/averaged.pt (and its .json beside it)")
+    p.set_defaults(func=cmd_average)
+
     def inference_options(p, batch_size: int = 8) -> None:
         p.add_argument("--data", default="input/severstal-steel-defect-detection",
                        help="dataset folder in Kaggle layout")
@@ -474,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--folds-csv", default=None,
                        help="folds file (default: the first run's folds.csv)")
         p.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+        p.add_argument("--checkpoint-name", default="best.pt", type=checkpoint_name,
+                       help="the segmenter runs' file in fold<K>/: best.pt, or averaged.pt "
+                       "(`average`); classifier runs give best.pt")
 
     def checkpoint_options(p) -> None:
         p.add_argument("--checkpoints", default="folds/fold*/best.pt",

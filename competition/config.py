@@ -83,6 +83,11 @@ class TrainConfig:
     val_threshold: float = 0.5  # probability above which a pixel is a defect
     val_min_area: tuple[int, int, int, int] = (600, 600, 900, 2000)  # 1st place's per-class minimum mask area
     seed: int = 0
+    # weight averaging (`python -m competition average`, keep.py): the evaluated weights (EMA
+    # where kept) of these epochs go to kept/epochNNN.pt, about half a best.pt each (~100 MB
+    # for DeepLabV3-R34), so off by default
+    keep_top: int = 0  # the k epochs of best validation score (average --top k); 0: none
+    keep_last: int = 0  # the k last epochs (average --last k); 0: none
 
 
 PRESETS: dict[str, dict] = {
@@ -118,8 +123,8 @@ RATE_STRIDE = 16  # the atrous rates are in cells of this output stride (and Dee
 OLD_RATES = (12, 24, 36)  # the dilations every ASPP had before the rates were config fields
 
 TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("tuple")}
-# Fields that change speed, not results: they may differ when a run is resumed.
-RUNTIME_FIELDS = {"num_workers", "val_batch_size"}
+# Fields that change speed or what is kept, not results: they may differ when a run is resumed.
+RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last"}
 
 
 def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:
@@ -238,6 +243,9 @@ def check(c: TrainConfig) -> None:
                   "mask_dropout_p"):
         if not 0.0 <= getattr(c, field) <= 1.0:
             raise InputError(f"{field} {getattr(c, field)}: a probability, must be in [0, 1]")
+    for field in ("keep_top", "keep_last"):
+        if getattr(c, field) < 0:
+            raise InputError(f"{field} {getattr(c, field)}: must be 0 (keep none) or more")
     if not 0.0 <= c.ema_decay < 1.0:
         raise InputError(f"ema_decay {c.ema_decay}: must be in [0, 1)")
     if c.batch_size < 2 and c.task == "segment" and c.arch in ASPP_ARCHS:

@@ -4,7 +4,8 @@ One process, or one per GPU under `torchrun --nproc_per_node=N -m competition tr
 (DDP; only rank 0 writes). Every epoch: train on the crops, validate on full-size images,
 write last.pt (and best.pt when the validation score improved: the competition's Dice for a
 segmenter, the mean ROC AUC of "class present" for a classifier) and history.csv, each
-atomically.
+atomically; with --keep-top/--keep-last, the epochs kept for weight averaging
+(keep.py).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from competition import checkpoint, config as config_lib, data as data_lib, pseudo as pseudo_lib
+from competition import checkpoint, config as config_lib, data as data_lib, keep
+from competition import pseudo as pseudo_lib
 from competition.errors import InputError
 from competition.files import write_csv, write_json
 from competition.labels import CLASSES, by_image, load_train
@@ -424,6 +426,15 @@ def make_loss(config, device: torch.device) -> torch.nn.Module:
     return SegmentLoss(masks, config.cls_weight).to(device)
 
 
+def full_size_loader(config, data: Path, ids, encoded, rt: Runtime, batch_size: int,
+                     drop_last: bool = False):
+    """This rank's share of `ids` as full-size 256x1600 images, unaugmented, in order:
+    validation, and BatchNorm re-estimation (average.py, `drop_last`)."""
+    dataset = data_lib.SteelDataset(data / "train_images", ids[rt.rank::rt.world], encoded)
+    return data_lib.loader(dataset, batch_size, config.num_workers, drop_last=drop_last,
+                           pin_memory=rt.device.type == "cuda", persistent=True)
+
+
 def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, pseudo=None):
     """Training crops from a per-epoch sampler sharded by rank (and drop_last: DeepLabV3's
     image pooling cannot train on a batch of one), full-size validation split by rank.
@@ -442,9 +453,7 @@ def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, 
     train_loader = data_lib.loader(train_set, config.batch_size, config.num_workers,
                                    sampler=sampler, drop_last=True, pin_memory=pin,
                                    persistent=True)
-    val_set = data_lib.SteelDataset(folder, val_ids[rt.rank::rt.world], encoded)
-    val_loader = data_lib.loader(val_set, config.val_batch_size, config.num_workers,
-                                 pin_memory=pin, persistent=True)
+    val_loader = full_size_loader(config, data, val_ids, encoded, rt, config.val_batch_size)
     if len(train_loader) < config.accumulate:
         raise InputError(f"{len(train_ids)} training images give {len(train_loader)} batches "
                          f"of {config.batch_size} per process: fewer than one optimizer update "
@@ -623,6 +632,9 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
             ema_updates = state["ema_updates"]
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
         restore_rng(state["rng"], rt)
+    kept = (keep.resumed(out, start_epoch, fold, data, folds_csv, config.keep_top,
+                         config.keep_last) if state is not None else
+            keep.empty(fold, data, folds_csv, config.keep_top, config.keep_last))
     if rt.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
@@ -675,6 +687,9 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
             weights = {"config": config_lib.to_dict(config), "model": unwrap(model).state_dict(),
                        "ema": ema.state_dict() if ema is not None else None,
                        "epoch": epoch + 1, "step": scheduler.last_epoch}
+            # before last.pt: an epoch recorded but not in last.pt is recorded again on resume
+            kept = keep.record(out, kept, epoch + 1, result["score"], lambda: {
+                **weights, "model": evaluated.state_dict(), "ema": None, "score": result})
             checkpoint.save(out / "last.pt", {
                 **weights, "ema_updates": ema_updates, "precision": PRECISION[dtype],
                 "optimizer": optimizer.state_dict(),

@@ -64,6 +64,56 @@ def model_from(path: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), config
 
 
+INIT_FIELDS = ("task", "arch", "encoder")  # what --init-from's checkpoint must share with the run
+HEAD = "classification_head."  # a segmenter's optional image-level head (cls_weight > 0)
+
+
+def init_weights(model: torch.nn.Module, path: str | Path, config) -> str:
+    """Start `model` (built from TrainConfig `config`) from checkpoint `path`: the weights of
+    its EMA where its run kept one, else of its model, bit for bit. Returns one line saying
+    what was loaded. Nothing is loaded when anything does not fit (InputError, one line
+    naming the checkpoint and what differs):
+
+    - task, arch and encoder must be the checkpoint's (INIT_FIELDS): other ones give other
+      weights, or weights of the same shapes that mean something else;
+    - every weight must have the checkpoint's shape (another class count shows here);
+    - a segmenter's image-level head (cls_weight > 0) may be in one and not the other: a
+      head the run does not have is left out, one the checkpoint lacks starts untrained.
+    Output stride and atrous rates change no weight's shape and may differ."""
+    state = load(path)
+    source = config_of(state, path)
+    for field in INIT_FIELDS:
+        theirs, ours = getattr(source, field), getattr(config, field)
+        if theirs != ours:
+            raise InputError(f"{path}: a checkpoint of {field} {theirs!r}, this run's is "
+                             f"{ours!r}: --init-from needs the same {', '.join(INIT_FIELDS)}")
+    ema = bool(state.get("ema"))
+    weights = state["ema"] if ema else state["model"]
+    current = model.state_dict()
+    optional = (lambda key: key.startswith(HEAD)) if config.task == "segment" else (
+        lambda key: False)
+    left_out = [k for k in weights if k not in current and optional(k)]
+    untrained = [k for k in current if k not in weights and optional(k)]
+    weights = {k: v for k, v in weights.items() if k not in left_out}
+    unexpected = [k for k in weights if k not in current]
+    missing = [k for k in current if k not in weights and k not in untrained]
+    if unexpected or missing:
+        key, more = (unexpected or missing)[0], len(unexpected) + len(missing) - 1
+        raise InputError(f"{path}: its weights do not fit {config.arch}/{config.encoder}: "
+                         + (f"{key} is not in this run's model" if unexpected else
+                            f"it has no {key}") + (f" (and {more} more)" if more else ""))
+    for key, value in weights.items():
+        if value.shape != current[key].shape:
+            raise InputError(f"{path}: its {key} has shape {tuple(value.shape)}, this run's "
+                             f"model {tuple(current[key].shape)} (another class count?)")
+    model.load_state_dict({**{k: current[k] for k in untrained}, **weights})
+    head = (" without its image-level head (this run has none)" if left_out else
+            "; the image-level head starts untrained (the checkpoint has none)"
+            if untrained else "")
+    return (f"init: the {'EMA' if ema else 'model'} weights of {path} (epoch "
+            f"{state.get('epoch', '?')}){head}")
+
+
 def rng_state(device: torch.device | None = None) -> dict:
     """This process's generators: CPU torch, Python, numpy, and the CUDA generator of its own
     `device` only (under torchrun each rank saves its own; see train.gather_rng)."""

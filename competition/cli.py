@@ -142,6 +142,23 @@ def cmd_train(args) -> None:
             dist.destroy_process_group()
 
 
+def cmd_average(args) -> None:
+    from competition.average import average_run, describe
+
+    summary = average_run(args.run, args.top, args.last, args.bn_batches, args.data, args.fold,
+                          args.folds_csv, args.batch_size, args.workers, args.out)
+    print(describe(summary))
+    out = Path(args.out or Path(args.run) / "averaged.pt")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def checkpoint_name(text: str) -> str:
+    """--checkpoint-name: a file name, no folder."""
+    if not text or Path(text).name != text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r}: a file name in fold<K>/, e.g. averaged.pt")
+    return text
+
+
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -155,7 +172,8 @@ def fold_args(args) -> tuple:
     classifiers = (run_list(args.classifier_runs, "--classifier-runs")
                    if args.classifier_runs else ())
     runs = Runs(segmenters, run_weights(args.weights, segmenters, "--weights"), classifiers,
-                run_weights(args.classifier_weights, classifiers, "--classifier-weights"))
+                run_weights(args.classifier_weights, classifiers, "--classifier-weights"),
+                args.checkpoint_name)
     folds_csv = Path(args.folds_csv or segmenters[0] / "folds.csv")
     return runs, folds_csv, parse_folds(args.folds, folds_csv)
 
@@ -263,13 +281,12 @@ def print_search(result: dict, out: Path) -> None:
     print(f"wrote {out / 'postprocess.json'} and {out / 'cv_report'}/cv_report.md with plots")
 
 
-def cmd_predict(args) -> None:
-    from competition import predict
-    from competition.infer import checkpoint_paths, parse_tta
+def params_and_views(args) -> tuple:
+    """--postprocess and --tta -> (Params, views): the views given, else those the file was
+    tuned with, else none,hflip,vflip; a warning when they differ from the file's."""
+    from competition.infer import parse_tta
     from competition.search import read_params
 
-    if args.time_limit is not None and not args.time_limit > 0:
-        raise InputError(f"--time-limit {args.time_limit}: must be a positive number of minutes")
     params = read_params(args.postprocess)
     if params.tta:
         parse_tta(params.tta, source=f"{args.postprocess}: \"tta\"")
@@ -277,6 +294,34 @@ def cmd_predict(args) -> None:
     if params.tta and tuple(views) != params.tta:
         print(f"warning: TTA {','.join(views)} differs from {','.join(params.tta)}, the views "
               f"{args.postprocess} was tuned with", file=sys.stderr)
+    return params, views
+
+
+def cmd_pseudo(args) -> None:
+    from competition import pseudo
+    from competition.infer import checkpoint_paths
+
+    rule = pseudo.Rule(args.confident_high, args.confident_low, args.source)
+    pseudo.check_rule(rule)
+    params, views = params_and_views(args)
+    seg, weights = checkpoint_paths(args.checkpoints, args.weights)
+    cls, cls_weights = (checkpoint_paths(args.classifiers, args.classifier_weights,
+                                         "--classifiers") if args.classifiers else ([], None))
+    out = Path(args.out)
+    summary = pseudo.make(Path(args.data), seg, params, views, out, rule, args.batch_size,
+                          args.workers, weights, cls, cls_weights, args.postprocess)
+    print(f"wrote {out}: train.csv, train_images/ ({summary['kept']} {summary['links']}s to "
+          f"{Path(args.data) / 'test_images'}), summary.json; train with --pseudo {out} "
+          "--pseudo-share 0.15")
+
+
+def cmd_predict(args) -> None:
+    from competition import predict
+    from competition.infer import checkpoint_paths
+
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise InputError(f"--time-limit {args.time_limit}: must be a positive number of minutes")
+    params, views = params_and_views(args)
     data = Path(args.data)
     if args.oof:
         out = Path(args.out or "submissions/oof.csv")
@@ -428,6 +473,27 @@ def build_parser() -> argparse.ArgumentParser:
     config_options(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("average", help="average a run's kept epochs (train --keep-top/--keep-"
+                       "last), re-estimate BatchNorm, validate -> RUN/averaged.pt")
+    p.add_argument("--run", required=True, help="run folder with kept/ (e.g. folds/fold0)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--top", type=int, help="average the K epochs of best validation score")
+    which.add_argument("--last", type=int, help="average the K last epochs")
+    p.add_argument("--bn-batches", type=int, default=None,
+                   help="BatchNorm re-estimation on this many batches of the fold's full-size "
+                   "training images (default: all; 0: keep the averaged statistics)")
+    p.add_argument("--data", default=None, help="dataset (default: the run's, kept/index.json)")
+    p.add_argument("--fold", type=int, default=None, help="default: the run's")
+    p.add_argument("--folds-csv", default=None, help="default: the run's")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch, BatchNorm and validation (default: the run's "
+                   "val_batch_size)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="loader processes (default: the run's num_workers)")
+    p.add_argument("--out", default=None,
+                   help="default RUN/averaged.pt (and its .json beside it)")
+    p.set_defaults(func=cmd_average)
+
     def inference_options(p, batch_size: int = 8) -> None:
         p.add_argument("--data", default="input/severstal-steel-defect-detection",
                        help="dataset folder in Kaggle layout")
@@ -447,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--folds-csv", default=None,
                        help="folds file (default: the first run's folds.csv)")
         p.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+        p.add_argument("--checkpoint-name", default="best.pt", type=checkpoint_name,
+                       help="the segmenter runs' file in fold<K>/: best.pt, or averaged.pt "
+                       "(`average`); classifier runs give best.pt")
 
     def checkpoint_options(p) -> None:
         p.add_argument("--checkpoints", default="folds/fold*/best.pt",
@@ -504,6 +573,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "with its own model (train layout, for `score --truth train.csv`)")
     fold_options(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("pseudo", help="pseudo-labels: the test images whose every class the "
+                       "ensemble calls confidently present or absent -> a dataset in the Kaggle "
+                       "layout for train --pseudo DIR")
+    inference_options(p)
+    checkpoint_options(p)
+    p.add_argument("--weights", default=None, help="one weight per comma-separated part of "
+                   "--checkpoints (default equal)")
+    p.add_argument("--classifier-weights", default=None,
+                   help="one weight per comma-separated part of --classifiers")
+    p.add_argument("--tta", default=None,
+                   help=f"views ({TTA_HELP}); default: those postprocess.json was tuned with")
+    p.add_argument("--postprocess", default="submissions/postprocess.json",
+                   help="the post-processing (and gates) that make the masks, as predict's")
+    p.add_argument("--out", default="input/pseudo",
+                   help="the dataset folder to (re)write: train.csv, train_images/, summary.json")
+    p.add_argument("--confident-high", type=float, default=0.95,
+                   help="a class is present where its image-level probability is above this "
+                   "and its post-processed mask is not empty (default 0.95, 1st place's)")
+    p.add_argument("--confident-low", type=float, default=0.05,
+                   help="absent where the probability is below this and the mask is empty "
+                   "(default 0.05); an image is kept when all four classes are one or the other")
+    p.add_argument("--source", default="auto",
+                   help="the image-level probability: cls (the classifiers), aux (the "
+                   "segmenters' heads), maxprob (the largest pixel probability); auto (default):"
+                   " the first of these the models give")
+    p.set_defaults(func=cmd_pseudo)
 
     p = sub.add_parser("kernel", help="Kaggle bundle: weights and code datasets, offline "
                        "inference kernel (--push uploads them)")

@@ -7,6 +7,7 @@ next to its checkpoints, which is how `--resume` recognises a run of another con
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from competition.errors import InputError
@@ -47,6 +48,10 @@ class TrainConfig:
     # (a connected component of the union of the 4 masks) is set to 0 in the image and in all
     # masks, so its class label can flip to 0 (classifiers: learn the defect, not the image)
     balance: bool = False  # sample defect and defect-free images equally often
+    pseudo: str = ""  # a pseudo-labelled dataset (`python -m competition pseudo`) mixed into
+    # every training batch, never validated on; "" for none
+    pseudo_share: float = 0.0  # the share of each batch drawn from `pseudo`: round half up of
+    # batch_size x share images (pseudo_per_batch); 0 with no pseudo; 1st place ~ 0.15
     num_workers: int = 8  # JPEG decoding and augmentation in worker processes
     # optimisation
     epochs: int = 30
@@ -60,10 +65,16 @@ class TrainConfig:
     min_lr_factor: float = 0.01  # the LR ends at lr * min_lr_factor
     clip_grad_norm: float = 1.0  # 0 turns clipping off
     ema_decay: float = 0.0  # EMA of the weights (0.999 is typical); 0 turns it off
-    # loss
-    dice_weight: float = 1.0
-    bce_weight: float = 1.0
-    pos_weight: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # BCE weight of defect pixels per class
+    # loss of the mask logits: a weighted sum of losses.LOSSES (bce, dice, focal, lovasz),
+    # "NAME:WEIGHT,..." (parse_loss); the default is the soft Dice + BCE every run had before
+    # the registry (a config saved with dice_weight and bce_weight loads as their sum)
+    loss: str = "dice:1,bce:1"
+    pos_weight: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # bce's weight of defect pixels per class
+    focal_gamma: float = 2.0  # focal's exponent (Lin et al.'s value); 0 makes focal plain BCE
+    # start: a checkpoint (RUN/best.pt) whose weights, its EMA's where kept, a new run starts
+    # from instead of encoder_weights (fine-tuning: new folder, loss, LR and schedule); ""
+    # starts from encoder_weights. A resumed run continues from its last.pt, never re-inits.
+    init_from: str = ""
     # speed
     amp: str = "auto"  # auto (bf16 where supported, else fp16) | bf16 | fp16 | off; always off on CPU
     channels_last: bool = True
@@ -72,6 +83,11 @@ class TrainConfig:
     val_threshold: float = 0.5  # probability above which a pixel is a defect
     val_min_area: tuple[int, int, int, int] = (600, 600, 900, 2000)  # 1st place's per-class minimum mask area
     seed: int = 0
+    # weight averaging (`python -m competition average`, keep.py): the evaluated weights (EMA
+    # where kept) of these epochs go to kept/epochNNN.pt, about half a best.pt each (~100 MB
+    # for DeepLabV3-R34), so off by default
+    keep_top: int = 0  # the k epochs of best validation score (average --top k); 0: none
+    keep_last: int = 0  # the k last epochs (average --last k); 0: none
 
 
 PRESETS: dict[str, dict] = {
@@ -107,8 +123,8 @@ RATE_STRIDE = 16  # the atrous rates are in cells of this output stride (and Dee
 OLD_RATES = (12, 24, 36)  # the dilations every ASPP had before the rates were config fields
 
 TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("tuple")}
-# Fields that change speed, not results: they may differ when a run is resumed.
-RUNTIME_FIELDS = {"num_workers", "val_batch_size"}
+# Fields that change speed or what is kept, not results: they may differ when a run is resumed.
+RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last"}
 
 
 def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:
@@ -121,8 +137,13 @@ def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:
 
 
 def from_dict(values: dict) -> TrainConfig:
-    """A config from a (JSON) dict: lists become tuples; unknown keys are an error. A dict
-    without atrous rates was saved before they were fields: its model had OLD_RATES."""
+    """A config from a (JSON) dict: lists become tuples; unknown keys are an error; the loss
+    spec is rewritten in its canonical form (format_loss). A dict without atrous rates was
+    saved before they were fields: its model had OLD_RATES. One with dice_weight and
+    bce_weight instead of loss was saved before the loss registry (old_loss)."""
+    if "loss" not in values and set(OLD_LOSS_FIELDS) & set(values):
+        values = {**{k: v for k, v in values.items() if k not in OLD_LOSS_FIELDS},
+                  "loss": old_loss(values)}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -133,9 +154,63 @@ def from_dict(values: dict) -> TrainConfig:
         values = {**values, "atrous_rates_h": old, "atrous_rates_w": old,
                   "allow_untrained_taps": True}
     values = {k: tuple(v) if k in TUPLE_FIELDS else v for k, v in values.items()}
+    if "loss" in values:
+        values["loss"] = format_loss(parse_loss(values["loss"]))
     config = TrainConfig(**values)
     check(config)
     return config
+
+
+OLD_LOSS_FIELDS = ("dice_weight", "bce_weight")  # the loss's fields before the registry
+
+
+def old_loss(values: dict) -> str:
+    """The loss spec of a config dict saved with dice_weight and bce_weight (both 1 by
+    default): "dice:W,bce:W" in the order the loss summed them, a term of weight 0 left out
+    (0 x a finite Dice adds exactly 0). A classifier's were unused: the default spec."""
+    if values.get("task", "segment") == "classify":
+        return TrainConfig.loss
+    terms = [(name, values.get(f"{name}_weight", 1.0)) for name in ("dice", "bce")]
+    kept = [(name, weight) for name, weight in terms if weight != 0]
+    if not kept:
+        raise InputError("dice_weight 0 and bce_weight 0: a config without a mask loss")
+    return format_loss(kept)
+
+
+def parse_loss(text: str) -> tuple[tuple[str, float], ...]:
+    """'bce:0.75,lovasz:0.25' -> (('bce', 0.75), ('lovasz', 0.25)), in the given order (the
+    order of the sum). Comma-separated NAME:WEIGHT, a bare NAME meaning NAME:1, spaces
+    ignored; every weight a positive finite number, every name once. Malformed -> an
+    InputError naming --loss and the text. The names are checked by losses.LOSSES."""
+    def bad(why: str) -> InputError:
+        return InputError(f"--loss {text!r}: {why}; expected NAME:WEIGHT pairs separated by "
+                          "commas, e.g. bce:0.75,lovasz:0.25")
+    if not isinstance(text, str) or not text.strip():
+        raise bad("no loss given")
+    terms: list[tuple[str, float]] = []
+    for part in text.split(","):
+        name, colon, weight = (x.strip() for x in part.partition(":"))
+        if not name:
+            raise bad(f"{part.strip()!r} has no loss name" if part.strip() else "an empty part")
+        try:
+            value = float(weight) if colon else 1.0
+        except ValueError:
+            raise bad(f"the weight {weight!r} of {name!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise bad(f"the weight {weight!r} of {name!r} must be a positive number")
+        if name in dict(terms):
+            raise bad(f"{name!r} is given twice")
+        terms.append((name, value))
+    return tuple(terms)
+
+
+def format_loss(terms) -> str:
+    """((name, weight), ...) -> 'name:weight,...', the shortest text that reads back to the
+    same floats ('dice:1,bce:1', 'bce:0.75,lovasz:0.25')."""
+    def number(w: float) -> str:
+        text = repr(float(w))
+        return text[:-2] if text.endswith(".0") else text
+    return ",".join(f"{name}:{number(weight)}" for name, weight in terms)
 
 
 def check(c: TrainConfig) -> None:
@@ -147,6 +222,11 @@ def check(c: TrainConfig) -> None:
     if c.task == "classify" and c.cls_weight > 0:
         raise InputError(f"cls_weight {c.cls_weight}: weighs a segmenter's auxiliary head; a "
                          "classifier (task classify) trains on its image-level BCE alone")
+    if c.task == "classify" and c.loss != TrainConfig.loss:
+        raise InputError(f"loss {c.loss!r}: weighs a segmenter's mask losses; a classifier "
+                         "(task classify) trains on its image-level BCE alone")
+    if not (math.isfinite(c.focal_gamma) and c.focal_gamma >= 0):
+        raise InputError(f"focal_gamma {c.focal_gamma}: must be 0 or more (0: focal is BCE)")
     if c.amp not in ("auto", "bf16", "fp16", "off"):
         raise InputError(f"amp {c.amp!r}: valid values are auto, bf16, fp16, off")
     for field in ("epochs", "batch_size", "accumulate", "val_batch_size", "crop_height",
@@ -163,6 +243,9 @@ def check(c: TrainConfig) -> None:
                   "mask_dropout_p"):
         if not 0.0 <= getattr(c, field) <= 1.0:
             raise InputError(f"{field} {getattr(c, field)}: a probability, must be in [0, 1]")
+    for field in ("keep_top", "keep_last"):
+        if getattr(c, field) < 0:
+            raise InputError(f"{field} {getattr(c, field)}: must be 0 (keep none) or more")
     if not 0.0 <= c.ema_decay < 1.0:
         raise InputError(f"ema_decay {c.ema_decay}: must be in [0, 1)")
     if c.batch_size < 2 and c.task == "segment" and c.arch in ASPP_ARCHS:
@@ -180,6 +263,34 @@ def check(c: TrainConfig) -> None:
     untrained = untrained_line(c)
     if untrained and not c.allow_untrained_taps:
         raise InputError(f"{untrained}; allow_untrained_taps true trains them anyway")
+    check_pseudo(c)
+
+
+def pseudo_per_batch(batch_size: int, share: float) -> int:
+    """Pseudo-labelled images in every batch of `batch_size`: batch_size x share rounded half
+    up (8 x 0.15 = 1.2 -> 1; 16 x 0.15 = 2.4 -> 2; 4 x 0.125 = 0.5 -> 1)."""
+    return math.floor(batch_size * share + 0.5)
+
+
+def check_pseudo(c: TrainConfig) -> None:
+    """pseudo and pseudo_share come together, and the share gives at least one pseudo-labelled
+    and one labelled image per batch."""
+    if not 0.0 <= c.pseudo_share < 1.0:  # a NaN fails too
+        raise InputError(f"pseudo_share {c.pseudo_share}: the share of pseudo-labelled images "
+                         "in a batch, must be in [0, 1)")
+    if c.pseudo_share > 0 and not c.pseudo:
+        raise InputError(f"pseudo_share {c.pseudo_share} without pseudo: give the "
+                         "pseudo-labelled dataset too (--pseudo DIR)")
+    if not c.pseudo:
+        return
+    if c.pseudo_share == 0:
+        raise InputError(f"pseudo {c.pseudo} with pseudo_share 0 mixes nothing in: give "
+                         "--pseudo-share in (0, 1), e.g. 0.15")
+    k = pseudo_per_batch(c.batch_size, c.pseudo_share)
+    if not 1 <= k < c.batch_size:
+        raise InputError(f"pseudo_share {c.pseudo_share} of batch_size {c.batch_size} gives {k} "
+                         "pseudo-labelled images per batch (rounded half up): it must leave at "
+                         "least one of each kind; change --pseudo-share or --batch-size")
 
 
 def cells(pixels: int, stride: int) -> int:

@@ -153,14 +153,16 @@ def parse_folds(text: str | None, folds_csv: Path) -> list[int]:
 @dataclass(frozen=True)
 class Runs:
     """The runs an OOF ensemble averages: folders of fold<k>/best.pt, segmentation runs
-    (any architectures) and classifier runs, each with its weight in its own average."""
+    (any architectures) and classifier runs, each with its weight in its own average.
+    `name`: the segmenters' checkpoint file in fold<k>/ (averaged.pt: `average`'s)."""
     segmenters: tuple[Path, ...]
     weights: tuple[float, ...] = ()
     classifiers: tuple[Path, ...] = ()
     classifier_weights: tuple[float, ...] = ()
+    name: str = "best.pt"
 
     def of_fold(self, k: int) -> tuple[list[Path], list[Path]]:
-        return ([r / f"fold{k}" / "best.pt" for r in self.segmenters],
+        return ([r / f"fold{k}" / self.name for r in self.segmenters],
                 [r / f"fold{k}" / "best.pt" for r in self.classifiers])
 
 
@@ -177,8 +179,10 @@ def fold_runs(runs, folds_csv: Path, folds: list[int],
     ckpts = [p for _, seg, cls in todo for p in seg + cls]
     missing = [str(p) for p in ckpts if not p.is_file()]
     if missing:
+        make = ("train it with `bash run.sh fold<K>`" if missing[0].endswith("best.pt") else
+                "make it (`python -m competition average --run RUN/fold<K> --top K`)")
         raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} of {len(ckpts)} "
-                         "missing); train it with `bash run.sh fold<K>` or pass --folds")
+                         f"missing); {make} or pass --folds")
     return [(k, split(folds_csv, k, image_ids)[1], seg, cls) for k, seg, cls in todo]
 
 

@@ -92,13 +92,27 @@ def check_sources(params: Params, ensemble, classifiers, where: str) -> None:
                          "none of the segmenters given has one (trained with --cls-weight)")
 
 
+def load_models(checkpoints: list[Path], params: Params, dev, weights=None, classifiers=(),
+                classifier_weights=None, where: str = "postprocess.json"):
+    """(the segmenters' Ensemble, the classifiers' Ensemble or None) on `dev`, checked
+    against the sources the gates of `params` read."""
+    ensemble = load_ensemble(checkpoints, dev, weights)
+    cls = load_ensemble(list(classifiers), dev, classifier_weights, task="classify") \
+        if classifiers else None
+    check_sources(params, ensemble, cls, where)
+    return ensemble, cls
+
+
 def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, dev,
            batch_size: int, workers: int, desc: str, out: dict,
-           limit: TimeLimit | None = None, classifiers=None) -> None:
+           limit: TimeLimit | None = None, classifiers=None,
+           signals: dict | None = None) -> None:
     """Predict `image_ids` of `folder` and put each (ImageId, ClassId)'s RLE into `out`.
     Thresholds and gates are applied on the device (gated_masks); component removal, the
     min-area step and the RLE run on the CPU for batch i while the device computes batch
-    i + 1. `limit` is told the images done after every batch."""
+    i + 1. `limit` is told the images done after every batch. `signals`, where given, gets
+    {name: (len(image_ids), 4) float32} of the image-level signals (Output.signals), rows in
+    `image_ids` order (NaN where a row was never predicted)."""
     dataset = data_lib.ImageDataset(folder, image_ids)
     loader = data_lib.loader(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
 
@@ -113,6 +127,10 @@ def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, 
         for (_, index), pred in batches(ensemble, loader, views, dev, amp_dtype("auto", dev),
                                         desc, classifiers):
             cpu.submit(finish, gated_masks(pred, params).cpu().numpy(), index.tolist())
+            if signals is not None:
+                for name, values in pred.signals().items():
+                    signals.setdefault(name, np.full((len(image_ids), len(CLASSES)), np.nan,
+                                                     np.float32))[index.numpy()] = values
             done += len(index)
             if limit is not None:
                 limit.update(done)
@@ -159,10 +177,8 @@ def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out
     (TimeLimit), counted from its first batch being asked for; None: no limit."""
     sample, image_ids = test_sample(data, sample_path)
     dev = device()
-    ensemble = load_ensemble(checkpoints, dev, weights)
-    cls = load_ensemble(list(classifiers), dev, classifier_weights, task="classify") \
-        if classifiers else None
-    check_sources(params, ensemble, cls, where)
+    ensemble, cls = load_models(checkpoints, params, dev, weights, classifiers,
+                                classifier_weights, where)
     encoded: dict = {}
     start = time.perf_counter()
     limit = None if time_limit is None else TimeLimit(time_limit, len(image_ids))

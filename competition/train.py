@@ -4,7 +4,8 @@ One process, or one per GPU under `torchrun --nproc_per_node=N -m competition tr
 (DDP; only rank 0 writes). Every epoch: train on the crops, validate on full-size images,
 write last.pt (and best.pt when the validation score improved: the competition's Dice for a
 segmenter, the mean ROC AUC of "class present" for a classifier) and history.csv, each
-atomically.
+atomically; with --keep-top/--keep-last, the epochs kept for weight averaging
+(keep.py).
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from competition import checkpoint, config as config_lib, data as data_lib
+from competition import checkpoint, config as config_lib, data as data_lib, keep
+from competition import pseudo as pseudo_lib
 from competition.errors import InputError
 from competition.files import write_csv, write_json
 from competition.labels import CLASSES, by_image, load_train
 from competition.infer import NonFiniteLogits, forward_checked
-from competition.losses import DiceBCELoss, PresenceLoss, SegmentLoss, presence
+from competition.losses import MaskLoss, PresenceLoss, SegmentLoss, presence
 from competition.metric import dice_from_counts
 from competition.model import from_config, param_groups, split_output
 from competition.postprocess import binarize, pair_counts
@@ -415,30 +417,43 @@ def make_model(config, device: torch.device, encoder_weights: str | None = None)
 
 def make_loss(config, device: torch.device) -> torch.nn.Module:
     """The task's loss on `device`, called as loss_fn(model output, (N, 4, H, W) masks) -> ()
-    float32: a segmenter's Dice+BCE (+ cls_weight x its head's BCE against class presence),
-    a classifier's BCE against class presence (losses.presence)."""
+    float32: a segmenter's config.loss, a weighted sum of losses.LOSSES (+ cls_weight x its
+    head's BCE against class presence), a classifier's BCE against class presence
+    (losses.presence). An unknown loss name is an InputError."""
     if config.task == "classify":
         return PresenceLoss().to(device)
-    masks = DiceBCELoss(config.dice_weight, config.bce_weight, config.pos_weight)
+    masks = MaskLoss(config_lib.parse_loss(config.loss), config.pos_weight, config.focal_gamma)
     return SegmentLoss(masks, config.cls_weight).to(device)
 
 
-def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime):
+def full_size_loader(config, data: Path, ids, encoded, rt: Runtime, batch_size: int,
+                     drop_last: bool = False):
+    """This rank's share of `ids` as full-size 256x1600 images, unaugmented, in order:
+    validation, and BatchNorm re-estimation (average.py, `drop_last`)."""
+    dataset = data_lib.SteelDataset(data / "train_images", ids[rt.rank::rt.world], encoded)
+    return data_lib.loader(dataset, batch_size, config.num_workers, drop_last=drop_last,
+                           pin_memory=rt.device.type == "cuda", persistent=True)
+
+
+def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, pseudo=None):
     """Training crops from a per-epoch sampler sharded by rank (and drop_last: DeepLabV3's
-    image pooling cannot train on a batch of one), full-size validation split by rank."""
+    image pooling cannot train on a batch of one), full-size validation split by rank.
+    `pseudo` (a pseudo.PseudoSet): mixed into every training batch (pseudo.mix), never
+    into validation."""
     folder = data / "train_images"
-    train_set = data_lib.SteelDataset(folder, train_ids, encoded,
-                                      data_lib.train_transform(config), config.seed)
+    transform = data_lib.train_transform(config)
+    train_set = data_lib.SteelDataset(folder, train_ids, encoded, transform, config.seed)
     weights = (data_lib.balance_weights(data_lib.has_defect(train_ids, encoded))
                if config.balance else None)
     sampler = data_lib.train_sampler(train_set, config.seed, rt.rank, rt.world, weights)
+    if pseudo is not None:
+        train_set, sampler = pseudo_lib.mix(train_set, sampler.sampler, pseudo, transform,
+                                            config, rt.rank, rt.world)
     pin = rt.device.type == "cuda"
     train_loader = data_lib.loader(train_set, config.batch_size, config.num_workers,
                                    sampler=sampler, drop_last=True, pin_memory=pin,
                                    persistent=True)
-    val_set = data_lib.SteelDataset(folder, val_ids[rt.rank::rt.world], encoded)
-    val_loader = data_lib.loader(val_set, config.val_batch_size, config.num_workers,
-                                 pin_memory=pin, persistent=True)
+    val_loader = full_size_loader(config, data, val_ids, encoded, rt, config.val_batch_size)
     if len(train_loader) < config.accumulate:
         raise InputError(f"{len(train_ids)} training images give {len(train_loader)} batches "
                          f"of {config.batch_size} per process: fewer than one optimizer update "
@@ -458,6 +473,9 @@ def resolve_config(config, out: Path, resume: bool, overwrite: bool, explicit: d
         if last.exists() and not overwrite:
             raise InputError(f"{out} already holds a run ({last}): pass --resume to continue "
                              "it, --overwrite to start again, or --out for another folder")
+        if config.init_from and Path(config.init_from).resolve().parent == out.resolve():
+            raise InputError(f"--init-from {config.init_from} lies in --out {out}, which the "
+                             "new run writes over: give the new run another --out")
         return config, None, None
     state = checkpoint.load(last)
     saved = checkpoint.config_of(state, last)
@@ -574,26 +592,30 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     rt = runtime()
     data, out = Path(data), Path(out)
     config, state, saved = resolve_config(config, out, resume, overwrite, explicit or {})
+    loss_fn = make_loss(config, rt.device)  # an unknown loss name stops here, before any work
     dtype = (amp_dtype(config.amp, rt.device) if state is None else
              resume_dtype(saved_precision(state, saved, rt.device), rt.device, out / "last.pt"))
     image_ids, labels = load_train(data)
     train_ids, val_ids = split(folds_csv, fold, image_ids)
     encoded = by_image(labels)
+    pseudo = pseudo_lib.load(config.pseudo, image_ids, data) if config.pseudo else None
     configure_backends(rt.device)
     torch.manual_seed(config.seed)
-    model = make_model(config, rt.device)
+    model = make_model(config, rt.device, "none" if config.init_from else None)
+    started = (checkpoint.init_weights(model, config.init_from, config)
+               if config.init_from and state is None else None)  # resumed: from last.pt
     encoder_params, head_params = param_groups(model)
     optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": config.encoder_lr},
                                    {"params": head_params, "lr": config.lr}],
                                   weight_decay=config.weight_decay)
-    train_loader, val_loader = build_loaders(config, data, train_ids, val_ids, encoded, rt)
+    train_loader, val_loader = build_loaders(config, data, train_ids, val_ids, encoded, rt,
+                                             pseudo)
     updates = len(train_loader) // config.accumulate
     if state is not None:
         announce_extension(saved, config, state, updates)
     scheduler = build_scheduler(optimizer, **schedule_args(config, updates))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
     ema = make_ema(model) if config.ema_decay > 0 else None
-    loss_fn = make_loss(config, rt.device)
 
     start_epoch, best, history, ema_updates = 0, -1.0, [], 0
     if state is not None:
@@ -610,6 +632,9 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
             ema_updates = state["ema_updates"]
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
         restore_rng(state["rng"], rt)
+    kept = (keep.resumed(out, start_epoch, fold, data, folds_csv, config.keep_top,
+                         config.keep_last) if state is not None else
+            keep.empty(fold, data, folds_csv, config.keep_top, config.keep_last))
     if rt.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
@@ -621,6 +646,13 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
               f"{rt.world} process(es) on {rt.device}, amp {PRECISION[dtype]}; {updates} updates "
               f"per epoch, epochs {start_epoch + 1}..{config.epochs}"
               + (f" (resumed from {out / 'last.pt'})" if state is not None else ""))
+        if started:
+            print(started)
+        if pseudo is not None:
+            k = config_lib.pseudo_per_batch(config.batch_size, config.pseudo_share)
+            print(f"pseudo-labels: {len(pseudo.image_ids)} images of {pseudo.folder}, {k} in "
+                  f"every batch of {config.batch_size} (share {k / config.batch_size:.3f} for "
+                  f"pseudo_share {config.pseudo_share}); never validated on")
         write_json(out / "config.json", config_lib.to_dict(config))
 
     row = history[-1] if history else {}
@@ -655,6 +687,9 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
             weights = {"config": config_lib.to_dict(config), "model": unwrap(model).state_dict(),
                        "ema": ema.state_dict() if ema is not None else None,
                        "epoch": epoch + 1, "step": scheduler.last_epoch}
+            # before last.pt: an epoch recorded but not in last.pt is recorded again on resume
+            kept = keep.record(out, kept, epoch + 1, result["score"], lambda: {
+                **weights, "model": evaluated.state_dict(), "ema": None, "score": result})
             checkpoint.save(out / "last.pt", {
                 **weights, "ema_updates": ema_updates, "precision": PRECISION[dtype],
                 "optimizer": optimizer.state_dict(),

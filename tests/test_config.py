@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 
 from competition.config import (OLD_RATES, PRESETS, TrainConfig, build_config, cells,
-                                differences, dilations, from_dict, live, to_dict, untrained_taps)
+                                differences, dilations, format_loss, from_dict, live,
+                                parse_loss, to_dict, untrained_taps)
 from competition.errors import InputError
 from test_cli import one_line_error, run
 
@@ -178,3 +179,87 @@ def test_a_config_saved_before_the_rate_fields_keeps_its_model(stride, rates):
     assert config.atrous_rates_h == config.atrous_rates_w == rates
     assert config.allow_untrained_taps
     assert dilations(config.atrous_rates_w, stride or 16) == OLD_RATES
+
+
+# --- the loss spec --------------------------------------------------------------------------
+
+def test_loss_specs_read_in_order_and_are_saved_in_one_form():
+    assert parse_loss("bce:0.75,lovasz:0.25") == (("bce", 0.75), ("lovasz", 0.25))
+    assert parse_loss(" lovasz : 0.25 , bce:1e-1") == (("lovasz", 0.25), ("bce", 0.1))
+    assert parse_loss("focal") == (("focal", 1.0),), "a bare name weighs 1"
+    assert format_loss(parse_loss("dice:1.0,bce:1")) == TrainConfig.loss == "dice:1,bce:1"
+    config = build_config("demo_cpu", loss="bce:0.75, lovasz:.25")
+    assert config.loss == "bce:0.75,lovasz:0.25"
+    assert from_dict(to_dict(config)) == config
+    assert parse_loss(format_loss(((("dice", 1 / 3)),))) == (("dice", 1 / 3),), "exact floats"
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("", "no loss given"),
+    ("  ", "no loss given"),
+    ("bce:", "the weight '' of 'bce' is not a number"),
+    ("bce:x", "the weight 'x' of 'bce' is not a number"),
+    ("bce:-1", "the weight '-1' of 'bce' must be a positive number"),
+    ("bce:0", "the weight '0' of 'bce' must be a positive number"),
+    ("bce:nan", "the weight 'nan' of 'bce' must be a positive number"),
+    ("bce:inf", "the weight 'inf' of 'bce' must be a positive number"),
+    ("bce:1,bce:2", "'bce' is given twice"),
+    ("bce:1,,dice:1", "an empty part"),
+    (":1", "':1' has no loss name"),
+])
+def test_malformed_loss_specs_are_one_line_naming_the_option_and_value(spec, why):
+    with pytest.raises(InputError) as e:
+        build_config("demo_cpu", loss=spec)
+    assert str(e.value).startswith(f"--loss {spec!r}: {why}; expected NAME:WEIGHT pairs")
+    assert "\n" not in str(e.value)
+
+
+def test_a_config_saved_with_dice_and_bce_weights_loads_as_their_sum():
+    """Before the loss registry the loss was dice_weight x Dice + bce_weight x BCE; such a
+    config.json or checkpoint loads with the spec of the same sum (a 0 weight's term left
+    out, see test_losses for the bits), and resumes as the same config."""
+    saved = {k: v for k, v in to_dict(build_config("demo_cpu")).items() if k != "loss"}
+    assert from_dict(saved | {"dice_weight": 1.0, "bce_weight": 1.0}) == build_config("demo_cpu")
+    assert from_dict(saved | {"dice_weight": 2.0, "bce_weight": 0.5}).loss == "dice:2,bce:0.5"
+    assert from_dict(saved | {"dice_weight": 0.0, "bce_weight": 1.0}).loss == "bce:1"
+    assert from_dict(saved | {"dice_weight": 1.0, "bce_weight": 0.0}).loss == "dice:1"
+    with pytest.raises(InputError, match="dice_weight 0 and bce_weight 0"):
+        from_dict(saved | {"dice_weight": 0.0, "bce_weight": 0.0})
+    # a classifier's dice and bce weights were unused: the default spec
+    classifier = {k: v for k, v in to_dict(build_config("demo_cpu_cls")).items() if k != "loss"}
+    assert from_dict(classifier | {"dice_weight": 3.0, "bce_weight": 1.0}).loss == TrainConfig.loss
+    # with the registry's field they are unknown fields
+    with pytest.raises(InputError, match="unknown config field 'dice_weight'"):
+        from_dict(to_dict(TrainConfig()) | {"dice_weight": 1.0})
+
+
+def test_loss_fields_that_cannot_be_used_are_refused():
+    with pytest.raises(InputError, match=r"loss 'lovasz:1': weighs a segmenter's mask losses"):
+        build_config("demo_cpu_cls", loss="lovasz")
+    assert build_config("demo_cpu_cls").loss == TrainConfig.loss
+    with pytest.raises(InputError, match=r"focal_gamma -1.0: must be 0 or more"):
+        build_config("demo_cpu", focal_gamma=-1.0)
+    with pytest.raises(InputError, match=r"focal_gamma nan"):
+        build_config("demo_cpu", focal_gamma=float("nan"))
+    assert build_config("demo_cpu", focal_gamma=0.0).focal_gamma == 0.0
+
+
+def test_init_from_is_part_of_what_a_run_is():
+    """A resumed run with another --init-from is another run (resolve_config refuses it)."""
+    config = build_config("demo_cpu", init_from="folds/a/fold0/best.pt")
+    assert from_dict(to_dict(config)).init_from == "folds/a/fold0/best.pt"
+    assert differences(config, dataclasses.replace(config, init_from="b.pt")) == [
+        "init_from: 'folds/a/fold0/best.pt' != 'b.pt'"]
+    assert TrainConfig().init_from == ""
+
+
+def test_bad_loss_options_exit_2_before_anything_is_written(tmp_path):
+    out = tmp_path / "fold0"
+    one_line_error(run("train", "--data", tmp_path / "nowhere", "--fold", "0", "--out", out,
+                       "--loss", "bce:x"), "--loss 'bce:x': the weight 'x' of 'bce'")
+    # names are the registry's: checked as the run starts, before the data is read
+    one_line_error(run("train", "--data", tmp_path / "nowhere", "--fold", "0", "--out", out,
+                       "--config", "demo_cpu", "--loss", "bce:0.75,lovaz:0.25"),
+                   "--loss 'bce:0.75,lovaz:0.25': unknown loss 'lovaz'; valid: bce, dice, "
+                   "focal, lovasz")
+    assert not out.exists()

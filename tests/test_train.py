@@ -19,7 +19,7 @@ from competition.errors import InputError
 from competition.files import write_csv
 from competition.folds import make_folds
 from competition.labels import by_image, load_train
-from competition.losses import DiceBCELoss
+from competition.losses import MaskLoss
 from competition.metric import score_tables
 from competition.postprocess import binarize
 from test_cli import ROOT, one_line_error, run
@@ -88,7 +88,7 @@ def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic
 
     def evaluate(config):
         seen.clear()
-        return train_lib.evaluate(model, data_lib.loader(val_set, 1, 0), DiceBCELoss(), config,
+        return train_lib.evaluate(model, data_lib.loader(val_set, 1, 0), MaskLoss(), config,
                                   train_lib.Runtime(), None)
     evaluate(config)
     probs = dict(zip(val_ids, seen))
@@ -164,7 +164,7 @@ def test_ema_weights_are_saved_and_used(synthetic, folds_csv, tmp_path, monkeypa
     assert torch.equal(model.state_dict()[key], state["ema"][key])
 
 
-class NanAfter(DiceBCELoss):
+class NanAfter(MaskLoss):
     """The real loss, then NaN from the 15th training call on (inside epoch 2)."""
     calls = 0
 
@@ -181,7 +181,7 @@ def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
         synthetic, folds_csv, tmp_path, monkeypatch):
     out = tmp_path / "nan"
     NanAfter.calls = 0
-    monkeypatch.setattr(train_lib, "DiceBCELoss", NanAfter)
+    monkeypatch.setattr(train_lib, "MaskLoss", NanAfter)
     with pytest.raises(InputError, match=r"loss is not finite .* in epoch 2 .*nothing rescales"
                                          r".* last good checkpoint"):
         train_lib.fit(tiny(), synthetic, 0, out, folds_csv)
@@ -301,7 +301,7 @@ def test_torchrun_ranks_validate_the_saved_model(synthetic, folds_csv, tmp_path)
     folds = pd.read_csv(folds_csv)
     _, labels = load_train(synthetic)
     val_ids = folds.ImageId[folds.fold == 0].tolist()
-    loss_fn = DiceBCELoss(config.dice_weight, config.bce_weight, config.pos_weight)
+    loss_fn = train_lib.make_loss(config, torch.device("cpu"))
     # Each rank's shard, in the ranks' batches of 6 on one thread (OMP_NUM_THREADS=1 above):
     # the same forwards bit for bit, so a pixel on the threshold cannot flip between them (a
     # min-area filter can turn one pixel into a whole pair's Dice: no tolerance is safe).
@@ -336,7 +336,7 @@ def test_amp_uses_bf16_only_where_the_gpu_has_it(monkeypatch):
 
 # --- the training step: device-side loss checks, skipped fp16 updates, the EMA -------------
 
-class ScriptedLoss(DiceBCELoss):
+class ScriptedLoss(MaskLoss):
     """The real loss, NaN on the training calls numbered in `bad` (1-based)."""
 
     def __init__(self, bad):
@@ -430,7 +430,7 @@ def test_the_step_reads_the_device_only_every_check_every_updates(monkeypatch):
     monkeypatch.setattr(train_lib, "CHECK_EVERY", 5)
     model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=False)
     ema = train_lib.make_ema(model)
-    result = train_lib.train_one_epoch(model, DiceBCELoss(), optimizer, scheduler, scaler, ema,
+    result = train_lib.train_one_epoch(model, MaskLoss(), optimizer, scheduler, scaler, ema,
                                        batches, dataclasses.replace(config, ema_decay=0.9),
                                        train_lib.Runtime(), 0, None)
     assert result["ema_updates"] == 12
@@ -593,7 +593,7 @@ def test_validation_recomputes_an_fp16_overflow_in_fp32_instead_of_scoring_nan()
     model, _, _, _, batches, config = tiny_step_setup(scaled=False, updates=3)
     model = NanUnderAutocast(model).eval()
     config = dataclasses.replace(config, val_threshold=0.5, val_min_area=(0, 0, 0, 0))
-    rt, loss_fn = train_lib.Runtime(), DiceBCELoss()
+    rt, loss_fn = train_lib.Runtime(), MaskLoss()
     fp32 = train_lib.evaluate(model, batches, loss_fn, config, rt, None)
     fp16 = train_lib.evaluate(model, batches, loss_fn, config, rt, torch.float16)
     assert fp16 == fp32 and np.isfinite(fp16["loss"])

@@ -122,7 +122,7 @@ PYEOF
             --postprocess "$out/postprocess.json" --out "$out/submission.csv" > /dev/null
           test_dice=$("$PY" -m competition score --truth "$syn/test_truth.csv" \
             --submission "$out/submission.csv" --json | tail -1 |
-            "$PY" -c 'import json, sys; print(f"{json.load(sys.stdin)[\"mean_dice\"]:.5f}")')
+            "$PY" -c 'import json, sys; print("%.5f" % json.load(sys.stdin)["mean_dice"])')
           seen+=("$models$key"$'\t'"$test_dice")
         fi
         rows+=("| $models | $g | $cv | $test_dice | $gates |")

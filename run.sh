@@ -131,6 +131,56 @@ PYEOF
     echo "| models | gates searched | OOF CV | test Dice | chosen gate per class (1 / 2 / 3 / 4) |"
     echo "|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}" ;;
+  demo-levers)
+    # After `demo`: the training levers on the demo's data, each model scored alone (TTA none):
+    # BCE; its best.pt fine-tuned with Lovasz at lr 1e-4 (and with BCE, a control for the
+    # extra epochs); its top-5 and last-5 epochs averaged; one round of pseudo-labels from the
+    # demo's ensemble against the demo's DeepLabV3 (docs/losses-and-fine-tuning.md,
+    # docs/weight-averaging.md, docs/pseudo-labels.md).
+    setup
+    syn=input/synthetic f=folds/demo-levers m=submissions/demo-levers
+    [ -f folds/demo-cls/fold0/best.pt ] || { echo "error: run 'bash run.sh demo' first" >&2; exit 2; }
+    common=(--data "$syn" --fold 0 --folds folds/demo/folds.csv --overwrite --config demo_cpu)
+    tune=(--lr 1e-4 --encoder-lr 1e-4 --epochs 3 --warmup-epochs 0)
+    "$PY" -m competition train "${common[@]}" --loss bce --keep-top 5 --keep-last 5 --out $f/bce/fold0
+    "$PY" -m competition train "${common[@]}" "${tune[@]}" --loss lovasz \
+      --init-from $f/bce/fold0/best.pt --out $f/bce-lovasz/fold0
+    "$PY" -m competition train "${common[@]}" "${tune[@]}" --loss bce \
+      --init-from $f/bce/fold0/best.pt --out $f/bce-more/fold0
+    "$PY" -m competition average --run $f/bce/fold0 --top 5
+    "$PY" -m competition average --run $f/bce/fold0 --last 5 --out $f/bce/fold0/averaged-last5.pt
+    "$PY" -m competition pseudo --data "$syn" --classifiers 'folds/demo-cls/fold*/best.pt' \
+      --checkpoints 'folds/demo/fold*/best.pt,folds/demo-unet/fold*/best.pt' \
+      --postprocess submissions/demo/postprocess.json --out input/synthetic-pseudo
+    "$PY" -m competition train "${common[@]}" --cls-weight 0.2 --out $f/pseudo/fold0 \
+      --pseudo input/synthetic-pseudo --pseudo-share 0.15
+    mkdir -p "$m"
+    printf '%s\n' "| model (fold 0, scored alone, TTA none) | validation Dice | OOF CV | test Dice |" \
+      "|---|---|---|---|" > "$m/table.md"
+    for row in "BCE (best.pt)|$f/bce|best.pt" "BCE, top-5 epochs averaged|$f/bce|averaged.pt" \
+               "BCE, last-5 epochs averaged|$f/bce|averaged-last5.pt" \
+               "BCE, then 3 epochs Lovasz at 1e-4|$f/bce-lovasz|best.pt" \
+               "BCE, then 3 epochs BCE at 1e-4 (control)|$f/bce-more|best.pt" \
+               "DeepLabV3 + head, the demo's (no pseudo-labels)|folds/demo|best.pt" \
+               "DeepLabV3 + head, pseudo-labels share 0.15|$f/pseudo|best.pt"; do
+      IFS='|' read -r name run ckpt <<< "$row"
+      out=$m/$(basename "$run")-${ckpt%.pt}
+      "$PY" -m competition oof --data "$syn" --runs "$run" --checkpoint-name "$ckpt" --folds 0 \
+        --folds-csv folds/demo/folds.csv --tta none --out "$out" --skip-oof-csv > /dev/null
+      "$PY" -m competition predict --data "$syn" --checkpoints "$run/fold0/$ckpt" \
+        --postprocess "$out/postprocess.json" --out "$out/submission.csv" > /dev/null
+      figures=$("$PY" - "$run/fold0/$ckpt" "$out/postprocess.json" <<'PYEOF'
+import json, sys, torch
+score = torch.load(sys.argv[1], map_location="cpu", weights_only=True)["score"]["mean_dice"]
+print(f"{score:.4f} | {json.load(open(sys.argv[2]))['oof_mean_dice']:.5f}")
+PYEOF
+)
+      test_dice=$("$PY" -m competition score --truth "$syn/test_truth.csv" \
+        --submission "$out/submission.csv" --json | tail -1 |
+        "$PY" -c 'import json, sys; print("%.5f" % json.load(sys.stdin)["mean_dice"])')
+      echo "| $name | $figures | $test_dice |" >> "$m/table.md"
+    done
+    cat "$m/table.md" ;;
   folds)
     # bash run.sh folds [--n-folds N ...] on $DATA, or --labels CSV (image-level labels)
     setup
@@ -164,7 +214,7 @@ PYEOF
     "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)
     sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup demo demo-gates test folds fold<K> oof predict kernel train search score validate check synth bench (python -m competition --help)" ;;
+    echo "stages: setup demo demo-gates demo-levers test folds fold<K> oof predict kernel train search score validate check synth bench (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

@@ -50,20 +50,18 @@ case "$stage" in
     "$PY" -m competition baseline --sample "$syn/sample_submission.csv" --out submissions/demo/empty.csv
     "$PY" -m competition validate --submission submissions/demo/empty.csv --sample "$syn/sample_submission.csv"
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
-    # three runs on fold 0 (a CPU budget; a real run has five folds: bash run.sh fold0..fold4):
-    # DeepLabV3 with an image-level head, a Unet, and a separate image-level classifier
+    # two runs on fold 0 (a CPU budget; a real run has five folds: bash run.sh fold0..fold4):
+    # DeepLabV3 with an image-level head, and a separate image-level classifier
     "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --cls-weight 0.2 \
       --folds folds/demo/folds.csv --out folds/demo/fold0 --overwrite
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --arch unet \
-      --folds folds/demo/folds.csv --out folds/demo-unet/fold0 --overwrite
     "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu_cls \
       --folds folds/demo/folds.csv --out folds/demo-cls/fold0 --overwrite
-    # the two segmenters averaged on their out-of-fold images, the classifier beside them;
-    # the search picks threshold, min sizes and an image-level gate per class
-    # (docs/gates-and-ensembles.md)
-    "$PY" -m competition oof --data "$syn" --runs folds/demo,folds/demo-unet \
-      --classifier-runs folds/demo-cls --folds 0 --tta none,hflip --out submissions/demo
-    seg='folds/demo/fold*/best.pt,folds/demo-unet/fold*/best.pt' cls='folds/demo-cls/fold*/best.pt'
+    # OOF with the classifier beside the segmenter: the search picks threshold, min sizes and
+    # an image-level gate per class (docs/gates-and-ensembles.md; `bash run.sh demo-gates`
+    # adds a Unet and compares the ensemble and every gate kind)
+    "$PY" -m competition oof --data "$syn" --runs folds/demo --classifier-runs folds/demo-cls \
+      --folds 0 --tta none,hflip --out submissions/demo
+    seg='folds/demo/fold*/best.pt' cls='folds/demo-cls/fold*/best.pt'
     "$PY" -m competition predict --data "$syn" --checkpoints "$seg" --classifiers "$cls" \
       --postprocess submissions/demo/postprocess.json --out submissions/demo/submission.csv
     "$PY" -m competition validate --submission submissions/demo/submission.csv \
@@ -74,15 +72,19 @@ case "$stage" in
       --postprocess submissions/demo/postprocess.json --out kaggle/demo --check "$syn"
     cmp kaggle/demo/rehearsal/working/submission.csv submissions/demo/submission.csv
     echo "demo: the offline kernel's submission.csv is identical to submissions/demo/submission.csv"
-    echo "demo: done: folds/demo/fold0, folds/demo-unet/fold0, folds/demo-cls/fold0 (models), submissions/demo/ (oof/, postprocess.json," \
+    echo "demo: done: folds/demo/fold0, folds/demo-cls/fold0 (models), submissions/demo/ (oof/, postprocess.json," \
       "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
   demo-gates)
-    # After `demo`: OOF CV and test Dice of the demo's DeepLabV3 (with its head), Unet and
-    # both averaged, each with no gate, the head's gates, the classifier's gates and the
+    # After `demo`: OOF CV and test Dice of the demo's DeepLabV3 (with its head), a Unet
+    # (trained here) and both averaged, each with no gate, the head's gates, the classifier's gates and the
     # search's free choice (every kind); a table row each (docs/gates-and-ensembles.md).
     setup
     syn=input/synthetic m=submissions/demo-gates cls='folds/demo-cls/fold*/best.pt'
     [ -f folds/demo-cls/fold0/best.pt ] || { echo "error: run 'bash run.sh demo' first" >&2; exit 2; }
+    # the second architecture of the ensemble (once; delete folds/demo-unet to retrain it)
+    [ -f folds/demo-unet/fold0/best.pt ] ||
+      "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --arch unet \
+        --folds folds/demo/folds.csv --out folds/demo-unet/fold0 --overwrite
     rows=() seen=()
     for models in deeplab unet ensemble; do
       case $models in

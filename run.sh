@@ -25,6 +25,12 @@ setup() {
   echo "setup: done ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
 }
 
+test_dice() {
+  # the mean Dice of a submission against the synthetic test set's truth, 5 decimals
+  "$PY" -m competition score --truth input/synthetic/test_truth.csv --submission "$1" --json |
+    tail -1 | "$PY" -c 'import json, sys; print("%.5f" % json.load(sys.stdin)["mean_dice"])'
+}
+
 need_data() {
   if [ ! -f "$DATA/train.csv" ]; then
     echo "error: no Kaggle data in $DATA: run 'kaggle competitions download -c severstal-steel-defect-detection' and unzip it there, set DATA=..., or try everything now on synthetic data with 'bash run.sh demo'" >&2
@@ -122,9 +128,7 @@ PYEOF
         if [ -z "$test_dice" ]; then
           "$PY" -m competition predict --data "$syn" --checkpoints "$seg" --classifiers "$cls" \
             --postprocess "$out/postprocess.json" --out "$out/submission.csv" > /dev/null
-          test_dice=$("$PY" -m competition score --truth "$syn/test_truth.csv" \
-            --submission "$out/submission.csv" --json | tail -1 |
-            "$PY" -c 'import json, sys; print("%.5f" % json.load(sys.stdin)["mean_dice"])')
+          test_dice=$(test_dice "$out/submission.csv")
           seen+=("$models$key"$'\t'"$test_dice")
         fi
         rows+=("| $models | $g | $cv | $test_dice | $gates |")
@@ -177,9 +181,7 @@ score = torch.load(sys.argv[1], map_location="cpu", weights_only=True)["score"][
 print(f"{score:.4f} | {json.load(open(sys.argv[2]))['oof_mean_dice']:.5f}")
 PYEOF
 )
-      test_dice=$("$PY" -m competition score --truth "$syn/test_truth.csv" \
-        --submission "$out/submission.csv" --json | tail -1 |
-        "$PY" -c 'import json, sys; print("%.5f" % json.load(sys.stdin)["mean_dice"])')
+      test_dice=$(test_dice "$out/submission.csv")
       echo "| $name | $figures | $test_dice |" >> "$m/table.md"
     done
     cat "$m/table.md" ;;

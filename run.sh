@@ -156,8 +156,7 @@ PYEOF
     "$PY" -m competition average --run $f/bce/fold0 --top 5
     "$PY" -m competition average --run $f/bce/fold0 --last 5 --out $f/bce/fold0/averaged-last5.pt
     "$PY" -m competition pseudo --data "$syn" --classifiers 'folds/demo-cls/fold*/best.pt' \
-      --checkpoints 'folds/demo/fold*/best.pt,folds/demo-unet/fold*/best.pt' \
-      --postprocess submissions/demo/postprocess.json --out input/synthetic-pseudo
+      --checkpoints 'folds/demo/fold*/best.pt' --postprocess submissions/demo/postprocess.json --out input/synthetic-pseudo
     "$PY" -m competition train "${common[@]}" --cls-weight 0.2 --out $f/pseudo/fold0 \
       --pseudo input/synthetic-pseudo --pseudo-share 0.15
     mkdir -p "$m"

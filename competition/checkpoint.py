@@ -40,10 +40,7 @@ def load(path: str | Path) -> dict:
 
 
 def config_of(state: dict, path: str | Path = "checkpoint") -> config_lib.TrainConfig:
-    try:
-        return config_lib.from_dict(state["config"])
-    except (InputError, TypeError) as e:
-        raise InputError(f"{path}: its config does not fit this version: {e}") from None
+    return config_lib.from_saved(state["config"], path)
 
 
 def model_from(path: str | Path, device: str | torch.device = "cpu"):

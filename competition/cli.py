@@ -122,14 +122,12 @@ def cmd_score(args) -> None:
 def cmd_train(args) -> None:
     import torch.distributed as dist
 
-    from competition.config import build_config, TrainConfig
+    from competition.config import TrainConfig
+    from competition.experiments import resolve
     from competition.train import fit, summary
 
-    explicit = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__
-                if f != "name" and getattr(args, f) is not None}
-    config = build_config(args.config or "deeplabv3_r34", **explicit)
-    if args.config is not None:
-        explicit["name"] = args.config
+    options = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "name"}
+    config, explicit = resolve(args.config_file, args.config, options)
     out = args.out or f"folds/fold{args.fold}"
     try:
         row = fit(config, args.data, args.fold, out, args.folds, args.resume, args.overwrite,
@@ -343,23 +341,19 @@ def cmd_predict(args) -> None:
 
 def config_options(parser) -> None:
     """One --option per TrainConfig field (default: the preset's value)."""
-    import dataclasses
+    from competition.config import TrainConfig, field_kinds
 
-    from competition.config import TrainConfig
-
-    defaults = TrainConfig()
-    for field in dataclasses.fields(TrainConfig):
-        if field.name == "name":
+    for name, (kind, length) in field_kinds().items():
+        if name == "name":
             continue
-        default = getattr(defaults, field.name)
-        kind = type(default[0]) if isinstance(default, tuple) else type(default)
+        default = getattr(TrainConfig, name)
         parse = {bool: parse_bool, int: int, float: float, str: str}[kind]
-        if isinstance(default, tuple):
+        if length:
             parse = tuple_of(parse)
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=parse,
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=parse,
                             default=None, metavar=kind.__name__.upper(),
-                            help=f"(default {default!r}" + (", comma-separated" if isinstance(
-                                default, tuple) else "") + ", or the preset's)")
+                            help=f"(default {default!r}" + (", comma-separated" if length
+                                                            else "") + ", or the preset's)")
 
 
 def parse_bool(text: str) -> bool:
@@ -465,6 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset: deeplabv3_r34 (default), deeplabv3_r101, demo_cpu "
                         "(segmenters; --cls-weight W adds an image-level head), "
                         "classifier_r34, demo_cpu_cls (image-level classifiers)")
+    p.add_argument("--config-file", default=None, metavar="FILE",
+                   help="an experiment file: YAML (or a run's config.json) setting config "
+                        "fields and maybe `preset:`; the options given here still win "
+                        "(docs/experiments.md)")
     p.add_argument("--folds", default="folds/folds.csv", help="folds file (`folds` stage)")
     p.add_argument("--out", default=None, help="output folder (default folds/fold<K>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

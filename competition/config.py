@@ -123,6 +123,18 @@ RATE_STRIDE = 16  # the atrous rates are in cells of this output stride (and Dee
 OLD_RATES = (12, 24, 36)  # the dilations every ASPP had before the rates were config fields
 
 TUPLE_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type.startswith("tuple")}
+
+
+def field_kinds() -> dict[str, tuple[type, int]]:
+    """field -> (the type of its value, or of each item of a tuple; the tuple's length, 0 for
+    a single value), read from the defaults: what a command-line option parses and an
+    experiment file must give."""
+    kinds = {}
+    for field in dataclasses.fields(TrainConfig):
+        default = field.default
+        kinds[field.name] = ((type(default[0]), len(default)) if isinstance(default, tuple)
+                             else (type(default), 0))
+    return kinds
 # Fields that change speed or what is kept, not results: they may differ when a run is resumed.
 RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last"}
 
@@ -141,9 +153,7 @@ def from_dict(values: dict) -> TrainConfig:
     spec is rewritten in its canonical form (format_loss). A dict without atrous rates was
     saved before they were fields: its model had OLD_RATES. One with dice_weight and
     bce_weight instead of loss was saved before the loss registry (old_loss)."""
-    if "loss" not in values and set(OLD_LOSS_FIELDS) & set(values):
-        values = {**{k: v for k, v in values.items() if k not in OLD_LOSS_FIELDS},
-                  "loss": old_loss(values)}
+    values = upgrade_loss(values)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -161,7 +171,27 @@ def from_dict(values: dict) -> TrainConfig:
     return config
 
 
+def from_saved(values, path) -> TrainConfig:
+    """A saved config (config.json, a checkpoint's) -> a TrainConfig; one this version cannot
+    read (a field it does not know, a value of the wrong type) -> an InputError naming `path`."""
+    try:
+        if not isinstance(values, dict):
+            raise InputError(f"expected a mapping of config fields, got {type(values).__name__}")
+        return from_dict(values)
+    except (InputError, TypeError) as e:
+        raise InputError(f"{path}: its config does not fit this version: {e}") from None
+
+
 OLD_LOSS_FIELDS = ("dice_weight", "bce_weight")  # the loss's fields before the registry
+
+
+def upgrade_loss(values: dict) -> dict:
+    """A config dict with dice_weight and bce_weight and no loss (saved before the loss
+    registry) -> the same dict with its loss spec instead (old_loss); any other unchanged."""
+    if "loss" in values or not set(OLD_LOSS_FIELDS) & set(values):
+        return values
+    return {**{k: v for k, v in values.items() if k not in OLD_LOSS_FIELDS},
+            "loss": old_loss(values)}
 
 
 def old_loss(values: dict) -> str:
@@ -234,8 +264,8 @@ def check(c: TrainConfig) -> None:
         if getattr(c, field) < 1:
             raise InputError(f"{field} {getattr(c, field)}: must be at least 1")
     if c.crop_height % 32 or c.crop_width % 32:
-        raise InputError(f"crop {c.crop_height}x{c.crop_width}: both sides must be multiples "
-                         "of 32 (the encoder's total stride)")
+        raise InputError(f"crop_height x crop_width {c.crop_height}x{c.crop_width}: both "
+                         "sides must be multiples of 32 (the encoder's total stride)")
     for field in ("pos_weight", "val_min_area"):
         if len(getattr(c, field)) != 4:
             raise InputError(f"{field} {getattr(c, field)}: needs one value per class (4)")
@@ -346,8 +376,13 @@ def to_dict(config: TrainConfig) -> dict:
     return dataclasses.asdict(config)
 
 
+def differing(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """The fields outside RUNTIME_FIELDS whose values differ, in field order."""
+    da, db = to_dict(a), to_dict(b)
+    return [k for k in da if k not in RUNTIME_FIELDS and da[k] != db[k]]
+
+
 def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     """Fields (outside RUNTIME_FIELDS) whose values differ, as 'field: a != b'."""
     da, db = to_dict(a), to_dict(b)
-    return [f"{k}: {da[k]!r} != {db[k]!r}" for k in da
-            if k not in RUNTIME_FIELDS and da[k] != db[k]]
+    return [f"{k}: {da[k]!r} != {db[k]!r}" for k in differing(a, b)]

@@ -3,6 +3,7 @@
 `python -m competition` prints it as a single line and exits with status 2; any other
 exception reaching the terminal is a bug in the package.
 """
+import contextlib
 
 
 class InputError(Exception):
@@ -12,6 +13,16 @@ class InputError(Exception):
 def where(path, line=None) -> str:
     """Prefix for an error message: `train.csv line 7` (line numbers count the header as 1)."""
     return f"{path}" if line is None else f"{path} line {line}"
+
+
+@contextlib.contextmanager
+def about(path):
+    """Re-raise an InputError raised inside as one prefixed with `path`: a check that knows
+    the key and the value (config.check) but not the file they came from."""
+    try:
+        yield
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def one_line(error: Exception) -> str:

@@ -150,6 +150,29 @@ def cmd_average(args) -> None:
     print(f"wrote {out} and {out.with_suffix('.json')}")
 
 
+def cmd_runs(args) -> None:
+    from competition import runs
+    from competition.files import write_csv
+
+    submissions = args.submissions
+    if submissions is None:  # the default folder where there is one
+        submissions = ["submissions"] if Path("submissions").is_dir() else []
+    for folder in submissions:
+        if not Path(folder).is_dir():
+            raise InputError(f"--submissions {folder}: no such folder")
+    rows = runs.sort_rows(runs.table([Path(f) for f in args.folders],
+                                     [Path(f) for f in submissions]), args.sort)
+    if args.csv:
+        write_csv(args.csv, runs.as_frame(rows))
+    if not rows:
+        print(f"no runs below {', '.join(args.folders)} (a run is a folder with config.json "
+              "and history.csv)")
+        return
+    print(runs.as_markdown(rows) if args.markdown else runs.as_text(rows))
+    if args.csv:
+        print(f"wrote {args.csv}")
+
+
 def checkpoint_name(text: str) -> str:
     """--checkpoint-name: a file name, no folder."""
     if not text or Path(text).name != text or text in (".", ".."):
@@ -470,6 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start again in an --out that holds a run")
     config_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("runs", help="a table of the training runs below folders: model, "
+                       "options, epochs, best validation scores, OOF CV (reads files only)")
+    p.add_argument("folders", nargs="*", default=["folds"], metavar="FOLDER",
+                   help="searched for runs: folders with config.json and history.csv "
+                        "(default folds)")
+    p.add_argument("--submissions", nargs="+", default=None, metavar="FOLDER",
+                   help="searched for oof's postprocess.json, for each run's OOF CV "
+                        "(default submissions, where it exists)")
+    p.add_argument("--sort", default="run", metavar="COLUMN",
+                   help="sort by a column (scores descending); default run")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("average", help="average a run's kept epochs (train --keep-top/--keep-"
                        "last), re-estimate BatchNorm, validate -> RUN/averaged.pt")

@@ -75,7 +75,8 @@ def workspace(tmp_path, monkeypatch):
     postprocess(subs / "z", 0.92, "folds/a/fold0/best.pt")  # a's best
     postprocess(subs / "y", 0.95, "folds/a/fold0/best.pt", "folds/b/fold0/best.pt")  # neither's
     postprocess(subs / "w", 0.89, "folds/b/fold0/averaged.pt")
-    write_json(subs / "old.json", {"oof_mean_dice": 0.5})  # not a postprocess.json: not read
+    (subs / "v1").mkdir()  # written before oof recorded its ensemble: names no run
+    write_json(subs / "v1" / "postprocess.json", {"version": 1, "oof_mean_dice": 0.99})
     return tmp_path
 
 

@@ -151,4 +151,6 @@ def resolve(config_file: str | Path | None, preset: str | None,
     preset = preset or file_preset
     explicit = {**values, **{k: v for k, v in options.items() if v is not None}}
     config = build_config(preset or TrainConfig.name, **explicit)
-    return config, {**explicit, "name": preset} if preset else explicit
+    if preset:
+        explicit["name"] = preset
+    return config, explicit

@@ -6,14 +6,16 @@ classifier; its task is in config.json). Its row:
     run         its path below the folder searched
     task        segment | classify
     model       arch/encoder (a classifier: its encoder)
+    preset      the preset the config started from (its name field)
     epochs      epochs done (history.csv) / planned (config.json)
     best_epoch  the epoch best.pt was kept at: the first of the best validation score
     metric      dice (segmenters: the competition's mean Dice, val_dice) | auc (classifiers:
                 the mean ROC AUC, val_auc; an undefined one counts 0, as train does)
     best        that score at best_epoch, and c1..c4 the class scores there (dice_k, auc_k)
     oof_cv      the OOF CV of the run (below), oof_in the folder of the postprocess.json
-    options     the config's fields that differ from TrainConfig's defaults, key=value
-                (not name, nor the RUNTIME_FIELDS: they change no result)
+    options     the config's fields that differ from its preset's values, key=value (not
+                name, nor the RUNTIME_FIELDS: they change no result); a name that is no
+                preset (today) is compared with TrainConfig's defaults
 
 OOF CV: `oof` records in OUT/postprocess.json its oof_mean_dice and, per fold, the
 checkpoints it averaged ("ensemble"). A run's oof_cv is the best oof_mean_dice among the
@@ -34,11 +36,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from competition.config import TrainConfig, differing, from_saved, to_dict
+from competition.config import PRESETS, TrainConfig, build_config, differing, from_saved, to_dict
 from competition.errors import InputError
 from competition.labels import CLASSES
 
-COLUMNS = ("run", "task", "model", "epochs", "best_epoch", "metric", "best",
+COLUMNS = ("run", "task", "model", "preset", "epochs", "best_epoch", "metric", "best",
            *(f"c{c}" for c in CLASSES), "oof_cv", "oof_in", "options")
 DESCENDING = {"best", *(f"c{c}" for c in CLASSES), "oof_cv"}  # scores: the best first
 METRICS = {"segment": ("dice", "val_dice", "dice_{}"),  # name, history column, per class
@@ -85,10 +87,12 @@ def text(value) -> str:
 
 
 def options(config: TrainConfig) -> str:
-    """The fields (outside name and RUNTIME_FIELDS) that differ from the defaults."""
+    """The fields (outside name and RUNTIME_FIELDS) that differ from the config's preset, or
+    from the defaults where its name is no preset: what the run's command line changed. A
+    demo run then shows its two or three options, not the preset's fifteen."""
+    base = build_config(config.name) if config.name in PRESETS else TrainConfig()
     values = to_dict(config)
-    return " ".join(f"{k}={text(values[k])}" for k in differing(TrainConfig(), config)
-                    if k != "name")
+    return " ".join(f"{k}={text(values[k])}" for k in differing(base, config) if k != "name")
 
 
 def number(value) -> float | None:
@@ -105,7 +109,7 @@ def run_row(folder: Path, name: str) -> dict:
     return {"run": name, "task": config.task,
             "model": (config.encoder if config.task == "classify" else
                       f"{config.arch}/{config.encoder}"),
-            "epochs": (int(history.epoch.iloc[-1]), config.epochs),
+            "preset": config.name, "epochs": (int(history.epoch.iloc[-1]), config.epochs),
             "best_epoch": int(best.epoch), "metric": metric, "best": float(scores.max()),
             **{f"c{c}": number(best[per_class.format(c)]) for c in CLASSES},
             "oof_cv": None, "oof_in": None, "options": options(config)}

@@ -99,6 +99,7 @@ def test_the_table_of_three_runs(workspace, capsys):
     assert (b["model"], b["epochs"], b["best_epoch"], b["best"]) == ("unet/resnet34", "2/30",
                                                                      1, 0.9)
     assert [b[f"c{k}"] for k in range(1, 5)] == [0.91, 0.92, 0.93, 0.94]
+    assert b["preset"] == "deeplabv3_r34"
     assert b["options"] == "arch=unet lr=0.0005", "num_workers, keep_top: runtime fields"
     assert (b["oof_cv"], b["oof_in"]) == (0.89, "submissions/w"), "averaged.pt is b's too"
     # a classifier: epoch 1's undefined AUC counts 0; class 2's is undefined at the best epoch
@@ -106,19 +107,17 @@ def test_the_table_of_three_runs(workspace, capsys):
         "classify", "resnet18", "auc", 2, 0.7)
     assert [c[f"c{k}"] for k in (1, 3, 4)] == [0.6, 0.8, 0.7] and math.isnan(c["c2"])
     assert math.isnan(c["oof_cv"]) and math.isnan(c["oof_in"]), "empty cells"
-    assert c["options"].split() == [
-        "task=classify", "encoder=resnet18", "encoder_weights=none", "crop_height=128",
-        "defect_crop_p=0.0", "mask_dropout_p=0.5", "epochs=2", "batch_size=8", "lr=0.002",
-        "encoder_lr=0.002", "warmup_epochs=0.5"], "demo_cpu_cls over the defaults"
-    assert "cls_weight=0.2" in a["options"] and "name=" not in a["options"]
+    assert (c["preset"], c["options"]) == ("demo_cpu_cls", "epochs=2"), "over its preset"
+    assert (a["preset"], a["options"]) == ("demo_cpu", "cls_weight=0.2")
     # the printed table: a header and one aligned line per run, scores to 4 decimals
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["run", "task", "model", "epochs", "best_epoch", "metric", "best",
-                                "c1", "c2", "c3", "c4", "oof_cv", "oof_in", "options"]
-    assert lines[1].split()[:13] == ["a/fold0", "segment", "deeplabv3/resnet18", "3/6", "2",
-                                     "dice", "0.8600", "0.9000", "0.9500", "0.7000", "0.8000",
+    assert lines[0].split() == ["run", "task", "model", "preset", "epochs", "best_epoch",
+                                "metric", "best", "c1", "c2", "c3", "c4", "oof_cv", "oof_in",
+                                "options"]
+    assert lines[1].split()[:14] == ["a/fold0", "segment", "deeplabv3/resnet18", "demo_cpu",
+                                     "3/6", "2", "dice", "0.8600", "0.9000", "0.9500", "0.7000", "0.8000",
                                      "0.9200", "submissions/z"]
-    assert lines[3].split()[7:13] == ["0.6000", "-", "0.8000", "0.7000", "-", "-"]
+    assert lines[3].split()[8:14] == ["0.6000", "-", "0.8000", "0.7000", "-", "-"]
     assert len({line.index(" 0.") for line in lines[1:4]}) == 1, "aligned columns"
     assert lines[-1] == "wrote table.csv"
 
@@ -141,9 +140,10 @@ def test_markdown_several_folders_and_no_oof(workspace, capsys):
                    "submissions/y")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("| run | task | model | epochs |") and lines[1].startswith("|---|")
+    assert lines[0].startswith("| run | task | model | preset | epochs |")
+    assert lines[1].startswith("|---|")
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| folds/a/fold0", "| folds/b/fold0"]
-    assert all(line.split(" | ")[11] == "-" for line in lines[2:]), "y scored a and b together"
+    assert all(line.split(" | ")[12] == "-" for line in lines[2:]), "y scored a and b together"
 
 
 def test_a_folder_without_runs_is_one_line(workspace, capsys):

@@ -89,7 +89,7 @@ def curves_figure(runs: list[tuple[str, pd.DataFrame]]) -> Figure:
     for ax, title in zip(axes, panels):
         ylabel, log, series = PANELS[title]
         for k, (_, frame) in enumerate(runs):
-            _draw(ax, frame, series, MARKERS[k % len(MARKERS)], labelled=k == 0)
+            _draw(ax, frame, series, MARKERS[k % len(MARKERS)])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -111,19 +111,25 @@ def curves_figure(runs: list[tuple[str, pd.DataFrame]]) -> Figure:
     return fig
 
 
-def _draw(ax, frame: pd.DataFrame, series, marker: str, labelled: bool) -> None:
+def _draw(ax, frame: pd.DataFrame, series, marker: str) -> None:
+    """One run's `series` on `ax`; each label in the legend once (the first run that has
+    the column), the runs told apart by their markers."""
     epochs = np.asarray(frame["epoch"], np.float64)
     for column, label, color, style in series:
         if column not in frame:
             continue
         values = np.asarray(frame[column], np.float64)  # None (undefined) -> NaN: a gap
-        ax.plot(epochs, values, style, color=color, marker=marker, ms=4,
-                label=label if labelled else None)
+        ax.plot(epochs, values, style, color=color, marker=marker, ms=4, label=_once(ax, label))
         bad = ~np.isfinite(values)
         if column in LOSSES and bad.any():
             ax.plot(epochs[bad], np.zeros(int(bad.sum())), "x", color="red", ms=10, mew=2,
                     transform=ax.get_xaxis_transform(), clip_on=False,
-                    label=f"{label} not finite" if labelled else None)
+                    label=_once(ax, f"{label} not finite"))
+
+
+def _once(ax, label: str) -> str | None:
+    """`label`, or None when a line of `ax` has it already."""
+    return None if label in [line.get_label() for line in ax.get_lines()] else label
 
 
 def write_curves(path: str | Path, runs: list[tuple[str, pd.DataFrame]]) -> None:

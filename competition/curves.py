@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from competition.errors import InputError, one_line
-from competition.labels import CLASSES
+from competition.errors import InputError, where
+from competition.labels import CLASSES, read_columns
 from competition.report import COLORS, DPI, save_png
 
 CURVES = "curves.png"
@@ -51,30 +51,20 @@ def history_path(run: str | Path) -> Path:
 def read_history(path: str | Path) -> pd.DataFrame:
     """history.csv -> its rows, every column numeric (an empty cell, an undefined AUC or a
     non-finite loss, is NaN). Missing, unreadable, without rows, without a REQUIRED column
-    or with a cell that is not a number -> an InputError naming the file."""
+    or with a cell that is not a number -> an InputError naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: not found; a training run's folder holds {HISTORY} from "
                          "the end of its first epoch on")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not a readable CSV ({one_line(e)})") from None
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise InputError(f"{path}: no column {missing[0]!r}; a history.csv has "
-                         f"{', '.join(REQUIRED)} and the validation scores")
-    if frame.empty:
-        raise InputError(f"{path}: no rows (no epoch finished)")
-    for column in frame.columns:
-        numbers = pd.to_numeric(frame[column], errors="coerce")
-        bad = numbers.isna() & frame[column].notna()
+    raw = read_columns(path, REQUIRED, "a history.csv has")  # strings, indexed by line
+    frame = raw.apply(pd.to_numeric, errors="coerce")
+    for column in raw.columns:
+        bad = frame[column].isna() & (raw[column].str.strip() != "")
         if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(f"{path}: line {row + 2}, column {column!r}: "
-                             f"{frame[column].iloc[row]!r} is not a number")
-        frame[column] = numbers
-    return frame
+            line = bad.idxmax()
+            raise InputError(f"{where(path, line)}, column {column!r}: "
+                             f"{raw[column][line]!r} is not a number")
+    return frame.reset_index(drop=True)
 
 
 def curves_figure(runs: list[tuple[str, pd.DataFrame]]) -> Figure:

@@ -274,10 +274,10 @@ def test_a_missing_or_malformed_history_is_one_line_and_exit_2(tmp_path, capsys)
     good.mkdir()
     write_csv(good / "history.csv", history_rows())
     cases = {"missing": (None, "not found"),
-             "no_column": (history_rows().drop(columns="val_loss"), "no column 'val_loss'"),
-             "no_rows": (history_rows().iloc[:0], "no rows"),
+             "no_column": (history_rows().drop(columns="val_loss"), "no column val_loss (a history.csv has epoch,"),
+             "no_rows": (history_rows().iloc[:0], "no rows, only a header"),
              "text": (history_rows(val_dice=[0.8, "oops", 0.9]),
-                      "line 3, column 'val_dice': 'oops' is not a number")}
+                      "history.csv line 3, column 'val_dice': 'oops' is not a number")}
     for name, (frame, message) in cases.items():
         (tmp_path / name).mkdir()
         if frame is not None:
@@ -286,7 +286,7 @@ def test_a_missing_or_malformed_history_is_one_line_and_exit_2(tmp_path, capsys)
         assert not (good / "curves.png").exists(), "every run is read before any is drawn"
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "history.csv").write_text("")
-    one_line_error(run_here(capsys, "curves", tmp_path / "empty"), "not a readable CSV")
+    one_line_error(run_here(capsys, "curves", tmp_path / "empty"), "empty file")
 
 
 def test_a_resumed_run_may_switch_tensorboard_on_or_off():

@@ -173,6 +173,20 @@ def cmd_runs(args) -> None:
         print(f"wrote {args.csv}")
 
 
+def cmd_curves(args) -> None:
+    from competition.curves import CURVES, history_path, read_history, write_curves
+
+    paths = [history_path(run) for run in args.runs]
+    runs = [(str(path.parent), read_history(path)) for path in paths]  # all read, then drawn
+    if args.out:
+        write_curves(args.out, runs)
+        print(f"wrote {args.out}: the curves of {len(runs)} run(s)")
+        return
+    for path, run in zip(paths, runs):
+        write_curves(path.parent / CURVES, [run])
+        print(f"wrote {path.parent / CURVES}: {len(run[1])} epoch(s)")
+
+
 def checkpoint_name(text: str) -> str:
     """--checkpoint-name: a file name, no folder."""
     if not text or Path(text).name != text or text in (".", ".."):
@@ -507,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("curves", help="redraw RUN/curves.png from RUN/history.csv (loss, LR, "
+                       "validation Dice or AUC per class), or overlay runs in one PNG (--out)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folder (or its history.csv)")
+    p.add_argument("--out", default=None,
+                   help="one PNG of every RUN overlaid (default: each RUN/curves.png)")
+    p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser("average", help="average a run's kept epochs (train --keep-top/--keep-"
                        "last), re-estimate BatchNorm, validate -> RUN/averaged.pt")

@@ -88,6 +88,8 @@ class TrainConfig:
     # for DeepLabV3-R34), so off by default
     keep_top: int = 0  # the k epochs of best validation score (average --top k); 0: none
     keep_last: int = 0  # the k last epochs (average --last k); 0: none
+    # what a run shows while it runs (tracking.py): TensorBoard event files in the run folder
+    tensorboard: bool = True  # false: none written (curves.png is drawn either way)
 
 
 PRESETS: dict[str, dict] = {
@@ -136,7 +138,7 @@ def field_kinds() -> dict[str, tuple[type, int]]:
                              else (type(default), 0))
     return kinds
 # Fields that change speed or what is kept, not results: they may differ when a run is resumed.
-RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last"}
+RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last", "tensorboard"}
 
 
 def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:

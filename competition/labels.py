@@ -45,6 +45,20 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     return frame[~blank]
 
 
+def read_columns(path: str | Path, required, need: str) -> pd.DataFrame:
+    """read_csv with its column names stripped, and an InputError when a `required` column
+    is missing (`need`: what needs them, e.g. "image-level labels need") or no row follows
+    the header."""
+    raw = read_csv(path)
+    raw.columns = [c.strip() for c in raw.columns]
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise InputError(f"{path}: no column {', '.join(missing)} ({need} {','.join(required)})")
+    if raw.empty:
+        raise InputError(f"{path}: no rows, only a header")
+    return raw
+
+
 def _layout(path: Path, columns: list[str]) -> str:
     cols = tuple(c.strip() for c in columns)
     if set(cols) == set(CURRENT) and len(cols) == 3:
@@ -177,14 +191,7 @@ def read_image_labels(path: str | Path) -> tuple[list[str], pd.DataFrame]:
     (ImageIds in file order, table ImageId, ClassId of each defect the labels name), the
     pair load_train returns, without masks or images."""
     path = Path(path)
-    raw = read_csv(path)
-    raw.columns = [c.strip() for c in raw.columns]
-    missing = [c for c in IMAGE_LABELS if c not in raw.columns]
-    if missing:
-        raise InputError(f"{path}: no column {', '.join(missing)} (image-level labels need "
-                         f"{','.join(IMAGE_LABELS)})")
-    if raw.empty:
-        raise InputError(f"{path}: no images, only a header")
+    raw = read_columns(path, IMAGE_LABELS, "image-level labels need")
     image_ids = raw["ImageId"].str.strip()
     if (image_ids == "").any():
         line, _ = _first(raw, image_ids == "")

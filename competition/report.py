@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -210,6 +211,15 @@ def save_png(fig: Figure, path: str | Path, max_bytes: int = MAX_PNG_BYTES) -> i
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return len(data)
+
+
+def figure_array(fig: Figure, dpi: int = DPI) -> np.ndarray:
+    """`fig` rendered by Agg at `dpi` -> (H, W, 3) uint8 RGB: an image for TensorBoard
+    (training's overlays), drawn by the same code as the report's PNGs."""
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _render(fig: Figure, dpi: int) -> bytes:

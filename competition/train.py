@@ -5,7 +5,7 @@ One process, or one per GPU under `torchrun --nproc_per_node=N -m competition tr
 write last.pt (and best.pt when the validation score improved: the competition's Dice for a
 segmenter, the mean ROC AUC of "class present" for a classifier) and history.csv, each
 atomically; with --keep-top/--keep-last, the epochs kept for weight averaging
-(keep.py).
+(keep.py); curves.png and TensorBoard events (tracking.py).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from competition import checkpoint, config as config_lib, data as data_lib, keep
-from competition import pseudo as pseudo_lib
+from competition import pseudo as pseudo_lib, tracking
 from competition.errors import InputError
 from competition.files import write_csv, write_json
 from competition.labels import CLASSES, by_image, load_train
@@ -185,6 +185,7 @@ class Health:
         self.rt, self.loss, self.images = rt, zero(dtype=torch.float64), zero(dtype=torch.float64)
         self.bad_update, self.skipped = zero(dtype=torch.int64), zero(dtype=torch.int64)
         self.streak, self.worst = zero(dtype=torch.int64), zero(dtype=torch.int64)
+        self.last_read = (0.0, 0.0)  # the loss sum and image count at the last read (host)
 
     def micro(self, loss: torch.Tensor, n: int) -> None:
         value = loss.detach().double()
@@ -210,8 +211,11 @@ class Health:
             dist.all_reduce(packed)
             packed[2:] /= self.rt.world
         loss, images, skipped, worst = packed.tolist()
+        recent = loss - self.last_read[0], images - self.last_read[1]  # since the last read
+        self.last_read = loss, images
         return {"loss": loss / images if images else float("nan"), "skipped": int(skipped),
-                "worst": int(worst)}
+                "worst": int(worst),
+                "interval_loss": recent[0] / recent[1] if recent[1] else float("nan")}
 
 
 def check_health(h: dict, scaled: bool, epoch: int, step: int) -> None:
@@ -225,10 +229,11 @@ def check_health(h: dict, scaled: bool, epoch: int, step: int) -> None:
 
 
 def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, loader, config, rt,
-                    epoch: int, dtype, ema_updates: int = 0) -> dict:
+                    epoch: int, dtype, ema_updates: int = 0, tracker=tracking.OFF) -> dict:
     """One pass over the training loader: `accumulate` micro-batches per optimizer update,
     the scheduler stepped once per update, the EMA (if any) updated after each. The loss is
-    kept on the device and read every CHECK_EVERY updates and at the end (see Health).
+    kept on the device and read every CHECK_EVERY updates and at the end (see Health), and
+    logged then by `tracker` (before a non-finite loss stops the run, so that it shows).
     Returns mean loss, images, seconds, skipped updates and the EMA's update count."""
     model.train()
     updates = len(loader) // config.accumulate
@@ -265,8 +270,9 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, loader, c
         done = (i + 1) // config.accumulate
         if done % CHECK_EVERY == 0 or done == updates:
             h = health.read()
-            check_health(h, scaled, epoch, scheduler.last_epoch)
             rate = seen * rt.world / (time.perf_counter() - start)
+            tracker.interval(scheduler.last_epoch, h, optimizer.param_groups, rate)
+            check_health(h, scaled, epoch, scheduler.last_epoch)
             bar.set_postfix(loss=f"{h['loss']:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
                             img_s=f"{rate:.1f}", skipped=h["skipped"], refresh=False)
     seconds = time.perf_counter() - start
@@ -655,12 +661,16 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                   f"pseudo_share {config.pseudo_share}); never validated on")
         write_json(out / "config.json", config_lib.to_dict(config))
 
+    tracker = (tracking.start(out, config, state["step"] if state is not None else None, fold,
+                              data / "train_images", val_ids, encoded, rt.device)
+               if rt.main else tracking.OFF)
     row = history[-1] if history else {}
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in tracker.epochs(start_epoch, config.epochs):  # closes its writer at the end
         data_lib.set_epoch(train_loader, epoch)
         try:
             trained = train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema,
-                                      train_loader, config, rt, epoch, dtype, ema_updates)
+                                      train_loader, config, rt, epoch, dtype, ema_updates,
+                                      tracker)
         except NonFiniteLoss as e:
             kept = (f"the last good checkpoint {out / 'last.pt'} (epoch {epoch}) is kept"
                     if epoch > start_epoch or state is not None else "no checkpoint was written")
@@ -703,4 +713,5 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
             print(f"epoch {epoch + 1}/{config.epochs} loss {trained['loss']:.4f} "
                   f"{describe(result)} lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s"
                   + skipped + (" *best" if improved else ""), flush=True)
+            tracker.epoch(history, history_columns(result), evaluated, dtype)
     return row

@@ -74,7 +74,7 @@ def test_folds_from_image_level_labels_equal_the_folds_from_masks(tmp_path, caps
 
 @pytest.mark.parametrize("text, parts", [
     ("ImageId,c1,c2,c4\na.jpg,0,0,0\n", ["no column c3", "ImageId,c1,c2,c3,c4"]),
-    ("ImageId,c1,c2,c3,c4\n", ["no images"]),
+    ("ImageId,c1,c2,c3,c4\n", ["no rows, only a header"]),
     ("ImageId,c1,c2,c3,c4\na.jpg,0,0,0,0\nb.jpg,0,2,0,0\n", ["line 3", "b.jpg", "c2 '2'"]),
     ("ImageId,c1,c2,c3,c4\na.jpg,0,0,,0\n", ["line 2", "c3 ''", "not 0 or 1"]),
     ("ImageId,c1,c2,c3,c4\na.jpg,0,0,0,0\n,1,0,0,0\n", ["line 3", "empty ImageId"]),

@@ -538,4 +538,4 @@ def test_inference_imports_nothing_the_kernel_does_not_ship_or_kaggle_lacks():
     loaded = set(json.loads(out.stdout.strip().replace("'", '"')))
     assert {"torch", "segmentation_models_pytorch", "numba"} <= loaded
     assert loaded.isdisjoint({"albumentations", "iterstrat", "matplotlib", "sklearn", "kaggle",
-                              "hypothesis", "pytest"})
+                              "hypothesis", "pytest", "tensorboard"})

@@ -295,6 +295,7 @@ def test_torchrun_ranks_validate_the_saved_model(synthetic, folds_csv, tmp_path)
         assert digests[0] == digests[1], f"epoch {epoch}: the ranks validated different models"
     last = checkpoint.load(out / "last.pt")
     assert last["step"] == 12 and len(last["rng"]) == 2  # 48 images, 2 ranks x batch 4
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1, "rank 0 alone logs"
     state = checkpoint.load(out / "best.pt")
     model, config = checkpoint.model_from(out / "best.pt")
     model = model.to(memory_format=torch.channels_last)  # as the ranks held it

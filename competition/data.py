@@ -84,23 +84,32 @@ def seed_transform(transform: A.Compose, seed: int, epoch: int, position: int) -
                                random.Random(int(sequence.generate_state(1, np.uint64)[0])))
 
 
+def read(folder: Path, image_id: str, cache=None) -> np.ndarray:
+    """(256, 1600, 3) uint8 RGB of image `image_id` of `folder`: its grey plane from the
+    decoded-image cache (cache.py) made three channels again, when a cache is given; else
+    decoded from the file. Both give the same bytes."""
+    return read_image(folder / image_id) if cache is None else cache.rgb(image_id)
+
+
 class SteelDataset(Dataset):
     """Item key -> (image (3, H, W) uint8, masks (4, H, W) uint8, index i).
 
     The key is an index i, or (epoch, position, i) from `EpochSampler`: the augmentation of
     the item is seeded from (seed, epoch, position) (an index alone: epoch 0, position i).
     `encoded` maps ImageId -> {ClassId: RLE} for the images that have defects. Without a
-    transform the items are full size (256x1600), as validation needs.
+    transform the items are full size (256x1600), as validation needs. `cache`: the
+    folder's decoded images (cache.ImageCache), read instead of decoding (same pixels).
     """
 
     def __init__(self, folder: str | Path, image_ids: list[str],
                  encoded: dict[str, dict[int, str]], transform: A.Compose | None = None,
-                 seed: int = 0):
+                 seed: int = 0, cache=None):
         self.folder = Path(folder)
         self.image_ids = list(image_ids)
         self.encoded = encoded
         self.transform = transform
         self.seed = seed
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -108,7 +117,7 @@ class SteelDataset(Dataset):
     def __getitem__(self, key):
         epoch, position, i = key if isinstance(key, tuple) else (0, key, key)
         image_id = self.image_ids[i]
-        image = read_image(self.folder / image_id)
+        image = read(self.folder, image_id, self.cache)
         mask = masks(self.encoded.get(image_id, {}))
         if self.transform is not None:
             seed_transform(self.transform, self.seed, epoch, position)
@@ -120,16 +129,17 @@ class SteelDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Item i: (image (3, 256, 1600) uint8, i), decoded in a loader worker."""
+    """Item i: (image (3, 256, 1600) uint8, i), decoded in a loader worker (or read from
+    `cache`, a cache.ImageCache of the folder)."""
 
-    def __init__(self, folder: str | Path, image_ids: list[str]):
-        self.folder, self.image_ids = Path(folder), list(image_ids)
+    def __init__(self, folder: str | Path, image_ids: list[str], cache=None):
+        self.folder, self.image_ids, self.cache = Path(folder), list(image_ids), cache
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def __getitem__(self, i: int):
-        image = read_image(self.folder / self.image_ids[i])
+        image = read(self.folder, self.image_ids[i], self.cache)
         return torch.from_numpy(image.transpose(2, 0, 1).copy()), i
 
 

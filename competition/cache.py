@@ -88,15 +88,16 @@ class ImageCache:
     def describe(self) -> str:
         what = "built" if self.built else "reused"
         return (f"cache: {self.kind} ({what}): {len(self)} decoded images of {self.folder}, "
-                f"{gib(len(self) * PLANE)} GiB in {self.path}")
+                f"{size(len(self) * PLANE)} in {self.path}")
 
 
 def shape(n: int) -> tuple[int, int, int]:
     return n, HEIGHT, WIDTH
 
 
-def gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f}"
+def size(n_bytes: float) -> str:
+    """2.46e6 -> '2.3 MiB'; 5.15e9 -> '4.80 GiB'."""
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def open_cache(kind: str, folder: str | Path, cache_dir: str | Path = "cache",
@@ -133,8 +134,8 @@ def free_space(path: Path) -> int:
 def check_fits(kind: str, n: int, need: int, free: int, where: str) -> None:
     if need > free:
         other = "--cache disk or " if kind == "ram" else ""
-        raise InputError(f"--cache {kind}: {n} decoded images need {gib(need)} GiB and {where} "
-                         f"has {gib(free)} GiB free; use {other}--cache none")
+        raise InputError(f"--cache {kind}: {n} decoded images need {size(need)} and {where} "
+                         f"has {size(free)} free; use {other}--cache none")
 
 
 def ram_cache(folder: Path, names: list[str], workers: int) -> ImageCache:

@@ -689,6 +689,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train: untimed updates first (default 5 on CUDA, 1 on CPU)")
     p.add_argument("--seeds", action="store_true",
                    help="train: add the seeds' model (torchvision DeepLabV3-R101, stride 8)")
+    p.add_argument("--compile", action="store_true",
+                   help="train, predict: add a row with the model torch.compile'd")
+    p.add_argument("--loader", action="store_true",
+                   help="train: time the loader alone, without and with an image cache")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -329,7 +329,7 @@ def bench_train(args) -> None:
     config = build_config(args.config, encoder_weights="none", **sizes)
     if not cuda:
         config = dataclasses.replace(config, num_workers=min(config.num_workers, 2))
-    n = max(64, (max(warmup, 1) + steps) * config.batch_size)
+    n = max(args.images or 256, (max(warmup, 1) + steps) * config.batch_size)  # 64, cycled
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"bench train: preset {args.config} ({config.arch} {config.encoder}, output stride "
           f"{config.output_stride or 'default'}), crops {config.crop_height}x{config.crop_width}, "

@@ -672,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="rle: timing rounds (best is kept)")
     p.add_argument("--images", type=int, default=None,
                    help="score: test images to score (5506); predict: images to predict "
-                   "(5506 on CUDA, 8 on CPU)")
+                   "(5506 on CUDA, 8 on CPU); train: images of a timed loader epoch (256)")
     p.add_argument("--folds", type=int, default=5, help="predict: models in the ensemble")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="predict: loader processes decoding JPEGs")

@@ -134,7 +134,7 @@ def test_benches_run_small():
     assert len(rows) == 2 and rows[0].split()[-3] == "1.00"  # ratios are to the plain loop
     loader = [line for line in out.stdout.splitlines() if line.startswith(("no cache", "ram",
                                                                            "disk"))]
-    assert "loader alone: decode + augment" in out.stdout and len(loader) == 3
+    assert "loader alone, best of 3" in out.stdout and len(loader) == 3
     assert loader[0].split()[-2:] == ["1.00", "-"]  # no cache: the base, nothing to fill
     out = run("bench", "predict", "--config", "demo_cpu", "--images", "2", "--folds", "2",
               "--batch-size", "1", "--workers", "0", "--masks-pp", "16")

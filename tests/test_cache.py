@@ -1,6 +1,7 @@
 """The decoded-image cache: its planes are the decoder's output, cached loaders give the
 uncached batches, a stale or half-built disk cache is rebuilt, a cache that does not fit is
 refused in one line."""
+import json
 import os
 import pickle
 import shutil
@@ -9,6 +10,7 @@ import sys
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -176,3 +178,24 @@ def test_a_ram_cache_is_removed_with_its_object_and_a_killed_runs_by_the_next(fe
 def test_an_unknown_cache_kind_is_refused():
     with pytest.raises(InputError, match="cache 'gpu': valid values are none, ram, disk"):
         tiny(cache="gpu")
+
+
+def test_predict_with_a_disk_cache_writes_the_same_submission(synthetic, tmp_path):
+    from conftest import random_checkpoint, small_test_set
+    from test_cli import run
+
+    data = small_test_set(synthetic, tmp_path / "data")
+    ckpt = random_checkpoint(tmp_path / "best.pt")
+    pp = tmp_path / "postprocess.json"
+    pp.write_text(json.dumps({"classes": {c: {"threshold": 0.5, "min_component": 0,
+                                              "min_area": 0} for c in "1234"}}))
+    args = ["predict", "--data", data, "--checkpoints", ckpt, "--postprocess", pp,
+            "--tta", "none", "--workers", 1]
+    plain = run(*args, "--out", tmp_path / "plain.csv")
+    cached = run(*args, "--out", tmp_path / "cached.csv", "--cache", "disk", "--cache-dir",
+                 tmp_path / "cache")
+    assert plain.returncode == 0 and cached.returncode == 0, cached.stderr
+    assert "cache: disk (built): 4 decoded images of" in cached.stdout
+    written = (tmp_path / "cached.csv").read_text()
+    assert written == (tmp_path / "plain.csv").read_text()
+    assert (pd.read_csv(tmp_path / "cached.csv", keep_default_na=False).EncodedPixels != "").any()

@@ -5,15 +5,19 @@ rle:   our numba encode/decode against the numpy kernels found in most Kaggle no
        adds the same table for the masks of a real train.csv.
 score: offline scoring of a full-size test set (5,506 images x 4 classes) from CSV files.
 train: training images per second of a preset, steady state, on the same in-memory batches:
-       the pipeline's step (AMP, channels_last, no per-step host sync) against a plain fp32
-       loop of the same model (--seeds adds the seeds' torchvision DeepLabV3-ResNet101 OS8),
-       and the loader's own steady-state rate.
+       the pipeline's step (AMP, channels_last, no per-step host sync; --compile: compiled
+       too) against a plain fp32 loop of the same model (--seeds adds the seeds' torchvision
+       DeepLabV3-ResNet101 OS8, then the base of the ratios); and the loader's own
+       steady-state rate without and with a warm image cache (--loader: that alone).
+predict: inference images per second (one model, from a warm cache, compiled; the fold
+       ensemble with flip TTA) and the time projected for the 5,506 test images.
 """
 from __future__ import annotations
 
 import dataclasses
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -168,38 +172,91 @@ def bench_score(args) -> None:
     print(f"same Dice from decoded masks (no CSV reading):                {decoded_seconds:.2f} s")
 
 
-def train_batches(config, data: Path, encoded: dict, n: int, rt) -> tuple[list, float]:
-    """`n` training batches of `config` (crops, flips, brightness: the real transform),
-    decoded once and kept in memory, so that every loop times the same batches without the
-    loader; and the loader's steady-state rate in images/s (workers started and one pass
-    done before the timed pass: start-up is not counted). On CUDA the loader pins them."""
+def train_loader(config, data: Path, encoded: dict, n: int, rt, images=None):
+    """A training loader of `config` (crops, flips, brightness: the real transform, with
+    persistent workers) over n images cycled from data's 64, reading `images` (a
+    cache.ImageCache) or decoding."""
     from competition import data as data_lib
 
-    image_ids = sorted(p.name for p in (data / "train_images").iterdir())
-    ids = [image_ids[i % len(image_ids)] for i in range(n * config.batch_size)]
+    names = sorted(p.name for p in (data / "train_images").iterdir())
+    ids = [names[i % len(names)] for i in range(n)]
     dataset = data_lib.SteelDataset(data / "train_images", ids, encoded,
-                                    data_lib.train_transform(config), config.seed)
-    loader = data_lib.loader(dataset, config.batch_size, config.num_workers, drop_last=True,
-                             sampler=data_lib.train_sampler(dataset, config.seed),
-                             pin_memory=rt.device.type == "cuda", persistent=True)
-    batches = list(loader)  # epoch 0: starts the workers, fills the page cache
-    data_lib.set_epoch(loader, 1)
-    it = iter(loader)
-    next(it)  # the first batch of a pass waits for the pipeline to fill
+                                    data_lib.train_transform(config), config.seed, images)
+    return data_lib.loader(dataset, config.batch_size, config.num_workers, drop_last=True,
+                           sampler=data_lib.train_sampler(dataset, config.seed),
+                           pin_memory=rt.device.type == "cuda", persistent=True)
+
+
+def loader_rate(loader, rounds: int = 3) -> float | None:
+    """Images/s of the best of `rounds` passes (epochs 1, 2, ...) of a loader whose epoch 0
+    was run: workers started, page cache and image cache warm; each pass's first batch (the
+    pipeline filling) not counted. The best: on a shared machine the others are slowed by
+    its other work. None for a pass of one batch (nothing to time)."""
+    from competition import data as data_lib
+
+    rates = []
+    for epoch in range(1, rounds + 1):
+        data_lib.set_epoch(loader, epoch)
+        it = iter(loader)
+        next(it)
+        start = time.perf_counter()
+        count = sum(len(images) for images, _, _ in it)
+        rates.append(count / (time.perf_counter() - start))
+    return max(rates) if count else None
+
+
+def loader_rows(config, data: Path, encoded: dict, n: int, rt, cache_dir: Path):
+    """Per cache kind (none, ram, disk): (label, images/s of the loader alone in steady state,
+    seconds to fill the cache), and epoch 0's batches of the uncached loader, in memory."""
+    from competition.cache import open_cache
+
+    rows, batches = [], None
+    for kind, label in (("none", "no cache: every JPEG decoded every epoch"),
+                        ("ram", "ram cache (/dev/shm), warm"),
+                        ("disk", "disk cache (--cache-dir), warm")):
+        start = time.perf_counter()
+        images = open_cache(kind, data / "train_images", cache_dir, config.num_workers)
+        fill = time.perf_counter() - start if images is not None else None
+        loader = train_loader(config, data, encoded, n, rt, images)
+        epoch0 = list(loader)  # starts the workers, fills the page cache
+        batches = epoch0 if batches is None else batches
+        rows.append((label, loader_rate(loader), fill))
+        del loader, images, epoch0
+    return rows, batches
+
+
+def step_rate(run, batches: list, warmup: int, rt) -> dict:
+    """Time `run(batches)` (a training loop over in-memory batches): first `run` on the
+    `warmup` first batches, untimed but for its first update (a compiled model compiles
+    there), then images/s over the rest, and the peak GPU memory."""
+    import torch
+
     start = time.perf_counter()
-    count = sum(len(images) for images, _, _ in it)
-    rate = count / (time.perf_counter() - start) if count else None  # one batch: nothing to time
-    del it, loader
-    return batches, rate
+    first = run(batches[:1])
+    first = time.perf_counter() - start if first is None else first
+    if warmup > 1:
+        run(batches[1:warmup])
+    cuda = rt.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    run(batches[max(warmup, 1):])
+    if cuda:
+        torch.cuda.synchronize()
+    seen = sum(len(images) for images, _, _ in batches[max(warmup, 1):])
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return {"rate": seen / (time.perf_counter() - start), "first_s": first, "peak_gib": peak}
 
 
-def pipeline_rate(config, batches: list, warmup: int, rt) -> dict:
-    """Images/s of the pipeline's training step (train.train_one_epoch: AMP, channels_last,
-    device-side loss checks, EMA when the config has one) on in-memory batches, after
-    `warmup` untimed updates; and the peak GPU memory."""
+def pipeline_loop(config, rt, compile: bool = False):
+    """The pipeline's training step as a loop over batches (train.train_one_epoch: AMP,
+    channels_last, device-side loss checks, the EMA when the config has one), optionally
+    torch.compile'd; returns the first update's seconds."""
     import torch
 
     from competition import train as train_lib
+    from competition.model import compile_model
 
     model = train_lib.make_model(config, rt.device, encoder_weights="none")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -209,22 +266,21 @@ def pipeline_rate(config, batches: list, warmup: int, rt) -> dict:
     loss_fn = train_lib.make_loss(config, rt.device)
     ema = train_lib.make_ema(model) if config.ema_decay > 0 else None
     train_lib.configure_backends(rt.device)
-    args = (model, loss_fn, optimizer, scheduler, scaler, ema)
-    if warmup:
-        train_lib.train_one_epoch(*args, batches[:warmup], config, rt, 0, dtype)
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    result = train_lib.train_one_epoch(*args, batches[warmup:], config, rt, 0, dtype,
-                                       ema_updates=warmup)  # ends with a host read: synced
-    peak = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else None
-    return {"rate": result["images"] / result["seconds"], "peak_gib": peak}
+    stepped = compile_model(model, rt.device) if compile else model
+    updates = [0]
+
+    def run(batches) -> float:
+        result = train_lib.train_one_epoch(stepped, loss_fn, optimizer, scheduler, scaler, ema,
+                                           batches, config, rt, 0, dtype, updates[0])
+        updates[0] = result["ema_updates"]
+        return result["first_s"]
+    return run
 
 
-def plain_rate(config, batches: list, warmup: int, rt) -> dict:
-    """Images/s of a plain fp32 training loop, as in most notebooks, for the same model and
-    batches: NCHW, no autocast, normalisation constants built per batch, the loss read with
-    .item() every step, no EMA."""
+def plain_loop(config, rt):
+    """A plain fp32 training loop, as in most notebooks and the seed kernels: NCHW, no
+    autocast, normalisation constants built per batch, the loss read with .item() every
+    step, no EMA."""
     import torch
 
     from competition import data as data_lib, train as train_lib
@@ -234,31 +290,32 @@ def plain_rate(config, batches: list, warmup: int, rt) -> dict:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = train_lib.make_loss(config, rt.device)
-    if rt.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
 
-    def step(images, masks) -> float:
-        x = images.to(rt.device).float()
-        mean = torch.tensor(data_lib.MEAN, device=rt.device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(data_lib.STD, device=rt.device).view(1, 3, 1, 1) * 255
-        loss = loss_fn(model((x - mean) / std), masks.to(rt.device))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+    def run(batches) -> None:
+        for images, masks, _ in batches:
+            x = images.to(rt.device).float()
+            mean = torch.tensor(data_lib.MEAN, device=rt.device).view(1, 3, 1, 1) * 255
+            std = torch.tensor(data_lib.STD, device=rt.device).view(1, 3, 1, 1) * 255
+            loss = loss_fn(model((x - mean) / std), masks.to(rt.device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()
+    return run
 
-    for images, masks, _ in batches[:warmup]:
-        step(images, masks)
-    start, seen = time.perf_counter(), 0
-    for images, masks, _ in batches[warmup:]:
-        step(images, masks)
-        seen += len(images)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if rt.device.type == "cuda" else None
-    return {"rate": seen / seconds, "peak_gib": peak}
+
+def seeds_config(config):
+    """The seed kernels' model on the preset's crops: torchvision DeepLabV3-ResNet101 at
+    output stride 8, whose ASPP dilations (12, 24, 36) are (6, 12, 18) stride-16 cells."""
+    return dataclasses.replace(config, arch="tv_deeplabv3", encoder="resnet101", output_stride=8,
+                               atrous_rates_h=(6, 12, 18), atrous_rates_w=(6, 12, 18),
+                               allow_untrained_taps=True)
 
 
 def bench_train(args) -> None:
+    """Training images/s on the same in-memory batches (the seeds' plain fp32 loop with
+    --seeds, the preset's model in a plain loop, the pipeline's step, with --compile compiled)
+    and the loader's own images/s without and with a warm image cache."""
     import torch
 
     from competition.config import build_config
@@ -276,6 +333,7 @@ def bench_train(args) -> None:
     config = build_config(args.config, encoder_weights="none", **sizes)
     if not cuda:
         config = dataclasses.replace(config, num_workers=min(config.num_workers, 2))
+    n = max(args.images or 256, (max(warmup, 1) + steps) * config.batch_size)  # 64, cycled
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"bench train: preset {args.config} ({config.arch} {config.encoder}, output stride "
           f"{config.output_stride or 'default'}), crops {config.crop_height}x{config.crop_width}, "
@@ -285,27 +343,41 @@ def bench_train(args) -> None:
         data = Path(tmp) / "data"
         make_dataset(data, n_train=64, n_test=1, seed=args.seed)  # cycled through
         encoded = by_image(load_train(data)[1])
-        batches, loader_rate = train_batches(config, data, encoded, warmup + steps, rt)
-    rows = [("pipeline step (" + ("AMP " + train_amp(config, rt) + ", " if cuda else "fp32, ")
+        loaders, batches = loader_rows(config, data, encoded, n, rt, Path(tmp) / "cache")
+    if not args.loader:
+        step_table(config, batches[:max(warmup, 1) + steps], warmup, rt, args)
+    base = loaders[0][1]
+    print(f"{f'loader alone, best of 3 {n}-image epochs, {config.num_workers} workers':<56}"
+          f" {'img/s':>8} {'x none':>7} {'fill s':>7}")
+    for label, rate, fill in loaders:
+        ratio = "-" if rate is None or base is None else f"{rate / base:.2f}"
+        shown = "not timed (one batch)" if rate is None else f"{rate:.1f}"
+        print(f"{label:<56} {shown:>8} {ratio:>7} {'-' if fill is None else f'{fill:.1f}':>7}")
+    print("fill s: decoding every image once into the cache (what epoch 0 costs instead)")
+
+
+def step_table(config, batches: list, warmup: int, rt, args) -> None:
+    """The training-step rows, ratios to the first (the seeds' plain loop with --seeds)."""
+    cuda = rt.device.type == "cuda"
+    rows = [("plain fp32 loop, preset's model (NCHW)", partial(plain_loop, config, rt)),
+            ("pipeline step (" + (f"AMP {train_amp(config, rt)}, " if cuda else "fp32, ")
              + "channels_last" + (", EMA" if config.ema_decay > 0 else "") + ")",
-             pipeline_rate(config, batches, warmup, rt)),
-            ("plain fp32 loop (NCHW, .item() per step)", plain_rate(config, batches, warmup, rt))]
+             partial(pipeline_loop, config, rt))]
     if args.seeds:
-        seeds = dataclasses.replace(config, arch="tv_deeplabv3", encoder="resnet101",
-                                    output_stride=8, atrous_rates_h=(6, 12, 18),
-                                    atrous_rates_w=(6, 12, 18), allow_untrained_taps=True)
-        # torchvision's ASPP dilations (12, 24, 36) at stride 8: (6, 12, 18) stride-16 cells
-        rows.append(("seeds' model: tv DeepLabV3-R101 OS8, plain fp32",
-                     plain_rate(seeds, batches, warmup, rt)))
-    base = rows[1][1]["rate"]
+        rows.insert(0, ("plain fp32 loop, seeds' tv DeepLabV3-R101 OS8",
+                        partial(plain_loop, seeds_config(config), rt)))
+    if args.compile:
+        rows.append(("pipeline step + compile", partial(pipeline_loop, config, rt, True)))
+    # one model at a time: the peak memory is each loop's own
+    timed = [(label, step_rate(make(), batches, warmup, rt)) for label, make in rows]
+    base = timed[0][1]["rate"]
     print(f"{'training step, same in-memory batches':<48} {'img/s':>8} {'x plain':>8} "
-          f"{'peak GiB':>9}")
-    for label, r in rows:
+          f"{'1st upd s':>10} {'peak GiB':>9}")
+    for label, r in timed:
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        print(f"{label:<48} {r['rate']:8.1f} {r['rate'] / base:8.2f} {peak:>9}")
-    rate = "not timed (one batch)" if loader_rate is None else f"{loader_rate:.1f} img/s"
-    print(f"loader alone, steady state ({config.num_workers} workers decoding and augmenting): "
-          f"{rate}")
+        print(f"{label:<48} {r['rate']:8.1f} {r['rate'] / base:8.2f} {r['first_s']:10.2f} "
+              f"{peak:>9}")
+    print("1st upd s: the first update's seconds (a compiled step compiles there)")
 
 
 def train_amp(config, rt) -> str:
@@ -315,15 +387,17 @@ def train_amp(config, rt) -> str:
 
 
 def bench_predict(args) -> None:
-    """Inference images per second (one model and one view; the ensemble of `--folds` models
-    x the three flip views), through the real predict path (JPEG decoding in workers,
-    device thresholds, CPU post-processing and RLE), then the CPU cost of post-processing
-    and RLE encoding of a test set's masks on one core."""
+    """Inference images per second through the real predict path (JPEG decoding in workers,
+    device thresholds, CPU post-processing and RLE): one model and one view, the same from a
+    warm ram cache and (--compile) compiled, and the ensemble of `--folds` models x the three
+    flip views, with the time it projects for the 5,506 test images; then the CPU cost of
+    post-processing and RLE encoding of a test set's masks on one core."""
     import torch
 
+    from competition.cache import open_cache
     from competition.config import build_config
     from competition.infer import Ensemble, device
-    from competition.predict import encode
+    from competition.model import compile_model
     from competition.search import Params
     from competition.synth import make_split
     from competition.train import make_model
@@ -337,34 +411,64 @@ def bench_predict(args) -> None:
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"bench predict: preset {args.config} ({config.arch} {config.encoder}), {n} images "
           f"of 256x1600, batch {batch}, {args.workers} workers, on {name}")
+    flips = ("none", "hflip", "vflip")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        make_split(folder, "test", min(n, 256), args.seed, workers=max(args.workers, 1))
-        distinct = sorted(p.name for p in (folder / "test_images").iterdir())
+        folder = Path(tmp) / "test_images"
+        make_split(Path(tmp), "test", min(n, 256), args.seed, workers=max(args.workers, 1))
+        distinct = sorted(p.name for p in folder.iterdir())
         ids = [distinct[i % len(distinct)] for i in range(n)]  # cycled: files in page cache
         models = [make_model(config, dev, encoder_weights="none").eval() for _ in range(args.folds)]
-        rows = [("one model, one view", Ensemble(models[:1], [config]), ("none",)),
-                (f"{args.folds} folds x 3 views (none,hflip,vflip)",
-                 Ensemble(models, [config] * args.folds),
-                 ("none", "hflip", "vflip"))]
-        warm = ids[:batch * 2]
-        print(f"{'ensemble':<36} {'images/s':>9} {'forward/s':>10} {'seconds':>8} "
-              f"{'s per 5,506':>12}")
-        for label, ensemble, views in rows:
-            encode(ensemble, folder / "test_images", warm, params, views, dev, batch,
-                   args.workers, "warm-up", {})
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            encode(ensemble, folder / "test_images", ids, params, views, dev, batch,
-                   args.workers, label, {})
-            if cuda:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
+        one = Ensemble(models[:1], [config])
+        rows = [("one model, one view", one, ("none",), None)]
+        start = time.perf_counter()
+        try:  # a machine with a small /dev/shm (Docker's 64 MiB) has no ram cache row
+            images = open_cache("ram", folder, workers=args.workers)
+            rows.append(("one model, one view, ram cache (warm)", one, ("none",), images))
+            print(f"ram cache of {len(images)} images filled in "
+                  f"{time.perf_counter() - start:.1f} s")
+        except InputError as e:
+            images = None
+            print(f"no ram cache row: {e}")
+        if args.compile:
+            rows.append(("one model, one view, compiled",
+                         Ensemble([compile_model(models[0], dev)], [config]), ("none",), None))
+        rows.append((f"{args.folds} folds x 3 views (none,hflip,vflip)",
+                     Ensemble(models, [config] * args.folds), flips, None))
+        warm, base = ids[:batch * (2 if cuda else 1)], None
+        print(f"{'ensemble':<40} {'images/s':>9} {'forward/s':>10} {'x first':>8} "
+              f"{'warm-up s':>10} {'s per 5,506':>12}")
+        for label, ensemble, views, cache in rows:
+            warm_s = predict_seconds(ensemble, folder, warm, params, views, dev, batch, args,
+                                     cache, "warm-up")
+            seconds = predict_seconds(ensemble, folder, ids, params, views, dev, batch, args,
+                                      cache, label)
+            base = base or seconds  # the first row's
             forwards = n * len(ensemble.models) * len(views)
-            print(f"{label:<36} {n / seconds:9.1f} {forwards / seconds:10.1f} {seconds:8.1f} "
-                  f"{5506 * seconds / n:12.1f}")
+            print(f"{label:<40} {n / seconds:9.1f} {forwards / seconds:10.1f} "
+                  f"{base / seconds:8.2f} {warm_s:10.1f} {5506 * seconds / n:12.1f}")
+        del images
+    total = 5506 * seconds / n  # the last row's: the ensemble
+    print(f"projected: 5,506 test images x {args.folds} folds x 3 views in {total:.0f} s "
+          f"({total / 60:.1f} min); the target for DeepLabV3-ResNet34 on one H100 is 120 s")
     bench_postprocess(args)
+
+
+def predict_seconds(ensemble, folder: Path, ids: list, params, views, dev, batch: int, args,
+                    images, desc: str) -> float:
+    """Seconds of predict.encode over `ids` (the device synchronised at both ends)."""
+    import torch
+
+    from competition.predict import encode
+
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    encode(ensemble, folder, ids, params, views, dev, batch, args.workers, desc, {},
+           images=images)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def bench_postprocess(args) -> None:

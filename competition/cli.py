@@ -243,7 +243,9 @@ def cmd_oof(args) -> None:
     runs, folds_csv, folds = fold_args(args)
     views, data, out = parse_tta(args.tta), Path(args.data), Path(args.out)
     stats_dir = Path(args.oof_dir or out / "oof")
-    oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers, stats_dir)
+    images = open_images(args, data / "train_images")  # one cache for both passes
+    oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers, stats_dir,
+            images, args.compile)
     result = oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args))
     print_search(result, out)
     if args.skip_oof_csv:
@@ -256,10 +258,22 @@ def cmd_oof(args) -> None:
 
     oof_csv = out / "oof.csv"
     predict_oof(data, runs, folds_csv, folds, read_params(out / "postprocess.json"), views,
-                oof_csv, args.batch_size, args.workers, str(out / "postprocess.json"))
+                oof_csv, args.batch_size, args.workers, str(out / "postprocess.json"), images,
+                args.compile)
     scored = score_tables(read_table(oof_csv)[0], read_table(data / "train.csv")[0])
     print(f"wrote {oof_csv}; scored from the CSV against {data / 'train.csv'}: mean Dice "
           f"{scored['mean_dice']:.5f} (the search: {result['oof_mean_dice']:.5f})")
+
+
+def open_images(args, folder: Path):
+    """--cache and --cache-dir of an inference stage: the decoded-image cache of `folder`
+    (cache.open_cache, filled with --workers processes, said in one line), or None."""
+    from competition.cache import open_cache
+
+    images = open_cache(args.cache, folder, args.cache_dir, args.workers)
+    if images is not None:
+        print(images.describe())
+    return images
 
 
 def cmd_search(args) -> None:
@@ -361,7 +375,8 @@ def cmd_predict(args) -> None:
     if args.oof:
         out = Path(args.out or "submissions/oof.csv")
         frame = predict.predict_oof(data, *fold_args(args), params, views, out,
-                                    args.batch_size, args.workers, args.postprocess)
+                                    args.batch_size, args.workers, args.postprocess,
+                                    open_images(args, data / "train_images"), args.compile)
     else:
         out = Path(args.out or "submissions/submission.csv")
         seg, weights = checkpoint_paths(args.checkpoints, args.weights)
@@ -371,7 +386,8 @@ def cmd_predict(args) -> None:
         frame = predict.predict_test(data, seg, params, views, out, args.batch_size,
                                      args.workers, Path(args.sample) if args.sample else None,
                                      None if args.time_limit is None else args.time_limit * 60,
-                                     weights, cls, cls_weights, args.postprocess)
+                                     weights, cls, cls_weights, args.postprocess,
+                                     open_images(args, data / "test_images"), args.compile)
     filled = int((frame.EncodedPixels != "").sum())
     print(f"wrote {out}: {len(frame)} rows, {filled} non-empty masks (validated)")
 
@@ -557,6 +573,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=default_workers(),
                        help="loader processes decoding JPEGs")
 
+    def speed_options(p) -> None:
+        from competition.config import CACHES
+
+        p.add_argument("--cache", default="none", choices=CACHES,
+                       help="decode each image once: ram (this run, in /dev/shm) or disk "
+                       "(kept in --cache-dir, reused while the images are unchanged)")
+        p.add_argument("--cache-dir", default="cache", help="where --cache disk keeps its files")
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the models (the first batch pays the compile time)")
+
     def fold_options(p) -> None:
         p.add_argument("--runs", default="folds", help="folder of fold<K>/best.pt runs; "
                        "comma-separated folders average an ensemble (any architectures)")
@@ -604,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_options(p)
     p.add_argument("--skip-oof-csv", action="store_true",
                    help="do not write OUT/oof.csv (the OOF submission, predicted again)")
+    speed_options(p)
     p.set_defaults(func=cmd_oof)
 
     p = sub.add_parser("search", help="re-run the post-processing search on stored OOF files")
@@ -628,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oof", action="store_true", help="predict each fold's validation images "
                    "with its own model (train layout, for `score --truth train.csv`)")
     fold_options(p)
+    speed_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("pseudo", help="pseudo-labels: the test images whose every class the "
@@ -700,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=5, help="rle: timing rounds (best is kept)")
     p.add_argument("--images", type=int, default=None,
                    help="score: test images to score (5506); predict: images to predict "
-                   "(5506 on CUDA, 8 on CPU)")
+                   "(5506 on CUDA, 8 on CPU); train: images of a timed loader epoch (256)")
     p.add_argument("--folds", type=int, default=5, help="predict: models in the ensemble")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="predict: loader processes decoding JPEGs")
@@ -717,6 +745,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train: untimed updates first (default 5 on CUDA, 1 on CPU)")
     p.add_argument("--seeds", action="store_true",
                    help="train: add the seeds' model (torchvision DeepLabV3-R101, stride 8)")
+    p.add_argument("--compile", action="store_true",
+                   help="train, predict: add a row with the model torch.compile'd")
+    p.add_argument("--loader", action="store_true",
+                   help="train: time the loader alone, without and with an image cache")
     p.set_defaults(func=cmd_bench)
     return parser
 

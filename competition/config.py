@@ -78,6 +78,11 @@ class TrainConfig:
     # speed
     amp: str = "auto"  # auto (bf16 where supported, else fp16) | bf16 | fp16 | off; always off on CPU
     channels_last: bool = True
+    cache: str = "none"  # decoded images: none | ram (this run, /dev/shm) | disk (cache_dir,
+    # reused across runs and folds); each image is decoded once instead of every epoch (cache.py)
+    cache_dir: str = "cache"  # where --cache disk keeps its files (one folder per image folder)
+    compile: bool = False  # torch.compile the model (training and validation); the first
+    # update pays the compile time
     # validation: the competition metric under a default post-processing
     val_batch_size: int = 8
     val_threshold: float = 0.5  # probability above which a pixel is a defect
@@ -137,8 +142,15 @@ def field_kinds() -> dict[str, tuple[type, int]]:
         kinds[field.name] = ((type(default[0]), len(default)) if isinstance(default, tuple)
                              else (type(default), 0))
     return kinds
+
+
 # Fields that change speed or what is kept, not results: they may differ when a run is resumed.
-RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last", "tensorboard"}
+# compile belongs here as val_batch_size does: fused kernels round in another order, so results
+# differ in the last bits (tests/test_compile.py bounds it), as they do between batch sizes and
+# CPUs; a resumed run may switch it, since checkpoints hold the plain module's weights.
+RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last", "tensorboard",
+                  "cache", "cache_dir", "compile"}
+CACHES = ("none", "ram", "disk")  # cache.py's kinds
 
 
 def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:
@@ -259,6 +271,8 @@ def check(c: TrainConfig) -> None:
                          "(task classify) trains on its image-level BCE alone")
     if not (math.isfinite(c.focal_gamma) and c.focal_gamma >= 0):
         raise InputError(f"focal_gamma {c.focal_gamma}: must be 0 or more (0: focal is BCE)")
+    if c.cache not in CACHES:
+        raise InputError(f"cache {c.cache!r}: valid values are {', '.join(CACHES)}")
     if c.amp not in ("auto", "bf16", "fp16", "off"):
         raise InputError(f"amp {c.amp!r}: valid values are auto, bf16, fp16, off")
     for field in ("epochs", "batch_size", "accumulate", "val_batch_size", "crop_height",

@@ -107,9 +107,12 @@ ROLE = {"segment": ("segmenter", "--checkpoints"), "classify": ("classifier", "-
 
 
 def load_ensemble(paths: list[Path], device: torch.device, weights: list[float] | None = None,
-                  task: str = "segment") -> Ensemble:
+                  task: str = "segment", compile: bool = False) -> Ensemble:
     """Load every checkpoint (EMA weights where kept). Each must be of `task` (a classifier
-    among the segmenters, or the reverse, is an error naming the option it belongs to)."""
+    among the segmenters, or the reverse, is an error naming the option it belongs to).
+    `compile`: each model torch.compile'd (model.compile_model), compiled at its first batch."""
+    from competition.model import compile_model
+
     models, configs = [], []
     for path in paths:
         model, config = checkpoint.model_from(path, device)
@@ -119,7 +122,7 @@ def load_ensemble(paths: list[Path], device: torch.device, weights: list[float] 
                              f" pass it with {option}")
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        models.append(model)
+        models.append(compile_model(model, device) if compile else model)
         configs.append(config)
     return Ensemble(models, configs, list(paths), list(weights or []))
 

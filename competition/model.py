@@ -17,6 +17,8 @@ config's atrous rates; see config.untrained_taps for why they are small on 256-h
 """
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from functools import partial
 from pathlib import Path
@@ -296,3 +298,46 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
     encoder = list(model.encoder.parameters())
     ids = {id(p) for p in encoder}
     return encoder, [p for p in model.parameters() if id(p) not in ids]
+
+
+# torch.compile's backend: inductor (its default) writes fused kernels, C++ on the CPU and
+# Triton on a GPU, built with the machine's compiler; tests swap in aot_eager, which needs none
+COMPILE_BACKEND = "inductor"
+
+
+def missing_compiler(device: torch.device) -> str | None:
+    """Why COMPILE_BACKEND cannot build kernels for `device` here, or None when it can:
+    inductor needs a C++ compiler on the CPU (g++ or $CXX, torch's own search), and Triton a C
+    compiler on a GPU ($CC, gcc or clang) to build its launchers."""
+    if COMPILE_BACKEND != "inductor":
+        return None
+    if device.type == "cuda":
+        if os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang"):
+            return None
+        return "no C compiler for Triton (gcc or clang on PATH, or $CC)"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception:  # torch._inductor.exc.InvalidCxxCompiler, or a failing --version
+        return f"no C++ compiler ({os.environ.get('CXX', 'g++')} not found; set $CXX)"
+    return None
+
+
+def check_compiler(device: torch.device) -> None:
+    """--compile on a machine without the compiler the backend needs: one line here, not a
+    traceback from deep inside inductor at the first forward."""
+    reason = missing_compiler(device)
+    if reason:
+        raise InputError(f"--compile: torch.compile's {COMPILE_BACKEND} backend builds kernels "
+                         f"for the {device.type} with a compiler, and this machine has {reason};"
+                         " install one (e.g. apt-get install g++) or leave --compile off")
+
+
+def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile(model): a wrapper sharing the module's parameters, compiled at its first
+    call for each input shape and mode (static shapes: a pass's last, smaller batch compiles
+    once more). Its state_dict keys carry an `_orig_mod.` prefix, so weights are saved from
+    the module itself (train.unwrap)."""
+    check_compiler(device)
+    return torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)

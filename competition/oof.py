@@ -81,15 +81,17 @@ SIGNALS = ("maxprob", "aux", "cls")  # the (N, 4) image-level files, gates.py
 def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpts, views, out: Path,
                device: torch.device, batch_size: int, workers: int, desc: str,
                thresholds=THRESHOLDS, min_components=MIN_COMPONENTS, weights=None,
-               classifiers=(), classifier_weights=None) -> None:
+               classifiers=(), classifier_weights=None, images=None,
+               compile: bool = False) -> None:
     """Predict `image_ids` with the segmenters `ckpts` (a path or a list, averaged with
     `weights`) and the `classifiers`, and stream their grid statistics and signals into
-    folder `out` (written under a temporary name, renamed when complete)."""
+    folder `out` (written under a temporary name, renamed when complete). `images`: the
+    decoded-image cache of train_images or None; `compile`: torch.compile the models."""
     ckpts = [ckpts] if isinstance(ckpts, (str, Path)) else list(ckpts)
-    ensemble = load_ensemble(ckpts, device, weights)
-    cls = load_ensemble(list(classifiers), device, classifier_weights, task="classify") \
+    ensemble = load_ensemble(ckpts, device, weights, compile=compile)
+    cls = load_ensemble(list(classifiers), device, classifier_weights, "classify", compile) \
         if classifiers else None
-    dataset = data_lib.SteelDataset(data / "train_images", image_ids, encoded)
+    dataset = data_lib.SteelDataset(data / "train_images", image_ids, encoded, cache=images)
     loader = data_lib.loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     n, k, m = len(image_ids), len(thresholds), len(min_components)
     picks, examples = set(example_picks(image_ids, encoded)), {}
@@ -187,9 +189,9 @@ def fold_runs(runs, folds_csv: Path, folds: list[int],
 
 
 def run(data: Path, runs, folds_csv: Path, folds: list[int], views, batch_size: int,
-        workers: int, stats_dir: Path) -> None:
+        workers: int, stats_dir: Path, images=None, compile: bool = False) -> None:
     """OOF statistics of every fold in `folds` into STATS/fold<k>/ (each folder replaced
-    whole); runs: a Runs, or one run folder."""
+    whole); runs: a Runs, or one run folder. images, compile: as fold_stats's."""
     runs = as_runs(runs)
     image_ids, labels = load_train(data)
     encoded = by_image(labels)
@@ -197,7 +199,8 @@ def run(data: Path, runs, folds_csv: Path, folds: list[int], views, batch_size: 
         out = stats_dir / f"fold{k}"
         fold_stats(data, val_ids, encoded, seg, views, out, device(), batch_size, workers,
                    desc=f"oof fold {k}", weights=list(runs.weights) or None,
-                   classifiers=cls, classifier_weights=list(runs.classifier_weights) or None)
+                   classifiers=cls, classifier_weights=list(runs.classifier_weights) or None,
+                   images=images, compile=compile)
         print(f"fold {k}: {len(val_ids)} validation images -> {out}; "
               f"peak memory of this process so far {peak_rss_mib():.0f} MiB")
 

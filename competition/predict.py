@@ -93,11 +93,11 @@ def check_sources(params: Params, ensemble, classifiers, where: str) -> None:
 
 
 def load_models(checkpoints: list[Path], params: Params, dev, weights=None, classifiers=(),
-                classifier_weights=None, where: str = "postprocess.json"):
+                classifier_weights=None, where: str = "postprocess.json", compile: bool = False):
     """(the segmenters' Ensemble, the classifiers' Ensemble or None) on `dev`, checked
-    against the sources the gates of `params` read."""
-    ensemble = load_ensemble(checkpoints, dev, weights)
-    cls = load_ensemble(list(classifiers), dev, classifier_weights, task="classify") \
+    against the sources the gates of `params` read; `compile`: torch.compile'd."""
+    ensemble = load_ensemble(checkpoints, dev, weights, compile=compile)
+    cls = load_ensemble(list(classifiers), dev, classifier_weights, "classify", compile) \
         if classifiers else None
     check_sources(params, ensemble, cls, where)
     return ensemble, cls
@@ -106,14 +106,15 @@ def load_models(checkpoints: list[Path], params: Params, dev, weights=None, clas
 def encode(ensemble, folder: Path, image_ids: list[str], params: Params, views, dev,
            batch_size: int, workers: int, desc: str, out: dict,
            limit: TimeLimit | None = None, classifiers=None,
-           signals: dict | None = None) -> None:
+           signals: dict | None = None, images=None) -> None:
     """Predict `image_ids` of `folder` and put each (ImageId, ClassId)'s RLE into `out`.
     Thresholds and gates are applied on the device (gated_masks); component removal, the
     min-area step and the RLE run on the CPU for batch i while the device computes batch
     i + 1. `limit` is told the images done after every batch. `signals`, where given, gets
     {name: (len(image_ids), 4) float32} of the image-level signals (Output.signals), rows in
-    `image_ids` order (NaN where a row was never predicted)."""
-    dataset = data_lib.ImageDataset(folder, image_ids)
+    `image_ids` order (NaN where a row was never predicted). `images`: the folder's
+    decoded-image cache (cache.ImageCache), read instead of decoding."""
+    dataset = data_lib.ImageDataset(folder, image_ids, images)
     loader = data_lib.loader(dataset, batch_size, workers, pin_memory=dev.type == "cuda")
 
     def finish(masks: np.ndarray, index: list[int]) -> None:
@@ -171,19 +172,21 @@ def report_rate(n_images: int, n_models: int, views, seconds: float) -> None:
 def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out: Path,
                  batch_size: int, workers: int, sample_path: Path | None = None,
                  time_limit: float | None = None, weights=None, classifiers=(),
-                 classifier_weights=None, where: str = "postprocess.json") -> pd.DataFrame:
+                 classifier_weights=None, where: str = "postprocess.json", images=None,
+                 compile: bool = False) -> pd.DataFrame:
     """The segmenters `checkpoints` (weighted by `weights`, default equal) and the
     `classifiers` predict the test images. time_limit: seconds the prediction may take
-    (TimeLimit), counted from its first batch being asked for; None: no limit."""
+    (TimeLimit), counted from its first batch being asked for; None: no limit. `images`:
+    the decoded-image cache of test_images or None; `compile`: torch.compile the models."""
     sample, image_ids = test_sample(data, sample_path)
     dev = device()
     ensemble, cls = load_models(checkpoints, params, dev, weights, classifiers,
-                                classifier_weights, where)
+                                classifier_weights, where, compile)
     encoded: dict = {}
     start = time.perf_counter()
     limit = None if time_limit is None else TimeLimit(time_limit, len(image_ids))
     encode(ensemble, data / "test_images", image_ids, params, views, dev, batch_size, workers,
-           "predict", encoded, limit, cls)
+           "predict", encoded, limit, cls, images=images)
     report_rate(len(image_ids), len(checkpoints) + len(classifiers), views,
                 time.perf_counter() - start)
     return submission.write(out, sample, encoded)
@@ -191,25 +194,27 @@ def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out
 
 def predict_oof(data: Path, runs, folds_csv: Path, folds: list[int], params: Params,
                 views, out: Path, batch_size: int, workers: int,
-                where: str = "postprocess.json") -> pd.DataFrame:
+                where: str = "postprocess.json", images=None,
+                compile: bool = False) -> pd.DataFrame:
     """Each fold's validation images predicted by that fold's models alone: runs is an
-    oof.Runs (or one run folder), averaged as `oof` averaged them."""
+    oof.Runs (or one run folder), averaged as `oof` averaged them. `images`: the
+    decoded-image cache of train_images or None; `compile`: torch.compile the models."""
     from competition.oof import as_runs, fold_runs
 
     image_ids, _ = load_train(data)
     runs = as_runs(runs)
     todo = fold_runs(runs, folds_csv, folds, image_ids)
     dev = device()
-    ensembles = [(load_ensemble(seg, dev, list(runs.weights) or None),
-                  load_ensemble(cls, dev, list(runs.classifier_weights) or None, "classify")
-                  if cls else None) for _, _, seg, cls in todo]
+    ensembles = [(load_ensemble(seg, dev, list(runs.weights) or None, compile=compile),
+                  load_ensemble(cls, dev, list(runs.classifier_weights) or None, "classify",
+                                compile) if cls else None) for _, _, seg, cls in todo]
     for ensemble, cls in ensembles:
         check_sources(params, ensemble, cls, where)
     encoded: dict = {}
     start = time.perf_counter()
     for (k, val_ids, _, _), (ensemble, cls) in zip(todo, ensembles):
         encode(ensemble, data / "train_images", val_ids, params, views, dev, batch_size,
-               workers, f"oof fold {k}", encoded, classifiers=cls)
+               workers, f"oof fold {k}", encoded, classifiers=cls, images=images)
     n_models = len(runs.segmenters) + len(runs.classifiers)
     report_rate(sum(len(ids) for _, ids, _, _ in todo), n_models, views,
                 time.perf_counter() - start)

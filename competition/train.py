@@ -24,7 +24,8 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from competition import checkpoint, config as config_lib, data as data_lib, keep
+from competition import cache as cache_lib, checkpoint, config as config_lib, keep
+from competition import data as data_lib
 from competition import pseudo as pseudo_lib, tracking
 from competition.errors import InputError
 from competition.files import write_csv, write_json
@@ -32,7 +33,8 @@ from competition.labels import CLASSES, by_image, load_train
 from competition.infer import NonFiniteLogits, forward_checked
 from competition.losses import MaskLoss, PresenceLoss, SegmentLoss, presence
 from competition.metric import dice_from_counts
-from competition.model import from_config, param_groups, split_output
+from competition.model import (check_compiler, compile_model, from_config, param_groups,
+                               split_output)
 from competition.postprocess import binarize, pair_counts
 from competition.progress import progress
 from competition.schedules import build_scheduler, lr_factor
@@ -234,14 +236,15 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, loader, c
     the scheduler stepped once per update, the EMA (if any) updated after each. The loss is
     kept on the device and read every CHECK_EVERY updates and at the end (see Health), and
     logged then by `tracker` (before a non-finite loss stops the run, so that it shows).
-    Returns mean loss, images, seconds, skipped updates and the EMA's update count."""
+    Returns mean loss, images, seconds, skipped updates, the EMA's update count and
+    first_s, the seconds to the end of the first update (a compiled model compiles then)."""
     model.train()
     updates = len(loader) // config.accumulate
     batches = itertools.islice(loader, updates * config.accumulate)
     bar = progress(batches, total=updates * config.accumulate, desc=f"epoch {epoch + 1} train",
                    unit="batch", disable=not rt.main, leave=False)
     health, scaled = Health(rt.device, rt), scaler.is_enabled()
-    seen, start, h = 0, time.perf_counter(), {}
+    seen, start, h, first = 0, time.perf_counter(), {}, None
     optimizer.zero_grad(set_to_none=True)
     for i, (images, masks, _) in enumerate(bar):
         images = data_lib.normalize(images.to(rt.device, non_blocking=True), config.channels_last)
@@ -267,6 +270,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, loader, c
         if ema is not None:
             update_ema(ema, unwrap(model), config.ema_decay, first=ema_updates == 0)
             ema_updates += 1
+        first = first or time.perf_counter() - start
         done = (i + 1) // config.accumulate
         if done % CHECK_EVERY == 0 or done == updates:
             h = health.read()
@@ -277,7 +281,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema, loader, c
                             img_s=f"{rate:.1f}", skipped=h["skipped"], refresh=False)
     seconds = time.perf_counter() - start
     return {"loss": h.get("loss", float("nan")), "images": seen * rt.world, "seconds": seconds,
-            "skipped": h.get("skipped", 0), "ema_updates": ema_updates}
+            "skipped": h.get("skipped", 0), "ema_updates": ema_updates, "first_s": first}
 
 
 class NonFiniteLoss(Exception):
@@ -285,6 +289,9 @@ class NonFiniteLoss(Exception):
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under torch.compile's wrapper and DDP, whose state_dict keys are
+    those of from_config's model (no `_orig_mod.` or `module.` prefix)."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
@@ -433,22 +440,26 @@ def make_loss(config, device: torch.device) -> torch.nn.Module:
 
 
 def full_size_loader(config, data: Path, ids, encoded, rt: Runtime, batch_size: int,
-                     drop_last: bool = False):
+                     drop_last: bool = False, images=None):
     """This rank's share of `ids` as full-size 256x1600 images, unaugmented, in order:
-    validation, and BatchNorm re-estimation (average.py, `drop_last`)."""
-    dataset = data_lib.SteelDataset(data / "train_images", ids[rt.rank::rt.world], encoded)
+    validation, and BatchNorm re-estimation (average.py, `drop_last`). `images`: the
+    decoded-image cache of train_images (cache.ImageCache) or None."""
+    dataset = data_lib.SteelDataset(data / "train_images", ids[rt.rank::rt.world], encoded,
+                                    cache=images)
     return data_lib.loader(dataset, batch_size, config.num_workers, drop_last=drop_last,
                            pin_memory=rt.device.type == "cuda", persistent=True)
 
 
-def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, pseudo=None):
+def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, pseudo=None,
+                  images=None):
     """Training crops from a per-epoch sampler sharded by rank (and drop_last: DeepLabV3's
     image pooling cannot train on a batch of one), full-size validation split by rank.
     `pseudo` (a pseudo.PseudoSet): mixed into every training batch (pseudo.mix), never
-    into validation."""
+    into validation. `images`: the decoded-image cache of train_images, read by both
+    (the pseudo-labelled images are decoded)."""
     folder = data / "train_images"
     transform = data_lib.train_transform(config)
-    train_set = data_lib.SteelDataset(folder, train_ids, encoded, transform, config.seed)
+    train_set = data_lib.SteelDataset(folder, train_ids, encoded, transform, config.seed, images)
     weights = (data_lib.balance_weights(data_lib.has_defect(train_ids, encoded))
                if config.balance else None)
     sampler = data_lib.train_sampler(train_set, config.seed, rt.rank, rt.world, weights)
@@ -459,7 +470,8 @@ def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, 
     train_loader = data_lib.loader(train_set, config.batch_size, config.num_workers,
                                    sampler=sampler, drop_last=True, pin_memory=pin,
                                    persistent=True)
-    val_loader = full_size_loader(config, data, val_ids, encoded, rt, config.val_batch_size)
+    val_loader = full_size_loader(config, data, val_ids, encoded, rt, config.val_batch_size,
+                                  images=images)
     if len(train_loader) < config.accumulate:
         raise InputError(f"{len(train_ids)} training images give {len(train_loader)} batches "
                          f"of {config.batch_size} per process: fewer than one optimizer update "
@@ -591,6 +603,18 @@ def restore_rng(saved, rt) -> None:
         checkpoint.set_rng_state(states[rt.rank], rt.device)
 
 
+def compile_line(trained: dict, config, rt) -> str:
+    """The compile time of a run's first epoch apart from its steady speed: the first
+    update's seconds (compiling the training step, and the loaders' start-up) against the
+    images per second of the others."""
+    first, per_update = trained["first_s"], config.batch_size * config.accumulate * rt.world
+    rest, seconds = trained["images"] - per_update, trained["seconds"] - first
+    speed = f"{rest / seconds:.1f} img/s" if rest > 0 and seconds > 0 else "-"
+    return (f"compile: the first update took {first:.1f} s (compiling the training step; the "
+            f"loaders' start-up too), the other updates of the epoch ran at {speed}; the first "
+            "validation compiles the full-size forward")
+
+
 def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | Path,
         resume: bool = False, overwrite: bool = False, explicit: dict | None = None) -> dict:
     """Train `fold` of `folds_csv` on dataset `data` into `out`; returns the last epoch's
@@ -599,12 +623,16 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     data, out = Path(data), Path(out)
     config, state, saved = resolve_config(config, out, resume, overwrite, explicit or {})
     loss_fn = make_loss(config, rt.device)  # an unknown loss name stops here, before any work
+    if config.compile:
+        check_compiler(rt.device)
     dtype = (amp_dtype(config.amp, rt.device) if state is None else
              resume_dtype(saved_precision(state, saved, rt.device), rt.device, out / "last.pt"))
     image_ids, labels = load_train(data)
     train_ids, val_ids = split(folds_csv, fold, image_ids)
     encoded = by_image(labels)
     pseudo = pseudo_lib.load(config.pseudo, image_ids, data) if config.pseudo else None
+    images = cache_lib.open_cache(config.cache, data / "train_images", config.cache_dir,
+                                  config.num_workers)  # too big: refused before any decoding
     configure_backends(rt.device)
     torch.manual_seed(config.seed)
     model = make_model(config, rt.device, "none" if config.init_from else None)
@@ -615,7 +643,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                                    {"params": head_params, "lr": config.lr}],
                                   weight_decay=config.weight_decay)
     train_loader, val_loader = build_loaders(config, data, train_ids, val_ids, encoded, rt,
-                                             pseudo)
+                                             pseudo, images)
     updates = len(train_loader) // config.accumulate
     if state is not None:
         announce_extension(saved, config, state, updates)
@@ -644,6 +672,10 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     if rt.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    evaluated = ema if ema is not None else unwrap(model)  # validated and kept: plain modules
+    validated = evaluated
+    if config.compile:  # checkpoints are saved from the plain modules (unwrap)
+        model, validated = compile_model(model, rt.device), compile_model(evaluated, rt.device)
 
     if rt.main:
         print("config:\n" + "\n".join(f"  {k:<22} {v}" for k, v in
@@ -654,6 +686,8 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
               + (f" (resumed from {out / 'last.pt'})" if state is not None else ""))
         if started:
             print(started)
+        if images is not None:
+            print(images.describe())
         if pseudo is not None:
             k = config_lib.pseudo_per_batch(config.batch_size, config.pseudo_share)
             print(f"pseudo-labels: {len(pseudo.image_ids)} images of {pseudo.folder}, {k} in "
@@ -676,10 +710,11 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                     if epoch > start_epoch or state is not None else "no checkpoint was written")
             raise InputError(f"{out}: {e}: stopped; {kept}. Try a lower --lr or --amp off") from None
         ema_updates = trained["ema_updates"]
-        evaluated = ema if ema is not None else unwrap(model)
+        if config.compile and epoch == start_epoch and rt.main:
+            print(compile_line(trained, config, rt), flush=True)
         same_on_every_rank(evaluated, rt)
         try:
-            result = evaluate(evaluated, val_loader, loss_fn, config, rt, dtype)
+            result = evaluate(validated, val_loader, loss_fn, config, rt, dtype)
         except NonFiniteLogits as e:
             raise InputError(f"{out}: validation after epoch {epoch + 1}: {e}; stopped, the "
                              f"last checkpoint written is kept. Try a lower --lr") from None

@@ -128,15 +128,20 @@ def test_benches_run_small():
     assert out.returncode == 0, out.stderr
     assert "120 pairs (30 images x 4 classes)" in out.stdout
     out = run("bench", "train", "--config", "demo_cpu", "--batch-size", "2", "--steps", "1",
-              "--warmup", "0")
+              "--warmup", "0", "--images", "16")
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith(("pipeline", "plain"))]
-    assert len(rows) == 2 and rows[1].split()[-2] == "1.00"  # ratios are to the plain loop
-    assert "loader alone, steady state" in out.stdout
+    assert len(rows) == 2 and rows[0].split()[-3] == "1.00"  # ratios are to the plain loop
+    loader = [line for line in out.stdout.splitlines() if line.startswith(("no cache", "ram",
+                                                                           "disk"))]
+    assert "loader alone, best of 3" in out.stdout and len(loader) == 3
+    assert loader[0].split()[-2:] == ["1.00", "-"]  # no cache: the base, nothing to fill
     out = run("bench", "predict", "--config", "demo_cpu", "--images", "2", "--folds", "2",
               "--batch-size", "1", "--workers", "0", "--masks-pp", "16")
     assert out.returncode == 0, out.stderr
     assert "one model, one view" in out.stdout and "2 folds x 3 views" in out.stdout
+    assert "one model, one view, ram cache (warm)" in out.stdout
+    assert "projected: 5,506 test images x 2 folds x 3 views in" in out.stdout
     assert "16 masks of 256x1600" in out.stdout and "ratio" in out.stdout
 
 

@@ -127,6 +127,15 @@ def load_ensemble(paths: list[Path], device: torch.device, weights: list[float] 
     return Ensemble(models, configs, list(paths), list(weights or []))
 
 
+def load_ensembles(segmenters: list[Path], device: torch.device, weights=None, classifiers=(),
+                   classifier_weights=None, compile: bool = False):
+    """(the segmenters' Ensemble, the classifiers' Ensemble or None where there are none):
+    what oof and predict average, each loaded by load_ensemble."""
+    cls = (load_ensemble(list(classifiers), device, classifier_weights, "classify", compile)
+           if classifiers else None)
+    return load_ensemble(segmenters, device, weights, compile=compile), cls
+
+
 class NonFiniteLogits(InputError):
     """A model's logits hold a NaN or an inf in fp32: its weights are broken."""
 

@@ -32,7 +32,7 @@ from competition.errors import InputError
 from competition.gates import NONE, check_signals, decide
 from competition.files import atomic_dir, write_json
 from competition.images import read_image
-from competition.infer import OneBehind, batches, device, load_ensemble
+from competition.infer import OneBehind, batches, device, load_ensembles
 from competition.labels import CLASSES, by_image, load_train, masks
 from competition.postprocess import clean, grid_counts, threshold_levels
 from competition.search import MIN_AREAS, MIN_COMPONENTS, THRESHOLDS, Params, search
@@ -88,9 +88,8 @@ def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpts, views, ou
     folder `out` (written under a temporary name, renamed when complete). `images`: the
     decoded-image cache of train_images or None; `compile`: torch.compile the models."""
     ckpts = [ckpts] if isinstance(ckpts, (str, Path)) else list(ckpts)
-    ensemble = load_ensemble(ckpts, device, weights, compile=compile)
-    cls = load_ensemble(list(classifiers), device, classifier_weights, "classify", compile) \
-        if classifiers else None
+    ensemble, cls = load_ensembles(ckpts, device, weights, classifiers, classifier_weights,
+                                   compile)
     dataset = data_lib.SteelDataset(data / "train_images", image_ids, encoded, cache=images)
     loader = data_lib.loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     n, k, m = len(image_ids), len(thresholds), len(min_components)

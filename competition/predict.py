@@ -18,7 +18,7 @@ from competition import data as data_lib, submission
 from competition.errors import InputError
 from competition.gates import decide
 from competition.images import check_image, list_images
-from competition.infer import OneBehind, batches, device, load_ensemble
+from competition.infer import OneBehind, batches, device, load_ensembles
 from competition.labels import CLASSES, CURRENT, Sample, load_train, read_sample
 from competition.postprocess import clean, encode_masks
 from competition.search import Params
@@ -96,9 +96,8 @@ def load_models(checkpoints: list[Path], params: Params, dev, weights=None, clas
                 classifier_weights=None, where: str = "postprocess.json", compile: bool = False):
     """(the segmenters' Ensemble, the classifiers' Ensemble or None) on `dev`, checked
     against the sources the gates of `params` read; `compile`: torch.compile'd."""
-    ensemble = load_ensemble(checkpoints, dev, weights, compile=compile)
-    cls = load_ensemble(list(classifiers), dev, classifier_weights, "classify", compile) \
-        if classifiers else None
+    ensemble, cls = load_ensembles(checkpoints, dev, weights, classifiers, classifier_weights,
+                                   compile)
     check_sources(params, ensemble, cls, where)
     return ensemble, cls
 
@@ -205,11 +204,9 @@ def predict_oof(data: Path, runs, folds_csv: Path, folds: list[int], params: Par
     runs = as_runs(runs)
     todo = fold_runs(runs, folds_csv, folds, image_ids)
     dev = device()
-    ensembles = [(load_ensemble(seg, dev, list(runs.weights) or None, compile=compile),
-                  load_ensemble(cls, dev, list(runs.classifier_weights) or None, "classify",
-                                compile) if cls else None) for _, _, seg, cls in todo]
-    for ensemble, cls in ensembles:
-        check_sources(params, ensemble, cls, where)
+    ensembles = [load_models(seg, params, dev, list(runs.weights) or None, cls,
+                             list(runs.classifier_weights) or None, where, compile)
+                 for _, _, seg, cls in todo]
     encoded: dict = {}
     start = time.perf_counter()
     for (k, val_ids, _, _), (ensemble, cls) in zip(todo, ensembles):

@@ -17,7 +17,7 @@ needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"no real Severstal fi
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     """A small synthetic dataset, made once per test session."""
-    from competition.synth import make_dataset
+    from competition.data.synth import make_dataset
 
     out = tmp_path_factory.mktemp("data") / "synthetic"
     make_dataset(out, n_train=60, n_test=12, seed=3)
@@ -30,9 +30,9 @@ def random_checkpoint(path, seed=0, scale=30.0, **overrides):
     overrides: config fields (task="classify" for a classifier, cls_weight for a head)."""
     import torch
 
-    from competition import checkpoint
-    from competition.config import build_config, to_dict
-    from competition.model import from_config
+    from competition.model import checkpoint
+    from competition.model.config import build_config, to_dict
+    from competition.model.networks import from_config
 
     config = build_config("demo_cpu", **overrides)
     torch.manual_seed(seed)

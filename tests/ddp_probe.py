@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from competition import train as train_lib
-from competition.cli import main
+from competition.train import fit as train_lib
+from competition.cli.main import main
 
 real = train_lib.evaluate
 calls = {"n": 0}

@@ -7,9 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import average as avg, checkpoint, data as data_lib, keep, oof
-from competition import train as train_lib
-from competition.config import build_config
+from competition.train import average as avg
+from competition.model import checkpoint
+from competition.data import datasets as data_lib
+from competition.train import keep
+from competition.infer import oof
+from competition.train import fit as train_lib
+from competition.model.config import build_config
 from competition.errors import InputError
 from competition.files import write_csv
 from conftest import random_checkpoint

@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import cache as cache_lib, data as data_lib, train as train_lib
+from competition.data import cache as cache_lib
+from competition.data import datasets as data_lib
+from competition.train import fit as train_lib
 from competition.errors import InputError
-from competition.images import list_images, read_image
-from competition.labels import by_image, load_train
+from competition.data.images import list_images, read_image
+from competition.data.labels import by_image, load_train
 from test_train import folds_csv, tiny  # noqa: F401  (a fixture)
 
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from competition import checkpoint, data as data_lib, train as train_lib
-from competition.config import build_config, to_dict
-from competition.labels import by_image, load_train
-from competition.model import Classifier
+from competition.model import checkpoint
+from competition.data import datasets as data_lib
+from competition.train import fit as train_lib
+from competition.model.config import build_config, to_dict
+from competition.data.labels import by_image, load_train
+from competition.model.networks import Classifier
 from test_cli import one_line_error, run
 from test_train import folds_csv, interrupted_and_resumed  # noqa: F401 (a fixture)
 

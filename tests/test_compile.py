@@ -8,14 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from competition import checkpoint, model as model_lib, train as train_lib
+from competition.model import checkpoint
+from competition.model import networks as model_lib
+from competition.train import fit as train_lib
 from competition.errors import InputError
 from competition.files import write_csv
-from competition.folds import make_folds
-from competition.infer import Ensemble, predict_batch
-from competition.labels import load_train
-from competition.model import compile_model, from_config
-from competition.synth import make_dataset
+from competition.data.folds import make_folds
+from competition.infer.ensemble import Ensemble, predict_batch
+from competition.data.labels import load_train
+from competition.model.networks import compile_model, from_config
+from competition.data.synth import make_dataset
 from test_cli import run
 from test_train import tiny
 

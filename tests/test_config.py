@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from competition.config import (OLD_RATES, PRESETS, TrainConfig, build_config, cells,
+from competition.model.config import (OLD_RATES, PRESETS, TrainConfig, build_config, cells,
                                 differences, dilations, format_loss, from_dict, live,
                                 parse_loss, to_dict, untrained_taps)
 from competition.errors import InputError

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from competition import data as data_lib, rle
-from competition.config import TrainConfig, build_config
-from competition.images import read_image
-from competition.labels import by_image, load_train
+from competition.data import datasets as data_lib
+from competition.data import rle
+from competition.model.config import TrainConfig, build_config
+from competition.data.images import read_image
+from competition.data.labels import by_image, load_train
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,14 @@ by a recorder, and resuming is checked on a last.pt that holds a config alone.""
 import pytest
 import segmentation_models_pytorch as smp
 
-from competition import checkpoint
-from competition import train as train_lib
-from competition.config import PRESETS, TrainConfig, build_config, from_dict, to_dict
+from competition.model import checkpoint
+from competition.train import fit as train_lib
+from competition.model.config import PRESETS, TrainConfig, build_config, from_dict, to_dict
 from competition.errors import InputError
-from competition.experiments import load, resolve
+from competition.model.experiments import load, resolve
 from competition.files import write_json
-from competition.losses import LOSSES
-from competition.model import ARCHITECTURES, TV_BACKBONES
+from competition.train.losses import LOSSES
+from competition.model.networks import ARCHITECTURES, TV_BACKBONES
 from test_cli import ROOT, one_line_error, run_here
 
 

@@ -5,8 +5,9 @@ import pytest
 from conftest import REAL, needs_real
 from test_cli import run
 
-from competition import fidelity, rle
-from competition.synth import train_masks
+from competition.data import fidelity
+from competition.data import rle
+from competition.data.synth import train_masks
 
 REAL_MASKS = REAL / "derived" / "train_partial_new_layout.csv"
 
@@ -67,7 +68,7 @@ def test_the_report_puts_real_and_synthetic_side_by_side():
 @needs_real
 def test_synthetic_masks_meet_the_targets_on_the_real_annotations():
     """The issue's targets on a 2,000-image synthetic set (the demo's seed 0)."""
-    from competition.labels import read_train
+    from competition.data.labels import read_train
 
     real = fidelity.summary(fidelity.table_stats(read_train(REAL_MASKS)))
     assert [real[c]["masks"] for c in (1, 2, 3, 4)] == [562, 154, 3173, 490]

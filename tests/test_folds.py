@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from competition.errors import InputError
-from competition.folds import CLASS_COLUMNS, fold_counts, make_folds
+from competition.data.folds import CLASS_COLUMNS, fold_counts, make_folds
 from test_cli import one_line_error, run_here
 
 

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from competition import gates, search
+from competition.infer import gates
+from competition.infer import search
 from competition.errors import InputError
-from competition.infer import Output
-from competition.predict import gated_masks
-from competition.search import Params
+from competition.infer.ensemble import Output
+from competition.infer.predict import gated_masks
+from competition.infer.search import Params
 
 GRID = {"threshold": [0.3, 0.5], "min_component": [0], "min_area": [0]}
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from competition import infer
+from competition.infer import ensemble as infer
 from competition.errors import InputError
 from conftest import random_checkpoint
 
@@ -61,7 +61,7 @@ class Ramp(torch.nn.Module):
 
 
 def config(channels_last=False, amp="auto"):
-    from competition.config import build_config
+    from competition.model.config import build_config
     return build_config("demo_cpu", channels_last=channels_last, amp=amp)
 
 
@@ -74,7 +74,7 @@ def test_flips_are_undone_before_averaging():
     views = ("none", "hflip", "vflip", "hvflip")
     got = infer.probabilities(ens, images, views, None)
     # by hand: the view's image flipped, its logits flipped back: conv(x) + ramp flipped
-    from competition.data import normalize
+    from competition.data.datasets import normalize
     with torch.no_grad():
         f = model.conv(normalize(images))
         r = model.ramp
@@ -141,7 +141,7 @@ def test_load_ensemble_mixes_architectures_and_refuses_tasks_and_class_counts(tm
     with pytest.raises(InputError, match="a.pt: a segmenter .* among the classifiers; pass it "
                                          "with --checkpoints"):
         infer.load_ensemble([c, a], torch.device("cpu"), task="classify")
-    from competition import checkpoint
+    from competition.model import checkpoint
     state = checkpoint.load(a)
     state["model"]["segmentation_head.0.weight"] = torch.zeros(5, 256, 1, 1)
     state["model"]["segmentation_head.0.bias"] = torch.zeros(5)
@@ -165,7 +165,7 @@ def test_weighted_ensemble_and_image_level_outputs_equal_a_direct_computation(tm
     images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
     views = ("none", "hflip")
     out = infer.predict_batch(seg, images, views, None, cls)
-    from competition.data import normalize
+    from competition.data.datasets import normalize
     x = normalize(images)
     with torch.no_grad():
         ma, la = seg.models[0](x)
@@ -288,7 +288,7 @@ def test_a_model_trained_with_amp_off_runs_in_fp32(monkeypatch):
     assert (on.dtypes, off.dtypes) == ([torch.float16], [None])
     # on a T4 (compute 7.5), where the device's own choice is fp16, a run trained in bf16
     # runs in fp16 (no native bf16 there) and a run with amp off in fp32
-    from competition.train import amp_dtype
+    from competition.train.fit import amp_dtype
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     t4 = amp_dtype("auto", torch.device("cuda"))
     assert t4 == torch.float16

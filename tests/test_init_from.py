@@ -7,10 +7,11 @@ import shutil
 import pytest
 import torch
 
-from competition import checkpoint, train as train_lib
-from competition.config import build_config, to_dict
+from competition.model import checkpoint
+from competition.train import fit as train_lib
+from competition.model.config import build_config, to_dict
 from competition.errors import InputError
-from competition.model import from_config
+from competition.model.networks import from_config
 from test_cli import one_line_error, run
 from test_train import cli_args, folds_csv, tiny  # noqa: F401 (folds_csv: a fixture)
 

@@ -12,14 +12,17 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import checkpoint, kernel, kernel_script, train as train_lib
+from competition.model import checkpoint
+from competition.kaggle import bundle as kernel
+from competition.kaggle import kernel_script
+from competition.train import fit as train_lib
 from competition.errors import InputError
 from competition.files import write_csv
-from competition.folds import make_folds
-from competition.labels import load_train
-from competition.predict import predict_test
-from competition.search import Params
-from competition.submission import validate
+from competition.data.folds import make_folds
+from competition.data.labels import load_train
+from competition.infer.predict import predict_test
+from competition.infer.search import Params
+from competition.data.submission import validate
 from conftest import needs_real, random_checkpoint, real_format_test_set, small_test_set
 from test_cli import one_line_error, run
 from test_train import tiny
@@ -386,9 +389,9 @@ def test_the_kernel_passes_what_its_set_up_left_of_the_limit(monkeypatch, tmp_pa
     monkeypatch.setattr(kernel_script, "check_gpu", lambda torch: "none")
     monkeypatch.setattr(kernel_script, "TIME_LIMIT_MIN", 20.0)
     monkeypatch.setattr(kernel_script, "OFFLINE", {})  # leave this process's environment be
-    import competition.cli
+    import competition.cli.main
 
-    monkeypatch.setattr(competition.cli, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(competition.cli.main, "main", lambda argv: seen.setdefault("argv", argv) and 0)
     assert kernel_script.main() == 0
     argv = seen["argv"]
     assert argv[argv.index("--time-limit") + 1] == "18.500"
@@ -531,10 +534,10 @@ def test_cli_builds_prints_the_sizes_and_rehearses_the_classic_layout(
 def test_inference_imports_nothing_the_kernel_does_not_ship_or_kaggle_lacks():
     """The kernel imports competition.cli and runs predict: training-only packages (the
     augmentations, fold stratification, plots) and the kaggle CLI must stay unloaded."""
-    code = ("import sys, competition.cli, competition.predict; "
+    code = ("import sys, competition.cli.main, competition.infer.predict; "
             "print(sorted({m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(kernel.__file__).parents[1], timeout=120)
+                         cwd=Path(kernel.__file__).parents[2], timeout=120)
     loaded = set(json.loads(out.stdout.strip().replace("'", '"')))
     assert {"torch", "segmentation_models_pytorch", "numba"} <= loaded
     assert loaded.isdisjoint({"albumentations", "iterstrat", "matplotlib", "sklearn", "kaggle",

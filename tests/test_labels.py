@@ -4,9 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from competition import labels, rle
+from competition.data import labels
+from competition.data import rle
 from competition.errors import InputError
-from competition.images import check_image, read_image
+from competition.data.images import check_image, read_image
 
 CURRENT = "ImageId,ClassId,EncodedPixels\na.jpg,1,1 3\na.jpg,3,10 2\nb.jpg,4,400000 5\n"
 ORIGINAL = ("ImageId_ClassId,EncodedPixels\n"

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 import reference
-from competition.config import TrainConfig, from_dict, parse_loss, to_dict
+from competition.model.config import TrainConfig, from_dict, parse_loss, to_dict
 from competition.errors import InputError
-from competition.losses import (LOSSES, MaskLoss, PresenceLoss, SegmentLoss, bce_loss,
+from competition.train.losses import (LOSSES, MaskLoss, PresenceLoss, SegmentLoss, bce_loss,
                                 dice_loss, focal_loss, lovasz_hinge, lovasz_loss, presence,
                                 presence_bce, soft_dice_loss)
 

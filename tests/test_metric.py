@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import reference
-from competition import metric, rle
+from competition.data import metric
+from competition.data import rle
 
 
 def test_dice_by_hand():

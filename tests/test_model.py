@@ -9,10 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
-from competition.config import (FULL_SIZE, OLD_RATES, build_config, cells, from_dict, live,
+from competition.model.config import (FULL_SIZE, OLD_RATES, build_config, cells, from_dict, live,
                                 to_dict)
 from competition.errors import InputError
-from competition.model import (ARCHITECTURES, DEFAULT_STRIDE, build_model, from_config,
+from competition.model.networks import (ARCHITECTURES, DEFAULT_STRIDE, build_model, from_config,
                                param_groups)
 
 SMP_ARCHS = ["deeplabv3", "deeplabv3plus", "unet", "fpn"]

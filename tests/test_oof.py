@@ -8,12 +8,14 @@ import pytest
 import torch
 from scipy import ndimage
 
-from competition import gates, infer, oof
-from competition.data import SteelDataset
-from competition.labels import by_image, load_train, read_table
-from competition.metric import score_tables
-from competition.predict import predict_oof
-from competition.search import Params, read_params
+from competition.infer import gates
+from competition.infer import ensemble as infer
+from competition.infer import oof
+from competition.data.datasets import SteelDataset
+from competition.data.labels import by_image, load_train, read_table
+from competition.data.metric import score_tables
+from competition.infer.predict import predict_oof
+from competition.infer.search import Params, read_params
 from conftest import random_checkpoint
 from test_infer import ATOL, assert_one_by_one, record_batches
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from competition import rle
-from competition.bench_postprocess import bench_postprocess, thresholded_mask
-from competition.postprocess import (
+from competition.data import rle
+from competition.bench.postprocess import bench_postprocess, thresholded_mask
+from competition.data.postprocess import (
     apply, binarize, clean, encode_masks, grid_counts, pair_counts, threshold_levels)
 
 

@@ -9,13 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import checkpoint, infer, predict, rle
+from competition.model import checkpoint
+from competition.infer import ensemble as infer
+from competition.infer import predict
+from competition.data import rle
 from competition.errors import InputError
-from competition.images import read_image
-from competition.postprocess import clean
-from competition.predict import predict_test
-from competition.search import Params
-from competition.submission import validate
+from competition.data.images import read_image
+from competition.data.postprocess import clean
+from competition.infer.predict import predict_test
+from competition.infer.search import Params
+from competition.data.submission import validate
 from conftest import random_checkpoint, small_test_set
 from test_cli import one_line_error, run
 from test_infer import assert_one_by_one, record_batches

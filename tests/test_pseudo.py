@@ -10,14 +10,19 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import data as data_lib, oof, predict, pseudo, rle, train as train_lib
-from competition.config import build_config, pseudo_per_batch
+from competition.data import datasets as data_lib
+from competition.infer import oof
+from competition.infer import predict
+from competition.infer import pseudo
+from competition.data import rle
+from competition.train import fit as train_lib
+from competition.model.config import build_config, pseudo_per_batch
 from competition.errors import InputError
 from competition.files import write_csv
-from competition.folds import make_folds
-from competition.labels import CLASSES, by_image, load_train, masks, read_table
-from competition.predict import predict_test
-from competition.search import Params
+from competition.data.folds import make_folds
+from competition.data.labels import CLASSES, by_image, load_train, masks, read_table
+from competition.infer.predict import predict_test
+from competition.infer.search import Params
 from conftest import random_checkpoint
 from test_cli import one_line_error, run_here
 from test_infer import record_batches

@@ -11,8 +11,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from competition import rle
-from competition.labels import read_table, read_train
+from competition.data import rle
+from competition.data.labels import read_table, read_train
 from conftest import REAL, needs_real, random_checkpoint, real_format_test_set
 from reference import decode as slow_decode
 from test_cli import run_here

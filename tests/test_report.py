@@ -2,7 +2,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from competition import report
+from competition.infer import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRID = {"threshold": [0.4, 0.5, 0.6], "min_component": [0, 100], "min_area": [0, 200, 400, 800]}

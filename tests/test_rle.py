@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import reference
-from competition import rle
+from competition.data import rle
 from competition.errors import InputError
 from conftest import FIXTURES
 
@@ -183,7 +183,7 @@ def check_decoders(encoded: str, shape, seed: int = 0) -> None:
 
 def smooth_masks(n: int, seed: int) -> list[np.ndarray]:
     """Masks drawn as the annotators drew them (the synthetic generator's outlines)."""
-    from competition.synth import DRAW
+    from competition.data.synth import DRAW
 
     rng = np.random.default_rng(seed)
     masks = []

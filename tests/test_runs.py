@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from competition import train as train_lib
-from competition.config import build_config, to_dict
+from competition.train import fit as train_lib
+from competition.model.config import build_config, to_dict
 from competition.files import write_csv, write_json
 from test_cli import one_line_error, run_here
 

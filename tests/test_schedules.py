@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from competition import schedules
+from competition.train import schedules
 from competition.errors import InputError
-from competition.schedules import build_scheduler, lr_factor
+from competition.train.schedules import build_scheduler, lr_factor
 
 TOTAL, WARMUP, MIN = 40, 8, 0.05
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from competition.errors import InputError
-from competition.postprocess import grid_counts, threshold_levels
-from competition.search import class_table, pair_dice, read_params, search
+from competition.data.postprocess import grid_counts, threshold_levels
+from competition.infer.search import class_table, pair_dice, read_params, search
 
 GRID = {"threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7],
         "min_component": [0, 50, 100, 200, 300, 500],

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from competition import submission
+from competition.data import submission
 from competition.errors import InputError
-from competition.labels import read_sample
+from competition.data.labels import read_sample
 
 SAMPLE = "ImageId,EncodedPixels,ClassId\nb.jpg,1 409600,0\na.jpg,1 409600,0\n"
 

@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pandas as pd
 
-from competition import labels, rle
-from competition.images import read_image
-from competition.synth import LABEL_SETS, allocate, draw, make_dataset, make_image, train_masks
+from competition.data import labels
+from competition.data import rle
+from competition.data.images import read_image
+from competition.data.synth import LABEL_SETS, allocate, draw, make_dataset, make_image, train_masks
 
 
 def digest(folder):

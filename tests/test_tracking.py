@@ -12,11 +12,13 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from competition import curves, tracking, train as train_lib
+from competition.train import curves
+from competition.train import tracking
+from competition.train import fit as train_lib
 from competition.errors import InputError
 from competition.files import write_csv
-from competition.labels import load_train
-from competition.schedules import lr_factor
+from competition.data.labels import load_train
+from competition.train.schedules import lr_factor
 from test_cli import one_line_error, run_here
 from test_train import NanAfter, ScriptedLoss, cli_args, tiny, tiny_step_setup
 
@@ -290,6 +292,6 @@ def test_a_missing_or_malformed_history_is_one_line_and_exit_2(tmp_path, capsys)
 
 
 def test_a_resumed_run_may_switch_tensorboard_on_or_off():
-    from competition.config import differences
+    from competition.model.config import differences
 
     assert differences(tiny(), tiny(tensorboard=False)) == [], "a runtime field"

@@ -13,15 +13,18 @@ import pandas as pd
 import pytest
 import torch
 
-from competition import checkpoint, data as data_lib, rle, train as train_lib
-from competition.config import build_config, to_dict
+from competition.model import checkpoint
+from competition.data import datasets as data_lib
+from competition.data import rle
+from competition.train import fit as train_lib
+from competition.model.config import build_config, to_dict
 from competition.errors import InputError
 from competition.files import write_csv
-from competition.folds import make_folds
-from competition.labels import by_image, load_train
-from competition.losses import MaskLoss
-from competition.metric import score_tables
-from competition.postprocess import binarize
+from competition.data.folds import make_folds
+from competition.data.labels import by_image, load_train
+from competition.train.losses import MaskLoss
+from competition.data.metric import score_tables
+from competition.data.postprocess import binarize
 from test_cli import ROOT, one_line_error, run
 
 TINY = dict(crop_height=64, crop_width=128, epochs=2, batch_size=4, num_workers=0,

@@ -1,0 +1,1 @@
+"""`python -m competition bench ...`: timings measured side by side in one run."""

@@ -1,0 +1,1 @@
+"""The front door: `python -m competition <stage>`."""

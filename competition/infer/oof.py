@@ -1,0 +1,310 @@
+"""Out-of-fold statistics and the post-processing search on them.
+
+`run`: for each fold k, the fold-k best.pt of every segmentation run (an ensemble of runs
+of any architectures, weighted) and of every classifier run predicts fold k's validation
+images (with TTA), so the statistics are those of the ensemble's own out-of-fold
+probabilities. Per image and class, the area and truth intersection of every
+(threshold, min_component) of the grid, and the image-level signals the gates read, are
+streamed to STATS/fold<k>/ as the batches come, never the probabilities:
+    stats.npy     (N, 4, K, M, 2) int32   area, intersection (postprocess.grid_counts)
+    truth.npy     (N, 4) int32            truth areas
+    maxprob.npy   (N, 4) float32          the largest pixel probability (gates.py)
+    aux.npy       (N, 4) float32          the segmenters' image-level heads (if any has one)
+    cls.npy       (N, 4) float32          the classifiers' probabilities (if any were given)
+    examples.npz  threshold levels (uint8) and signals of a few images, for the overlays
+    meta.json     ImageIds in row order, the grid, TTA views, the checkpoints and weights
+`tune`: reads those files, chooses each class's post-processing and gate (search.search),
+and writes postprocess.json and the CV report (Markdown and PNG plots).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from competition.data import datasets as data_lib
+from competition.errors import InputError
+from competition.infer.gates import NONE, check_signals, decide
+from competition.files import atomic_dir, write_json
+from competition.data.images import read_image
+from competition.infer.ensemble import OneBehind, batches, device, load_ensembles
+from competition.data.labels import CLASSES, by_image, load_train, masks
+from competition.data.postprocess import clean, grid_counts, threshold_levels
+from competition.infer.search import MIN_AREAS, MIN_COMPONENTS, THRESHOLDS, Params, search
+from competition.train.fit import amp_dtype, split
+
+
+class NpyStream:
+    """A .npy file of known shape written in chunks of rows (axis 0), without holding it."""
+
+    def __init__(self, path: Path, shape: tuple, dtype):
+        self.shape, self.dtype, self.rows = tuple(shape), np.dtype(dtype), 0
+        self.file = open(path, "wb")
+        np.lib.format.write_array_header_1_0(self.file, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+            "shape": self.shape})
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, self.dtype)
+        if rows.shape[1:] != self.shape[1:] or self.rows + len(rows) > self.shape[0]:
+            raise ValueError(f"rows of shape {rows.shape} do not fit {self.shape}")
+        self.file.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.file.close()
+        if exc_type is None and self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.file.name}: {self.rows} of {self.shape[0]} rows written")
+
+
+def example_picks(image_ids: list[str], encoded: dict) -> list[int]:
+    """Indices of the first image with each class, and of the first defect-free image."""
+    picks = []
+    for class_id in CLASSES:
+        picks += [i for i, image_id in enumerate(image_ids)
+                  if class_id in encoded.get(image_id, {})][:1]
+    picks += [i for i, image_id in enumerate(image_ids) if not encoded.get(image_id)][:1]
+    return sorted(set(picks))
+
+
+SIGNALS = ("maxprob", "aux", "cls")  # the (N, 4) image-level files, gates.py
+
+
+def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpts, views, out: Path,
+               device: torch.device, batch_size: int, workers: int, desc: str,
+               thresholds=THRESHOLDS, min_components=MIN_COMPONENTS, weights=None,
+               classifiers=(), classifier_weights=None, images=None,
+               compile: bool = False) -> None:
+    """Predict `image_ids` with the segmenters `ckpts` (a path or a list, averaged with
+    `weights`) and the `classifiers`, and stream their grid statistics and signals into
+    folder `out` (written under a temporary name, renamed when complete). `images`: the
+    decoded-image cache of train_images or None; `compile`: torch.compile the models."""
+    ckpts = [ckpts] if isinstance(ckpts, (str, Path)) else list(ckpts)
+    ensemble, cls = load_ensembles(ckpts, device, weights, classifiers, classifier_weights,
+                                   compile)
+    dataset = data_lib.SteelDataset(data / "train_images", image_ids, encoded, cache=images)
+    loader = data_lib.loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
+    n, k, m = len(image_ids), len(thresholds), len(min_components)
+    picks, examples = set(example_picks(image_ids, encoded)), {}
+    components = np.asarray(min_components, np.int64)
+    signals = ["maxprob"] + (["aux"] if ensemble.has_heads else []) + (["cls"] if cls else [])
+
+    with atomic_dir(out) as tmp:
+        with NpyStream(tmp / "stats.npy", (n, len(CLASSES), k, m, 2), np.int32) as stats, \
+                NpyStream(tmp / "truth.npy", (n, len(CLASSES)), np.int32) as truth, \
+                contextlib.ExitStack() as stack, OneBehind() as cpu:
+            streams = {name: stack.enter_context(NpyStream(
+                tmp / f"{name}.npy", (n, len(CLASSES)), np.float32)) for name in signals}
+
+            def consume(levels: np.ndarray, truth_masks: np.ndarray, index: list[int],
+                        values: dict) -> None:
+                stats.write(grid_counts(levels, truth_masks, k, components))
+                truth.write(truth_masks.sum(axis=(2, 3)))
+                for name, stream in streams.items():
+                    stream.write(values[name])
+                examples.update({i: (levels[j].copy(), {s: v[j] for s, v in values.items()})
+                                 for j, i in enumerate(index) if i in picks})
+
+            # the device's autocast dtype; amp "off" in the config: fp32 (infer.model_dtype)
+            for (_, truth_masks, index), pred in batches(
+                    ensemble, loader, views, device, amp_dtype("auto", device), desc, cls):
+                levels = threshold_levels(pred.masks, thresholds).cpu().numpy()
+                cpu.submit(consume, levels, truth_masks.numpy(), index.tolist(), pred.signals())
+        chosen = sorted(examples)
+        np.savez_compressed(tmp / "examples.npz",
+                            image_ids=np.array([image_ids[i] for i in chosen]),
+                            levels=np.stack([examples[i][0] for i in chosen])
+                            if examples else np.zeros((0, len(CLASSES), 1, 1), np.uint8),
+                            **{name: np.array([examples[i][1][name] for i in chosen],
+                                              np.float32).reshape(-1, len(CLASSES))
+                               for name in signals})
+        write_json(tmp / "meta.json", {
+            "image_ids": list(image_ids), "thresholds": list(thresholds),
+            "min_components": list(min_components), "tta": list(views),
+            "segmenters": members(ensemble), "classifiers": members(cls) if cls else [],
+            "signals": signals, "data": str(data)})
+
+
+def members(ensemble) -> list[dict]:
+    """[{"checkpoint", "weight"}] of an ensemble's models."""
+    return [{"checkpoint": str(p), "weight": ensemble.weight(i)}
+            for i, p in enumerate(ensemble.paths)]
+
+
+def parse_folds(text: str | None, folds_csv: Path) -> list[int]:
+    """'0,2' -> [0, 2]; None -> every fold of folds.csv."""
+    if text is None:
+        if not folds_csv.is_file():
+            raise InputError(f"{folds_csv}: folds file not found; make it with `bash run.sh folds`")
+        return sorted(set(pd.read_csv(folds_csv).fold.astype(int)))
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise InputError(f"--folds {text}: expected comma-separated fold numbers, e.g. 0,1,2") from None
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The runs an OOF ensemble averages: folders of fold<k>/best.pt, segmentation runs
+    (any architectures) and classifier runs, each with its weight in its own average.
+    `name`: the segmenters' checkpoint file in fold<k>/ (averaged.pt: `average`'s)."""
+    segmenters: tuple[Path, ...]
+    weights: tuple[float, ...] = ()
+    classifiers: tuple[Path, ...] = ()
+    classifier_weights: tuple[float, ...] = ()
+    name: str = "best.pt"
+
+    def of_fold(self, k: int) -> tuple[list[Path], list[Path]]:
+        return ([r / f"fold{k}" / self.name for r in self.segmenters],
+                [r / f"fold{k}" / "best.pt" for r in self.classifiers])
+
+
+def as_runs(runs) -> Runs:
+    return runs if isinstance(runs, Runs) else Runs((Path(runs),))
+
+
+def fold_runs(runs, folds_csv: Path, folds: list[int],
+              image_ids: list[str]) -> list[tuple[int, list[str], list[Path], list[Path]]]:
+    """(fold, its validation ImageIds, the fold's segmenter checkpoints, its classifier
+    checkpoints) of each fold; every checkpoint must exist (checked before any is loaded)."""
+    runs = as_runs(runs)
+    todo = [(k, *runs.of_fold(k)) for k in folds]
+    ckpts = [p for _, seg, cls in todo for p in seg + cls]
+    missing = [str(p) for p in ckpts if not p.is_file()]
+    if missing:
+        make = ("train it with `bash run.sh fold<K>`" if missing[0].endswith("best.pt") else
+                "make it (`python -m competition average --run RUN/fold<K> --top K`)")
+        raise InputError(f"{missing[0]}: checkpoint not found ({len(missing)} of {len(ckpts)} "
+                         f"missing); {make} or pass --folds")
+    return [(k, split(folds_csv, k, image_ids)[1], seg, cls) for k, seg, cls in todo]
+
+
+def run(data: Path, runs, folds_csv: Path, folds: list[int], views, batch_size: int,
+        workers: int, stats_dir: Path, images=None, compile: bool = False) -> None:
+    """OOF statistics of every fold in `folds` into STATS/fold<k>/ (each folder replaced
+    whole); runs: a Runs, or one run folder. images, compile: as fold_stats's."""
+    runs = as_runs(runs)
+    image_ids, labels = load_train(data)
+    encoded = by_image(labels)
+    for k, val_ids, seg, cls in fold_runs(runs, folds_csv, folds, image_ids):
+        out = stats_dir / f"fold{k}"
+        fold_stats(data, val_ids, encoded, seg, views, out, device(), batch_size, workers,
+                   desc=f"oof fold {k}", weights=list(runs.weights) or None,
+                   classifiers=cls, classifier_weights=list(runs.classifier_weights) or None,
+                   images=images, compile=compile)
+        print(f"fold {k}: {len(val_ids)} validation images -> {out}; "
+              f"peak memory of this process so far {peak_rss_mib():.0f} MiB")
+
+
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process (not its loader workers), in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_stats(stats_dir: Path, folds: list[int]) -> dict:
+    """The OOF files of `folds` under STATS/fold<k>/, concatenated: stats (N, 4, K, M, 2),
+    truth (N, 4), fold (N,), signals {name: (N, 4)} (those every fold has), and each fold's
+    meta. Folds scored on another grid, TTA or ensemble are an error; so is a signal that is
+    not finite."""
+    parts = []
+    for k in folds:
+        folder = stats_dir / f"fold{k}"
+        if not (folder / "meta.json").is_file():
+            raise InputError(f"{folder}: no OOF statistics; run `python -m competition oof` "
+                             f"for fold {k} first")
+        meta = json.loads((folder / "meta.json").read_text())
+        signals = {name: np.load(folder / f"{name}.npy") for name in meta.get("signals", [])}
+        truth = np.load(folder / "truth.npy")
+        check_signals(signals, len(truth), str(folder))
+        parts.append((k, meta, np.load(folder / "stats.npy", mmap_mode="r"), truth, signals))
+    first = parts[0][1]
+    for k, meta, *_ in parts[1:]:
+        for key in ("thresholds", "min_components", "tta", "signals"):
+            if meta.get(key) != first.get(key):
+                raise InputError(f"{stats_dir / f'fold{k}'}: {key} {meta.get(key)} differs from "
+                                 f"fold {parts[0][0]}'s {first.get(key)}; recompute its OOF")
+    return {
+        "stats": np.concatenate([p[2] for p in parts]),
+        "truth": np.concatenate([p[3] for p in parts]),
+        "fold": np.concatenate([np.full(len(p[3]), p[0]) for p in parts]),
+        "signals": {name: np.concatenate([p[4][name] for p in parts])
+                    for name in first.get("signals", [])},
+        "metas": {p[0]: p[1] for p in parts},
+    }
+
+
+def overlays(stats_dir: Path, folds: list[int], data: Path, result: dict,
+             limit: int = 5) -> list[dict]:
+    """Report examples: the stored levels of a few OOF images turned into masks with the
+    chosen post-processing and gates, beside the image and its truth. One per class, then
+    one defect-free, taken from the folds in order."""
+    encoded = by_image(load_train(data, check_images=False)[1])
+    params = params_of(result)
+    candidates = []
+    for k in folds:
+        stored = np.load(stats_dir / f"fold{k}" / "examples.npz")
+        names = [n for n in SIGNALS if n in stored.files]
+        candidates += [(k, str(i), lv, {n: stored[n][j:j + 1] for n in names})
+                       for j, (i, lv) in enumerate(zip(stored["image_ids"], stored["levels"]))]
+    wanted, out = [*CLASSES, 0], []  # 0: defect-free
+    for k, image_id, levels, signals in candidates:
+        present = set(encoded.get(image_id, {})) or {0}
+        hit = next((w for w in wanted if w in present), None)
+        if hit is None or len(out) >= limit:
+            continue
+        wanted.remove(hit)
+        thr, kept = decide(params.gate, params.threshold, params.thresholds, signals)
+        index = np.array([params.thresholds.index(t) for t in thr[0]])
+        pred = ((levels > index[:, None, None]) & kept[0][:, None, None]).astype(np.uint8)[None]
+        clean(pred, params.min_component, params.min_area)
+        out.append({"image_id": image_id, "fold": k,
+                    "image": read_image(data / "train_images" / image_id),
+                    "truth": masks(encoded.get(image_id, {})).astype(bool),
+                    "pred": pred[0].astype(bool)})
+    return out
+
+
+def params_of(result: dict) -> Params:
+    """The post-processing a search result chose, as predict reads it from postprocess.json."""
+    chosen = [result["classes"][str(c)] for c in CLASSES]
+    return Params(tuple(v["threshold"] for v in chosen), tuple(v["min_component"] for v in chosen),
+                  tuple(v["min_area"] for v in chosen), tuple(result.get("tta") or ()) or None,
+                  tuple(v.get("gate", NONE) for v in chosen),
+                  tuple(result["grid"]["threshold"]))
+
+
+def tune(stats_dir: Path, folds: list[int], out: Path, min_areas=None,
+         data: Path | None = None, kinds=None, sources=None) -> dict:
+    """Search the OOF statistics of `folds` (STATS/fold<k>/); write out/postprocess.json and
+    out/cv_report/. kinds: the gate kinds searched beside none (None: all); sources: the
+    image-level sources they may read, of aux and cls (None: all recorded)."""
+    from competition.infer.report import write_report
+
+    st = load_stats(stats_dir, folds)
+    meta = st["metas"][folds[0]]
+    grid = {"threshold": meta["thresholds"], "min_component": meta["min_components"],
+            "min_area": sorted(set(int(a) for a in min_areas or MIN_AREAS))}
+    signals = {k: v for k, v in st["signals"].items()
+               if sources is None or k == "maxprob" or k in sources}
+    result, tables = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
+    data = Path(data or meta["data"])
+    result = {"version": 2, "connectivity": 8, **result, "tta": meta["tta"],
+              "ensemble": {f"fold{k}": {"segmenters": st["metas"][k].get("segmenters"),
+                                        "classifiers": st["metas"][k].get("classifiers")}
+                           for k in folds},
+              "data": str(data)}
+    examples = overlays(stats_dir, folds, data, result)
+    with atomic_dir(out / "cv_report") as tmp:
+        write_report(tmp, result, tables, examples)
+    write_json(out / "postprocess.json", result)
+    return result

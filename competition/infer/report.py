@@ -1,0 +1,379 @@
+"""The out-of-fold CV report of the post-processing search: cv_report.md and its plots.
+
+`write_report` turns the search's result (the content of postprocess.json), its Dice tables
+and a few OOF examples into a Markdown page with four PNGs beside it:
+- dice_vs_threshold.png, dice_vs_min_component.png, dice_vs_min_area.png: OOF Dice of each
+  class along one grid axis, the two other parameters held at the chosen values;
+- oof_overlays.png: OOF images with truth outlines and predicted masks per class.
+Figures are made with matplotlib's object API (no pyplot, so no global backend or figure
+state is touched) and rendered by Agg; every file is written atomically.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from competition.infer import gates
+from competition.data import metric
+from competition.files import atomic_path, write_text
+
+REPORT = "cv_report.md"
+OVERLAYS = "oof_overlays.png"
+# grid axis -> (index in a (K, M, A) table, file name, axis label)
+AXES = {
+    "threshold": (0, "dice_vs_threshold.png", "probability threshold"),
+    "min_component": (1, "dice_vs_min_component.png", "min component (pixels)"),
+    "min_area": (2, "dice_vs_min_area.png", "min area (pixels)"),
+}
+NAMES = {"threshold": "threshold", "min_component": "min component", "min_area": "min area"}
+COLORS = ("#e41a1c", "#4daf4a", "#377eb8", "#ff7f00")  # classes 1..4: red, green, blue, orange
+PRED_ALPHA = 0.4
+DPI = 100
+MAX_PNG_BYTES = 1_500_000
+MIN_DPI = 40
+
+
+def write_report(folder, result: dict, tables: dict[str, np.ndarray],
+                 examples: list[dict]) -> list[Path]:
+    """Write cv_report.md and its PNGs into `folder` (made if missing); return the paths.
+
+    result: the content of postprocess.json. tables: class "1".."4" -> (K, M, A) float64
+    mean OOF Dice over (threshold, min_component, min_area) grid indices. examples: dicts
+    with image_id, fold, image (H, W, 3) uint8, truth and pred (4, H, W) bool; when empty,
+    no overlay figure is written (and a stale one from an earlier run is removed). The
+    report is written last, so it never links to a plot that failed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / REPORT]
+    for axis, (_, name, _) in AXES.items():
+        save_png(dice_figure(result, tables, axis), folder / name)
+        paths.append(folder / name)
+    if examples:
+        save_png(overlay_figure(examples), folder / OVERLAYS)
+        paths.append(folder / OVERLAYS)
+    write_text(folder / REPORT, report_text(result, have_overlays=bool(examples)))
+    if not examples:
+        (folder / OVERLAYS).unlink(missing_ok=True)
+    return paths
+
+
+def format_table(headers, rows) -> str:
+    """A Markdown table: headers (n,) and rows of n cells each, every cell shown with str()."""
+    lines = [_table_row(headers), _table_row(["---"] * len(headers))]
+    lines += [_table_row(row) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _table_row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def example_dice(truth, pred) -> list[float]:
+    """Per-class Dice of one example: truth, pred (C, H, W) bool -> C floats (1 if both empty)."""
+    return [float(d) for d in metric.dice(pred, truth)]
+
+
+def format_dice(value) -> str:
+    """A Dice with 4 decimals; '-' when it was not measured (None)."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_value(value) -> str:
+    """A grid value: 150 not 150.0, 0.35 not 0.35000000000000003."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:.6g}"
+
+
+def grid_index(values, value) -> int:
+    """Index of `value` in a grid list (compared with float tolerance)."""
+    hits = np.flatnonzero(np.isclose(np.asarray(values, float), float(value)))
+    if len(hits) == 0:
+        raise ValueError(f"{value} is not in the grid {list(values)}")
+    return int(hits[0])
+
+
+def chosen_index(result: dict, c: str) -> tuple[int, int, int]:
+    """(k, m, a): grid indices of class c's chosen threshold, min_component, min_area."""
+    chosen = result["classes"][c]
+    return tuple(grid_index(result["grid"][axis], chosen[axis]) for axis in AXES)
+
+
+def _classes(result: dict) -> list[str]:
+    return sorted(result["classes"], key=int)
+
+
+def _check_table(result: dict, tables: dict, c: str) -> np.ndarray:
+    table = np.asarray(tables[c], np.float64)
+    shape = tuple(len(result["grid"][axis]) for axis in AXES)
+    if table.shape != shape:
+        raise ValueError(f"class {c}: Dice table has shape {table.shape}, the grid {shape}")
+    return table
+
+
+def dice_curve(table: np.ndarray, index: tuple[int, int, int], axis: int) -> np.ndarray:
+    """The line of a (K, M, A) table through `index` along `axis`: (K,), (M,) or (A,)."""
+    where = list(index)
+    where[axis] = slice(None)
+    return table[tuple(where)]
+
+
+def dice_figure(result: dict, tables: dict[str, np.ndarray], axis: str) -> Figure:
+    """One subplot per class: OOF Dice against grid `axis`, the other two held at the chosen
+    values; the chosen point marked, the class's all-empty Dice dashed."""
+    position, _, label = AXES[axis]
+    classes = _classes(result)
+    rows = (len(classes) + 1) // 2
+    fig = Figure(figsize=(11, 3.6 * rows), dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, 2, squeeze=False).ravel()
+    x = np.asarray(result["grid"][axis], float)
+    for ax, c in zip(axes, classes):
+        index = chosen_index(result, c)
+        y = dice_curve(_check_table(result, tables, c), index, position)
+        chosen = result["classes"][c]
+        ax.plot(x, y, "-", color=COLORS[(int(c) - 1) % len(COLORS)], marker=".")
+        ax.plot(x[index[position]], y[index[position]], "o", ms=9, mfc="none", mec="black",
+                label=f"chosen {format_value(chosen[axis])}: {format_dice(y[index[position]])}")
+        ax.axhline(chosen["all_empty"], ls="--", color="grey",
+                   label=f"all empty: {format_dice(chosen['all_empty'])}")
+        ax.set_title(f"class {c} ({_held_fixed(chosen, axis)})", fontsize=10)
+        ax.set_xlabel(label)
+        ax.set_ylabel("OOF Dice")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    for ax in axes[len(classes):]:
+        ax.set_visible(False)
+    fig.suptitle(f"OOF Dice against {label}")
+    return fig
+
+
+def _held_fixed(chosen: dict, axis: str) -> str:
+    return ", ".join(f"{NAMES[other]} {format_value(chosen[other])}"
+                     for other in AXES if other != axis)
+
+
+def overlay_figure(examples: list[dict]) -> Figure:
+    """One row per example: the image at its true aspect ratio, truth outlined and the
+    prediction filled in one colour per class; title with image id, fold and class Dice."""
+    height, width = np.asarray(examples[0]["truth"]).shape[-2:]
+    row_height = 16 * height / width + 0.45  # room for the title
+    fig = Figure(figsize=(16, row_height * len(examples) + 0.5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(examples), 1, squeeze=False).ravel()
+    for ax, example in zip(axes, examples):
+        _draw_example(ax, example)
+    handles = [Patch(facecolor=color, alpha=PRED_ALPHA, edgecolor=color, label=f"class {i + 1}")
+               for i, color in enumerate(COLORS)]
+    handles.append(Line2D([], [], color="black", label="outline: truth, fill: prediction"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
+    return fig
+
+
+def _draw_example(ax, example: dict) -> None:
+    image = np.asarray(example["image"])
+    truth = np.asarray(example["truth"], bool)
+    pred = np.asarray(example["pred"], bool)
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="antialiased")
+    ax.imshow(_prediction_rgba(pred), interpolation="nearest")
+    for c, mask in enumerate(truth):
+        if mask.any():
+            ax.contour(mask.astype(np.uint8), levels=[0.5], colors=[COLORS[c % len(COLORS)]],
+                       linewidths=1.5)
+    dices = "  ".join(f"{c + 1}: {format_dice(d)}"
+                      for c, d in enumerate(example_dice(truth, pred)))
+    ax.set_title(f"{example['image_id']}   fold {example['fold']}   Dice  {dices}",
+                 fontsize=10, loc="left")
+    ax.set_axis_off()
+
+
+def _prediction_rgba(pred: np.ndarray) -> np.ndarray:
+    """(C, H, W) bool -> (H, W, 4) float32 RGBA: each class's colour where it is predicted
+    (a later class wins on overlap), transparent elsewhere."""
+    rgba = np.zeros(pred.shape[1:] + (4,), np.float32)
+    for c, mask in enumerate(pred):
+        color = COLORS[c % len(COLORS)]
+        rgba[mask] = [int(color[i:i + 2], 16) / 255 for i in (1, 3, 5)] + [PRED_ALPHA]
+    return rgba
+
+
+def save_png(fig: Figure, path: str | Path, max_bytes: int = MAX_PNG_BYTES) -> int:
+    """Render `fig` to PNG at DPI, lowered step by step (not below MIN_DPI) while the file
+    would exceed max_bytes; write it atomically. Returns the size in bytes."""
+    dpi = DPI
+    data = _render(fig, dpi)
+    while len(data) > max_bytes and dpi > MIN_DPI:
+        dpi = max(MIN_DPI, int(dpi * 0.8))
+        data = _render(fig, dpi)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return len(data)
+
+
+def figure_array(fig: Figure, dpi: int = DPI) -> np.ndarray:
+    """`fig` rendered by Agg at `dpi` -> (H, W, 3) uint8 RGB: an image for TensorBoard
+    (training's overlays), drawn by the same code as the report's PNGs."""
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _render(fig: Figure, dpi: int) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def report_text(result: dict, have_overlays: bool) -> str:
+    """The Markdown of cv_report.md."""
+    parts = [
+        "# Severstal: Steel Defect Detection: out-of-fold CV report\n",
+        _summary(result),
+        "## Post-processing per class\n",
+        _class_table(result),
+        "## Image-level gates\n",
+        _gate_table(result),
+        "## Folds\n",
+        _fold_table(result),
+        "## Grid searched\n",
+        _grid_text(result),
+        "## Plots\n",
+        _plots_text(have_overlays),
+        "## How to read it\n",
+        _reading_notes(result),
+    ]
+    return "\n".join(parts)
+
+
+def _summary(result: dict) -> str:
+    classes = result["classes"]
+    pairs = sum(int(classes[c]["pairs"]) for c in classes)
+    defects = sum(int(classes[c]["defect_pairs"]) for c in classes)
+    gain = result["oof_mean_dice"] - result["all_empty_baseline"]
+    tta = ", ".join(result.get("tta") or ["none"])
+    checkpoints = ", ".join(f"`{p}`" for p in _checkpoints(result)) or "-"
+    data = f" Data: `{result['data']}`." if result.get("data") else ""
+    return (
+        f"Out-of-fold predictions on {result['images']} images ({pairs} (image, class) pairs, "
+        f"{defects} of them with a defect) score a mean Dice of "
+        f"**{format_dice(result['oof_mean_dice'])}** with the tuned post-processing, "
+        f"against {format_dice(result.get('raw_mean_dice'))} for the raw threshold 0.5 with "
+        f"no filtering and {format_dice(result['all_empty_baseline'])} for predicting every "
+        f"mask empty ({gain:+.4f} over all-empty). TTA views: {tta}. "
+        f"Checkpoints: {checkpoints}.{data}\n"
+    )
+
+
+def _checkpoints(result: dict) -> list[str]:
+    """Every model the OOF statistics came from (a "weight" where not 1), fold by fold."""
+    out = []
+    for fold in (result.get("ensemble") or {}).values():
+        for role in ("segmenters", "classifiers"):
+            out += [m["checkpoint"] + (f" ×{m['weight']:g}" if m["weight"] != 1 else "")
+                    for m in fold.get(role) or []]
+    return out or list(result.get("checkpoints") or [])
+
+
+GATE_TEXT = {"gate": "p_cls < g empties", "scale": "t = t0·c − t0·(c−1)·p_cls",
+             "maxprob": "max probability < g empties"}
+
+
+def _gate_table(result: dict) -> str:
+    """Per class, each gate kind at its best setting beside "none": its OOF Dice, and the
+    empty pairs it saves and the defect pairs it loses against the "none" choice."""
+    rows = []
+    for c in _classes(result):
+        s = result["classes"][c]
+        for name, g in (s.get("gates") or {}).items():
+            kind = name.split()[0]
+            rows.append([c, name + (" ✓" if name == gates.label(s.get("gate") or gates.NONE) else ""),
+                         "" if g["value"] is None else format_value(g["value"]),
+                         format_value(g["threshold"]), format_value(g["min_component"]),
+                         format_value(g["min_area"]), format_dice(g["dice"]),
+                         f"{g['dice'] - s['gates']['none']['dice']:+.4f}",
+                         g["empty_saved"], g["defect_lost"], GATE_TEXT.get(kind, "")])
+    if not rows:
+        return "No image-level signal was recorded with these OOF statistics.\n"
+    signals = ", ".join(result.get("signals") or []) or "none"
+    return (f"Signals recorded: {signals} (aux: the segmenters' image-level heads, cls: the "
+            "classifiers, maxprob: each mask's largest probability). ✓ marks the kind "
+            "chosen, the best one only when it beats \"none\" on OOF. Saved: empty pairs "
+            "the \"none\" choice predicts non-empty and this one empties; lost: defect "
+            "pairs it empties that \"none\" predicts.\n\n"
+            + format_table(["class", "gate", "value", "threshold", "min component",
+                            "min area", "OOF Dice", "vs none", "empty saved",
+                            "defect lost", "rule"], rows))
+
+
+def _class_table(result: dict) -> str:
+    headers = ["class", "threshold", "min component", "min area", "gate", "OOF Dice",
+               "raw Dice", "all-empty Dice", "pairs", "defect pairs"]
+    classes = result["classes"]
+    rows = [[c, format_value(s["threshold"]), format_value(s["min_component"]),
+             format_value(s["min_area"]), gates.describe(s.get("gate") or gates.NONE),
+             format_dice(s["oof_dice"]),
+             format_dice(s.get("raw_dice")), format_dice(s["all_empty"]), s["pairs"],
+             s["defect_pairs"]]
+            for c, s in ((c, classes[c]) for c in _classes(result))]
+    rows.append(["mean", "", "", "", "", format_dice(result["oof_mean_dice"]),
+                 format_dice(result.get("raw_mean_dice")),
+                 format_dice(result["all_empty_baseline"]),
+                 sum(int(s["pairs"]) for s in classes.values()),
+                 sum(int(s["defect_pairs"]) for s in classes.values())])
+    return format_table(headers, rows)
+
+
+def _fold_table(result: dict) -> str:
+    folds = result.get("folds") or {}
+    if not folds:
+        return "No per-fold scores were recorded.\n"
+    rows = [[f, folds[f]["images"], format_dice(folds[f]["mean_dice"])]
+            for f in sorted(folds, key=int)]
+    return ("Mean Dice of each fold's OOF images with the chosen post-processing.\n\n"
+            + format_table(["fold", "images", "mean Dice"], rows))
+
+
+def _grid_text(result: dict) -> str:
+    grid = result["grid"]
+    lines = [f"- {NAMES[name]} ({len(grid[name])} values): "
+             + ", ".join(format_value(v) for v in grid[name]) for name in AXES]
+    total = int(np.prod([len(grid[name]) for name in AXES]))
+    lines.append(f"- {total} combinations per class, chosen for each class on its own.")
+    return "\n".join(lines) + "\n"
+
+
+def _plots_text(have_overlays: bool) -> str:
+    lines = []
+    for axis, (_, name, label) in AXES.items():
+        lines.append(f"OOF Dice against the {label}, the other two parameters at each class's "
+                     f"chosen values (circle: chosen; dashed: all empty).\n\n"
+                     f"![OOF Dice against {label}]({name})\n")
+    if have_overlays:
+        lines.append("OOF examples: truth outlined, prediction filled, one colour per class "
+                     "(1 red, 2 green, 3 blue, 4 orange).\n\n"
+                     f"![OOF examples]({OVERLAYS})\n")
+    else:
+        lines.append("No OOF examples were given, so no overlay figure was written.\n")
+    return "\n".join(lines)
+
+
+def _reading_notes(result: dict) -> str:
+    connectivity = result.get("connectivity", 8)
+    return (
+        "- Post-processing, per class and in this order: keep the pixels whose probability "
+        "is above the threshold; remove the connected components smaller than min component "
+        f"pixels ({connectivity}-connected); then empty the whole mask when its remaining "
+        "area is below min area pixels.\n"
+        "- The metric is the mean Dice over every (image, class) pair, and an empty "
+        "prediction on an empty pair scores 1 (Dice 1 on empty pairs): false positives on the "
+        "~86% empty pairs decide the score, so a class's Dice is compared with its all-empty "
+        "Dice, the score of never predicting it.\n"
+        "- Raw Dice is threshold 0.5 with no component or area filtering ('-' when 0.5 or 0 "
+        "is not in the grid). The values are chosen on the same OOF predictions they are "
+        "scored on, so the OOF Dice is slightly optimistic.\n"
+    )

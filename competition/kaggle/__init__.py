@@ -1,0 +1,1 @@
+"""The Kaggle side: the code and weights bundle, and the offline kernel script."""

@@ -1,0 +1,1 @@
+"""Configs and presets, the networks, checkpoints, precision and the checked forward pass."""

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from competition.infer import ensemble as infer
+from competition.model import forward
 from competition.errors import InputError
 from conftest import random_checkpoint
 
@@ -219,8 +220,8 @@ class Overflow(torch.nn.Module):
 
 @pytest.fixture
 def fresh_count(monkeypatch):
-    """infer.recomputed at 0, as in a new process (the warning is said at the first one)."""
-    monkeypatch.setattr(infer, "recomputed", 0)
+    """forward.recomputed at 0, as in a new process (the warning is said at the first one)."""
+    monkeypatch.setattr(forward, "recomputed", 0)
 
 
 @torch.no_grad()
@@ -232,10 +233,10 @@ def test_an_fp16_overflow_is_recomputed_in_fp32_and_said_once(fresh_count, capsy
         assert model(x).isnan().all(), "a test that tests: fp16 overflows"
     expected = model(x)  # fp32, no autocast
     assert expected.isfinite().all() and expected.abs().min() > 1
-    got = infer.forward_checked(model, x, torch.float16)
+    got = forward.forward_checked(model, x, torch.float16)
     assert got.dtype == torch.float32 and torch.equal(got, expected)  # the same fp32 forward
-    assert torch.equal(infer.forward_checked(model, x, torch.float16), expected)
-    assert infer.recomputed == 2
+    assert torch.equal(forward.forward_checked(model, x, torch.float16), expected)
+    assert forward.recomputed == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("warning: float16 autocast gave non-finite "
                                                    "logits") and "recomputed in fp32" in err
@@ -243,9 +244,9 @@ def test_an_fp16_overflow_is_recomputed_in_fp32_and_said_once(fresh_count, capsy
     small = torch.nn.Conv2d(3, 4, 1).eval()
     with torch.autocast("cpu", dtype=torch.float16):
         half = small(x)
-    got = infer.forward_checked(small, x, torch.float16)
+    got = forward.forward_checked(small, x, torch.float16)
     assert half.dtype == torch.float16 and torch.equal(got, half.float())
-    assert infer.recomputed == 2 and capsys.readouterr().err == ""
+    assert forward.recomputed == 2 and capsys.readouterr().err == ""
 
 
 @torch.no_grad()
@@ -253,11 +254,11 @@ def test_non_finite_logits_in_fp32_are_a_one_line_error_naming_the_checkpoint(fr
     model = Overflow().eval()
     model.diff.bias[2] = float("nan")  # a diverged run: channel 3 is NaN in any precision
     x = torch.randn(1, 3, 4, 5)
-    with pytest.raises(infer.NonFiniteLogits, match=r"^the model produces non-finite logits "
+    with pytest.raises(forward.NonFiniteLogits, match=r"^the model produces non-finite logits "
                        r"in fp32 too \(20 of 80 values NaN or inf\)"):
-        infer.forward_checked(model, x, torch.float16)
-    with pytest.raises(infer.NonFiniteLogits, match=r"in fp32 \(20 of 80 values"):
-        infer.forward_checked(model, x, None)
+        forward.forward_checked(model, x, torch.float16)
+    with pytest.raises(forward.NonFiniteLogits, match=r"in fp32 \(20 of 80 values"):
+        forward.forward_checked(model, x, None)
     images = torch.zeros(1, 3, 4, 5, dtype=torch.uint8)
     ens = infer.Ensemble([Constant([0.0] * 4), model], [config()] * 2,
                          ["folds/fold0/best.pt", "folds/fold3/best.pt"])
@@ -292,5 +293,5 @@ def test_a_model_trained_with_amp_off_runs_in_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     t4 = amp_dtype("auto", torch.device("cuda"))
     assert t4 == torch.float16
-    assert [infer.model_dtype(config(amp=a), t4) for a in ("auto", "bf16", "fp16", "off")] == \
+    assert [forward.model_dtype(config(amp=a), t4) for a in ("auto", "bf16", "fp16", "off")] == \
         [torch.float16] * 3 + [None]

@@ -389,9 +389,8 @@ def test_the_kernel_passes_what_its_set_up_left_of_the_limit(monkeypatch, tmp_pa
     monkeypatch.setattr(kernel_script, "check_gpu", lambda torch: "none")
     monkeypatch.setattr(kernel_script, "TIME_LIMIT_MIN", 20.0)
     monkeypatch.setattr(kernel_script, "OFFLINE", {})  # leave this process's environment be
-    import competition.cli.main
-
-    monkeypatch.setattr(competition.cli.main, "main", lambda argv: seen.setdefault("argv", argv) and 0)
+    monkeypatch.setattr(kernel_script, "run",
+                        lambda argv, packages: seen.setdefault("argv", argv) and 0)
     assert kernel_script.main() == 0
     argv = seen["argv"]
     assert argv[argv.index("--time-limit") + 1] == "18.500"

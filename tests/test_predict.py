@@ -11,6 +11,7 @@ import torch
 
 from competition.model import checkpoint
 from competition.infer import ensemble as infer
+from competition.model import forward
 from competition.infer import predict
 from competition.data import rle
 from competition.errors import InputError
@@ -100,13 +101,13 @@ def test_an_overflow_under_autocast_is_recomputed_not_an_empty_submission(
         return NanUnderAutocast(model), config
     monkeypatch.setattr(checkpoint, "model_from", overflowing)
     monkeypatch.setattr(predict, "amp_dtype", lambda amp, device: torch.float16)  # a T4's
-    monkeypatch.setattr(infer, "recomputed", 0)
+    monkeypatch.setattr(forward, "recomputed", 0)
     capsys.readouterr()
     out = tmp_path / "submission.csv"
     predict_test(data, paths, PARAMS, VIEWS, out, batch_size=3, workers=0)
     assert out.read_text() == fp32.read_text()  # the same fp32 forwards of the same batches
     # 4 images: batches of 3 and 1, each through the fp16 model (recomputed) and the amp-off one
-    assert infer.recomputed == 2
+    assert forward.recomputed == 2
     err = capsys.readouterr().err
     assert err.count("warning: float16 autocast gave non-finite logits (an overflow): the "
                      "batch was recomputed in fp32") == 1

@@ -14,6 +14,7 @@ from competition.data import datasets as data_lib
 from competition.infer import oof
 from competition.infer import predict
 from competition.infer import pseudo
+from competition.train import pseudo_mix
 from competition.data import rle
 from competition.train import fit as train_lib
 from competition.model.config import build_config, pseudo_per_batch
@@ -303,7 +304,7 @@ def test_every_batch_holds_the_stated_number_of_pseudo_items():
     assert pseudo_per_batch(8, 0.25) == 2 and pseudo_per_batch(8, 0.15) == 1
     assert pseudo_per_batch(16, 0.15) == 2 and pseudo_per_batch(4, 0.125) == 1  # half up
     base = Base(23)
-    sampler = pseudo.MixedSampler(base, 100, 23, batch_size=8, k=2, seed=0)
+    sampler = pseudo_mix.MixedSampler(base, 100, 23, batch_size=8, k=2, seed=0)
     keys = list(sampler)
     assert len(keys) == len(sampler) == 24
     assert [p for _, p, _ in keys] == list(range(24))
@@ -320,7 +321,7 @@ def test_every_batch_holds_the_stated_number_of_pseudo_items():
 
 def test_ranks_draw_disjoint_pseudo_items_and_cycle_a_small_set():
     world = 2
-    ranks = [pseudo.MixedSampler(Base(30, r, world), 50, 60, 8, 2, seed=3, rank=r, world=world)
+    ranks = [pseudo_mix.MixedSampler(Base(30, r, world), 50, 60, 8, 2, seed=3, rank=r, world=world)
              for r in range(world)]
     keys = [list(s) for s in ranks]
     assert len(keys[0]) == len(keys[1]) == 40  # 30 // 6 = 5 batches of 8 on each rank
@@ -329,7 +330,7 @@ def test_ranks_draw_disjoint_pseudo_items_and_cycle_a_small_set():
     drawn = [{i for _, _, i in k if i >= 60} for k in keys]
     assert len(drawn[0]) == len(drawn[1]) == 10 and not drawn[0] & drawn[1]
     # 7 pseudo items for 2 x 10 draws: the whole set before any comes back
-    small = [pseudo.MixedSampler(Base(30, r, world), 7, 60, 8, 2, seed=3, rank=r, world=world)
+    small = [pseudo_mix.MixedSampler(Base(30, r, world), 7, 60, 8, 2, seed=3, rank=r, world=world)
              for r in range(world)]
     counts = np.bincount([i - 60 for s in small for _, _, i in s if i >= 60], minlength=7)
     assert counts.sum() == 20 and counts.min() >= 2 and counts.max() <= 3
@@ -339,7 +340,7 @@ def test_the_loaders_mix_pseudo_items_into_training_only(synthetic, folds_csv, f
     config = build_config("demo_cpu", **TINY, pseudo=str(fake), pseudo_share=0.25)
     image_ids, labels = load_train(synthetic)
     train_ids, val_ids = train_lib.split(folds_csv, 0, image_ids)
-    extra = pseudo.load(fake, image_ids, synthetic)
+    extra = pseudo_mix.load(fake, image_ids, synthetic)
     assert sorted(extra.image_ids) == sorted(os.listdir(synthetic / "test_images"))
     train_loader, val_loader = train_lib.build_loaders(
         config, synthetic, train_ids, val_ids, by_image(labels), train_lib.Runtime(), extra)
@@ -356,7 +357,7 @@ def test_the_loaders_mix_pseudo_items_into_training_only(synthetic, folds_csv, f
     # validation: the fold's images only
     assert val_loader.dataset.image_ids == val_ids and not set(val_ids) & set(extra.image_ids)
     # a pseudo item is its image and its labels (no transform: the full-size truth)
-    plain = pseudo.Concat([data_lib.SteelDataset(synthetic / "train_images", train_ids, {}),
+    plain = pseudo_mix.Concat([data_lib.SteelDataset(synthetic / "train_images", train_ids, {}),
                            data_lib.SteelDataset(fake / "train_images", extra.image_ids,
                                                  extra.encoded)])
     j = next(j for j, i in enumerate(extra.image_ids) if extra.encoded.get(i))

@@ -2,6 +2,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from competition.data import figures
 from competition.infer import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -74,7 +75,7 @@ def test_writes_the_report_and_every_png(written):
 def test_pngs_decode_to_real_images(written, name):
     path = written[0] / name
     assert path.read_bytes()[:8] == PNG_SIGNATURE
-    assert path.stat().st_size < report.MAX_PNG_BYTES
+    assert path.stat().st_size < figures.MAX_PNG_BYTES
     pixels = matplotlib.image.imread(path)
     assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 400
     assert pixels[..., :3].std() > 0.05  # not a blank canvas
@@ -142,7 +143,7 @@ def test_example_dice_by_hand():
     pred[0, :2, :3] = True        # 6 pixels, 4 shared: 2 * 4 / (4 + 6)
     pred[2, 3, 4] = True          # one false-positive pixel on an empty pair
     truth[3, 1:3, 1:4] = True     # a missed defect
-    assert report.example_dice(truth, pred) == pytest.approx([0.8, 1.0, 0.0, 0.0])
+    assert figures.example_dice(truth, pred) == pytest.approx([0.8, 1.0, 0.0, 0.0])
 
 
 def test_example_dice_of_the_fake_example():
@@ -150,13 +151,13 @@ def test_example_dice_of_the_fake_example():
     # class 1: two 50x200 rectangles shifted by (10, 20): overlap 40x180
     # class 3: truth 70x500, prediction its first 70x400
     expected = [2 * 40 * 180 / (2 * 50 * 200), 1.0, 2 * 70 * 400 / (70 * 500 + 70 * 400), 0.0]
-    assert report.example_dice(example["truth"], example["pred"]) == pytest.approx(expected)
+    assert figures.example_dice(example["truth"], example["pred"]) == pytest.approx(expected)
 
 
 def test_format_table_and_values():
     text = report.format_table(["a", "b"], [[1, "x|y"], ["", 0.5]])
     assert text == "| a | b |\n| --- | --- |\n| 1 | x\\|y |\n|  | 0.5 |\n"
-    assert report.format_dice(0.95) == "0.9500" and report.format_dice(None) == "-"
+    assert figures.format_dice(0.95) == "0.9500" and figures.format_dice(None) == "-"
     assert report.format_value(150.0) == "150" and report.format_value(0.1 + 0.25) == "0.35"
     assert report.grid_index([0.3, 0.35000000000000003, 0.4], 0.35) == 1
     with pytest.raises(ValueError, match="not in the grid"):
@@ -168,11 +169,11 @@ def test_save_png_lowers_the_dpi_to_fit(tmp_path):
 
     fig = Figure(figsize=(8, 2))
     fig.add_subplot().imshow(np.random.default_rng(0).random((100, 400)))
-    full = report.save_png(fig, tmp_path / "full.png")
-    small = report.save_png(fig, tmp_path / "small.png", max_bytes=full // 2)
+    full = figures.save_png(fig, tmp_path / "full.png")
+    small = figures.save_png(fig, tmp_path / "small.png", max_bytes=full // 2)
     assert small == (tmp_path / "small.png").stat().st_size < full
     width = matplotlib.image.imread(tmp_path / "small.png").shape[1]
-    assert report.MIN_DPI * 8 <= width < report.DPI * 8
+    assert figures.MIN_DPI * 8 <= width < figures.DPI * 8
 
 
 def test_the_gate_table_shows_each_kind_beside_none_and_marks_the_choice(tmp_path):

@@ -24,29 +24,10 @@ import numpy as np
 import pandas as pd
 
 from competition.data import rle
+from competition.bench.notebook import numpy_decode, numpy_encode
 from competition.errors import InputError
 from competition.data.labels import CLASSES
 from competition.data.synth import DRAW, allocate, image_id
-
-
-def numpy_encode(mask: np.ndarray) -> str:
-    """The usual notebook encoder: transpose, flatten, diff, join."""
-    pixels = np.concatenate([[0], mask.T.flatten(), [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
-
-
-def numpy_decode(encoded: str, shape=rle.SHAPE) -> np.ndarray:
-    """The usual notebook decoder: split, slice into a flat array, reshape column-major."""
-    s = encoded.split()
-    starts, lengths = [np.asarray(x, dtype=int) for x in (s[0:][::2], s[1:][::2])]
-    starts -= 1
-    ends = starts + lengths
-    img = np.zeros(shape[0] * shape[1], dtype=np.uint8)
-    for lo, hi in zip(starts, ends):
-        img[lo:hi] = 1
-    return img.reshape(shape, order="F")
 
 
 REAL_MASKS = (562, 154, 3173, 490)  # masks per class among the 4,379 real ones
@@ -382,7 +363,7 @@ def step_table(config, batches: list, warmup: int, rt, args) -> None:
 
 
 def train_amp(config, rt) -> str:
-    from competition.train.fit import PRECISION, amp_dtype
+    from competition.model.precision import PRECISION, amp_dtype
 
     return PRECISION[amp_dtype(config.amp, rt.device)]
 
@@ -397,7 +378,8 @@ def bench_predict(args) -> None:
 
     from competition.data.cache import open_cache
     from competition.model.config import build_config
-    from competition.infer.ensemble import Ensemble, device
+    from competition.infer.ensemble import Ensemble
+    from competition.model.forward import device
     from competition.model.networks import compile_model
     from competition.infer.search import Params
     from competition.data.synth import make_split

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from competition.data import rle
-from competition.bench.benches import numpy_encode
+from competition.bench.notebook import numpy_encode
 from competition.data.postprocess import clean, encode_masks
 from competition.data.synth import DRAW
 

@@ -40,7 +40,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from competition.model.config import CACHES
 from competition.errors import InputError
 from competition.files import atomic_path, write_json
 from competition.data.images import HEIGHT, WIDTH, list_images, read_image
@@ -287,3 +286,6 @@ def grey_plane(path: Path) -> np.ndarray:
         raise InputError(f"{path}: its three colour channels differ, and the image cache keeps "
                          "one grey plane per image; use --cache none")
     return grey
+
+
+CACHES = ("none", "ram", "disk")  # cache.py's kinds

@@ -1,9 +1,10 @@
 """K folds stratified over the multilabel signature: the four classes and 'no defect'."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from competition.errors import InputError
 from competition.data.labels import CLASSES, class_matrix
@@ -25,6 +26,9 @@ def make_folds(image_ids: list[str], labels: pd.DataFrame, n_folds: int = 5,
     classes = class_matrix(image_ids, labels)
     signature = np.column_stack([classes, classes.sum(axis=1) == 0])
     fold = np.full(len(image_ids), -1, np.int64)
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # training only: inference
+    # reads a fold split (`split`) and never loads iterstrat
+
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, val) in enumerate(splitter.split(np.zeros(len(image_ids)), signature)):
         fold[val] = k
@@ -41,3 +45,27 @@ def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
                                        **{c: (c, "sum") for c in CLASS_COLUMNS})
     counts.loc["all"] = counts.sum()
     return counts.astype(int)
+
+
+def split(folds_csv: str | Path, fold: int, image_ids: list[str]) -> tuple[list[str], list[str]]:
+    """folds.csv and a fold number -> (train ImageIds, validation ImageIds)."""
+    path = Path(folds_csv)
+    if not path.is_file():
+        raise InputError(f"{path}: folds file not found; make it with `bash run.sh folds` "
+                         "or `python -m competition folds --data DIR`")
+    folds = pd.read_csv(path)
+    if not {"ImageId", "fold"} <= set(folds.columns):
+        raise InputError(f"{path}: needs columns ImageId and fold, found {list(folds.columns)}")
+    present = sorted(set(folds.fold))
+    if fold not in present:
+        raise InputError(f"{path}: no fold {fold}; the folds are {present}")
+    unknown = sorted(set(folds.ImageId) - set(image_ids))
+    if unknown:
+        raise InputError(f"{path}: ImageId {unknown[0]} has no image in the dataset "
+                         f"({len(unknown)} such): folds.csv of another dataset?")
+    val = folds.ImageId[folds.fold == fold].tolist()
+    train = folds.ImageId[folds.fold != fold].tolist()
+    if not train or not val:
+        raise InputError(f"{path}: fold {fold} leaves {len(train)} train and {len(val)} "
+                         "validation images; both must be non-empty")
+    return train, val

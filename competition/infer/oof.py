@@ -32,11 +32,13 @@ from competition.errors import InputError
 from competition.infer.gates import NONE, check_signals, decide
 from competition.files import atomic_dir, write_json
 from competition.data.images import read_image
-from competition.infer.ensemble import OneBehind, batches, device, load_ensembles
+from competition.infer.ensemble import OneBehind, batches, load_ensembles
+from competition.model.forward import device
 from competition.data.labels import CLASSES, by_image, load_train, masks
 from competition.data.postprocess import clean, grid_counts, threshold_levels
 from competition.infer.search import MIN_AREAS, MIN_COMPONENTS, THRESHOLDS, Params, search
-from competition.train.fit import amp_dtype, split
+from competition.data.folds import split
+from competition.model.precision import amp_dtype
 
 
 class NpyStream:

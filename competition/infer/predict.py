@@ -19,11 +19,12 @@ from competition.data import submission
 from competition.errors import InputError
 from competition.infer.gates import decide
 from competition.data.images import check_image, list_images
-from competition.infer.ensemble import OneBehind, batches, device, load_ensembles
+from competition.infer.ensemble import OneBehind, batches, load_ensembles
+from competition.model.forward import device
 from competition.data.labels import CLASSES, CURRENT, Sample, load_train, read_sample
 from competition.data.postprocess import clean, encode_masks
 from competition.infer.search import Params
-from competition.train.fit import amp_dtype
+from competition.model.precision import amp_dtype
 
 
 def project(elapsed: float, done: int, total: int, warm: tuple[float, int]) -> float:

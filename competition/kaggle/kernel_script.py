@@ -173,6 +173,15 @@ def check_gpu(torch) -> str:
         "none (CPU, SEVERSTAL_ALLOW_CPU=1)"
 
 
+def run(argv: list, packages: str) -> int:
+    """`python -m competition ARGV` with the wheels installed in `packages` first on its path
+    (-P: not the working directory): the package's own front door, as on any machine. Its
+    output goes to this kernel's log; returns its exit status."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (packages, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([sys.executable, "-P", "-m", "competition", *argv], env=env).returncode
+
+
 def main() -> int:
     start = time.time()
     os.environ.update(OFFLINE)
@@ -180,8 +189,9 @@ def main() -> int:
     found = {kind: find_input(root, kind) for kind in ("data", "weights", "code")}
     for kind, folder in found.items():
         print(f"{kind}: {folder}")
-    install(found["code"], os.environ.get("SEVERSTAL_PACKAGES") or
-            os.path.join(tempfile.gettempdir(), "severstal-packages"))
+    packages = (os.environ.get("SEVERSTAL_PACKAGES") or
+                os.path.join(tempfile.gettempdir(), "severstal-packages"))
+    install(found["code"], packages)
     models = checkpoints(found["weights"])
 
     import torch
@@ -189,14 +199,13 @@ def main() -> int:
     gpu = check_gpu(torch)  # before any inference: a GPU torch cannot run fails every call
 
     import competition
-    from competition.cli.main import main as run
 
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, GPU: {gpu}; "
           f"competition {competition.__version__} from {os.path.dirname(competition.__file__)}")
     left = TIME_LIMIT_MIN - (time.time() - start) / 60  # what the set-up left of the limit
     code = run(["predict", "--data", found["data"], *model_args(models),
                 "--postprocess", os.path.join(found["weights"], "postprocess.json"),
-                "--out", "submission.csv", "--time-limit", f"{max(left, 0.01):.3f}"])
+                "--out", "submission.csv", "--time-limit", f"{max(left, 0.01):.3f}"], packages)
     print(f"kernel: {'submission.csv written' if code == 0 else 'failed'} in "
           f"{time.time() - start:.0f} s")
     return code

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from competition.data.cache import CACHES
 from competition.errors import InputError
 
 
@@ -150,7 +151,6 @@ def field_kinds() -> dict[str, tuple[type, int]]:
 # CPUs; a resumed run may switch it, since checkpoints hold the plain module's weights.
 RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last", "tensorboard",
                   "cache", "cache_dir", "compile"}
-CACHES = ("none", "ram", "disk")  # cache.py's kinds
 
 
 def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:

@@ -160,8 +160,9 @@ def average_run(run: str | Path, top: int | None = None, last: int | None = None
     its .json beside it. data, fold, folds_csv: default those the run trained on (its
     kept/index.json). Everything that can fail on bad input fails before anything is written.
     Returns what the .json holds."""
-    from competition.infer.ensemble import device as default_device
-    from competition.train.fit import (Runtime, amp_dtype, build_loaders, evaluate, full_size_loader,
+    from competition.model.forward import device as default_device
+    from competition.model.precision import amp_dtype
+    from competition.train.fit import (Runtime, build_loaders, evaluate, full_size_loader,
                                    make_loss, split)
 
     run = Path(run)

@@ -5,7 +5,7 @@ several overlaid in one figure: one colour per series, one marker per run.
 
 Training redraws RUN/curves.png after every epoch; `python -m competition curves RUN ...`
 redraws it from history.csv (old runs) or overlays runs (--out FILE). matplotlib's object
-API, rendered by Agg and written atomically, like the CV report's figures (report.py).
+API, rendered by Agg and written atomically, like the CV report's figures (data/figures.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from competition.errors import InputError, where
 from competition.data.labels import CLASSES, read_columns
-from competition.infer.report import COLORS, DPI, save_png
+from competition.data.figures import COLORS, DPI, save_png
 
 CURVES = "curves.png"
 HISTORY = "history.csv"

@@ -29,17 +29,19 @@ from competition.model import checkpoint
 from competition.model import config as config_lib
 from competition.train import keep
 from competition.data import datasets as data_lib
-from competition.infer import pseudo as pseudo_lib
+from competition.train import pseudo_mix as pseudo_lib
 from competition.train import tracking
 from competition.errors import InputError
 from competition.files import write_csv, write_json
 from competition.data.labels import CLASSES, by_image, load_train
-from competition.infer.ensemble import NonFiniteLogits, forward_checked
+from competition.model.forward import NonFiniteLogits, forward_checked
 from competition.train.losses import MaskLoss, PresenceLoss, SegmentLoss, presence
 from competition.data.metric import dice_from_counts
 from competition.model.networks import (check_compiler, compile_model, from_config, param_groups,
                                split_output)
 from competition.data.postprocess import binarize, pair_counts
+from competition.data.folds import split
+from competition.model.precision import PRECISION, amp_dtype
 from competition.progress import progress
 from competition.train.schedules import build_scheduler, lr_factor
 
@@ -71,20 +73,6 @@ def runtime() -> Runtime:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(rank, world, device)
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for config.amp on this device (None: full fp32)."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    # bf16 where the GPU has it natively (Ampere, compute 8.0, and later); Kaggle's T4 and
-    # P100 do not, and torch.cuda.is_bf16_supported() would say yes there (emulation)
-    if amp == "fp16" or (amp == "auto" and torch.cuda.get_device_capability(device) < (8, 0)):
-        return torch.float16
-    return torch.bfloat16
-
-
-PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 
 
 def resume_dtype(saved: str, device: torch.device, path: Path) -> torch.dtype | None:
@@ -123,30 +111,6 @@ def configure_backends(device: torch.device) -> None:
     """cuDNN autotuning: every training batch has the crop's size and every validation batch
     256x1600, so the fastest algorithm for each is searched once and reused."""
     torch.backends.cudnn.benchmark = device.type == "cuda"
-
-
-def split(folds_csv: str | Path, fold: int, image_ids: list[str]) -> tuple[list[str], list[str]]:
-    """folds.csv and a fold number -> (train ImageIds, validation ImageIds)."""
-    path = Path(folds_csv)
-    if not path.is_file():
-        raise InputError(f"{path}: folds file not found; make it with `bash run.sh folds` "
-                         "or `python -m competition folds --data DIR`")
-    folds = pd.read_csv(path)
-    if not {"ImageId", "fold"} <= set(folds.columns):
-        raise InputError(f"{path}: needs columns ImageId and fold, found {list(folds.columns)}")
-    present = sorted(set(folds.fold))
-    if fold not in present:
-        raise InputError(f"{path}: no fold {fold}; the folds are {present}")
-    unknown = sorted(set(folds.ImageId) - set(image_ids))
-    if unknown:
-        raise InputError(f"{path}: ImageId {unknown[0]} has no image in the dataset "
-                         f"({len(unknown)} such): folds.csv of another dataset?")
-    val = folds.ImageId[folds.fold == fold].tolist()
-    train = folds.ImageId[folds.fold != fold].tolist()
-    if not train or not val:
-        raise InputError(f"{path}: fold {fold} leaves {len(train)} train and {len(val)} "
-                         "validation images; both must be non-empty")
-    return train, val
 
 
 CHECK_EVERY = 20  # optimizer updates between host reads of the loss (one sync each)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from competition.data.datasets import SteelDataset, normalize
-from competition.infer.ensemble import forward_checked
+from competition.model.forward import forward_checked
 from competition.model.networks import split_output
 from competition.data.postprocess import binarize
 
@@ -152,9 +152,9 @@ def start(out: Path, config, resumed_at: int | None, fold: int, folder: Path,
 
 
 def overlay_image(model, dtype, ids, images, truth, fold, config, device) -> np.ndarray:
-    """The overlay images predicted by `model` -> report.overlay_figure (truth outlined,
+    """The overlay images predicted by `model` -> figures.overlay_figure (truth outlined,
     prediction filled, Dice per class in the title) as (H, W, 3) uint8 at OVERLAY_DPI."""
-    from competition.infer.report import figure_array, overlay_figure
+    from competition.data.figures import figure_array, overlay_figure
 
     pred = predicted_masks(model, images, config, device, dtype)
     examples = [{"image_id": i, "fold": fold, "image": image.permute(1, 2, 0).numpy(),

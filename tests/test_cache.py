@@ -16,6 +16,7 @@ import torch
 
 from competition.data import cache as cache_lib
 from competition.data import datasets as data_lib
+from competition.train import sampling
 from competition.train import fit as train_lib
 from competition.errors import InputError
 from competition.data.images import list_images, read_image
@@ -70,7 +71,7 @@ def test_a_cached_loader_gives_the_uncached_batches(synthetic, folds_csv, tmp_pa
     cached = train_lib.build_loaders(config, synthetic, train_ids, val_ids, encoded, rt,
                                      images=images)
     for train_loader in (plain[0], cached[0]):
-        data_lib.set_epoch(train_loader, 1)
+        sampling.set_epoch(train_loader, 1)
     for a, b in zip(plain, cached):  # training crops, then full-size validation images
         for x, y in zip(batches(a, 3), batches(b, 3)):
             assert all(torch.equal(u, v) for u, v in zip(x, y))

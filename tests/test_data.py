@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from competition.data import datasets as data_lib
+from competition.train import augment, sampling
 from competition.data import rle
 from competition.model.config import TrainConfig, build_config
 from competition.data.images import read_image
@@ -47,7 +48,7 @@ def test_train_transform_crops_flips_and_keeps_image_and_mask_aligned():
     config = dataclasses.replace(TrainConfig(), crop_height=128, crop_width=256,
                                  hflip_p=0.5, vflip_p=0.5, brightness_contrast_p=0.0,
                                  defect_crop_p=1.0)
-    transform = data_lib.train_transform(config)
+    transform = augment.train_transform(config)
     image, mask = stripes()
     for _ in range(20):
         out_image, out_mask = data_lib.augment(transform, image, mask)
@@ -63,7 +64,7 @@ def test_random_crops_miss_a_small_defect_that_defect_crops_always_hit():
     for p in (0.0, 1.0):
         config = dataclasses.replace(TrainConfig(), crop_height=128, crop_width=256,
                                      defect_crop_p=p, seed=1)
-        transform = data_lib.train_transform(config)
+        transform = augment.train_transform(config)
         hits[p] = np.mean([transform(image=image, mask=mask)["mask"].any() for _ in range(100)])
     # a random 256-wide window covers the box (x 200..229) with chance ~ (256+30)/1344 < 0.3
     assert hits[1.0] == 1.0 and hits[0.0] < 0.4
@@ -82,7 +83,7 @@ def blackout(p=1.0):
     config = dataclasses.replace(TrainConfig(), crop_height=256, crop_width=1600,
                                  defect_crop_p=0.0, hflip_p=0.0, vflip_p=0.0,
                                  brightness_contrast_p=0.0, mask_dropout_p=p)
-    return data_lib.train_transform(config)
+    return augment.train_transform(config)
 
 
 def test_mask_dropout_blacks_out_one_defect_in_the_image_and_every_mask_channel():
@@ -121,14 +122,14 @@ def test_the_classifier_transform_crops_randomly_and_is_seeded_by_key(train_set)
     blackout; an item's augmentation still depends on (seed, epoch, position) alone."""
     folder, image_ids, encoded, _ = train_set
     config = build_config("demo_cpu_cls")
-    transform = data_lib.train_transform(config)
+    transform = augment.train_transform(config)
     names = [type(t).__name__ for t in transform.transforms]
     assert names[0] == "RandomCrop" and names[-1] == "MaskDropout"
     dataset = data_lib.SteelDataset(folder, image_ids[:4], encoded, transform, config.seed)
     image, mask, _ = dataset[(0, 3, 2)]
     assert image.shape == (3, 128, 512) and mask.shape == (4, 128, 512)
     again = data_lib.SteelDataset(folder, image_ids[:4], encoded,
-                                  data_lib.train_transform(config), config.seed)
+                                  augment.train_transform(config), config.seed)
     assert all(torch.equal(a, b) for a, b in zip(dataset[(0, 3, 2)][:2], again[(0, 3, 2)][:2]))
     assert not torch.equal(dataset[(1, 3, 2)][0], image), "another epoch, another crop"
 
@@ -143,7 +144,7 @@ def test_an_items_augmentation_depends_on_seed_epoch_and_position_only(train_set
 
     def dataset(seed):
         return data_lib.SteelDataset(folder, image_ids[:1] * 6, encoded,
-                                     data_lib.train_transform(config), seed)
+                                     augment.train_transform(config), seed)
 
     keys = [(0, p, p) for p in range(6)]
     first = crop_means(dataset(5), keys)
@@ -158,7 +159,7 @@ def test_flips_are_drawn_independently():
     the same seed: with equal p they flipped together on every item (200 of 200)."""
     config = dataclasses.replace(TrainConfig(), crop_height=256, crop_width=1600,
                                  brightness_contrast_p=0.0, defect_crop_p=0.0)
-    transform = data_lib.train_transform(config)
+    transform = augment.train_transform(config)
     image = np.zeros((256, 1600, 3), np.uint8)
     image[0, 0] = 255  # top left: where it lands tells which flips were applied
     seen = set()
@@ -172,9 +173,9 @@ def test_flips_are_drawn_independently():
 
 def loader_batches(dataset, epoch, workers, batch_size=2):
     dl = data_lib.loader(dataset, batch_size=batch_size, num_workers=workers,
-                         sampler=data_lib.train_sampler(dataset, seed=0), drop_last=True,
+                         sampler=sampling.train_sampler(dataset, seed=0), drop_last=True,
                          persistent=True)
-    data_lib.set_epoch(dl, epoch)
+    sampling.set_epoch(dl, epoch)
     return [(images, masks, index) for images, masks, index in dl]
 
 
@@ -185,7 +186,7 @@ def test_the_number_of_workers_changes_no_batch(train_set):
     config = dataclasses.replace(TrainConfig(), crop_height=128, crop_width=256,
                                  defect_crop_p=0.5, brightness_contrast_p=0.5)
     dataset = data_lib.SteelDataset(folder, image_ids[:8], encoded,
-                                    data_lib.train_transform(config))
+                                    augment.train_transform(config))
     runs = {w: loader_batches(dataset, 1, w) for w in (0, 1, 2)}
     for w in (1, 2):
         for (a, am, ai), (b, bm, bi) in zip(runs[0], runs[w]):
@@ -201,7 +202,7 @@ def test_workers_do_not_repeat_each_others_augmentations(train_set):
     config = dataclasses.replace(TrainConfig(), crop_height=128, crop_width=256,
                                  defect_crop_p=0.0)
     dataset = data_lib.SteelDataset(folder, image_ids[:1] * 8, encoded,
-                                    data_lib.train_transform(config))
+                                    augment.train_transform(config))
     epoch0 = [images[0, 0].float().mean().item()
               for images, _, _ in loader_batches(dataset, 0, 2, batch_size=1)]
     assert len(set(epoch0)) == 8
@@ -213,7 +214,7 @@ def test_train_sampler_shards_and_reshuffles_per_epoch(weighted):
     weights = np.full(n, 1 / n) if weighted else None
 
     def sampler(rank=0, world=1):
-        keyed = data_lib.train_sampler(range(n), 3, rank, world, weights)
+        keyed = sampling.train_sampler(range(n), 3, rank, world, weights)
         positions = [p for _, p, _ in keyed]
         assert positions == [rank + k * world for k in range(len(keyed))]
         return keyed.sampler
@@ -232,15 +233,15 @@ def test_train_sampler_shards_and_reshuffles_per_epoch(weighted):
 
 
 def test_balance_weights_by_hand():
-    weights = data_lib.balance_weights(np.array([1, 1, 1, 0], bool))
+    weights = sampling.balance_weights(np.array([1, 1, 1, 0], bool))
     # three defect images share one half, the defect-free one has the other half
     assert np.allclose(weights, [1 / 6, 1 / 6, 1 / 6, 1 / 2])
-    sampler = data_lib.WeightedEpochSampler(weights, seed=0)
+    sampler = sampling.WeightedEpochSampler(weights, seed=0)
     draws = np.concatenate([sampler.set_epoch(e) or sampler.indices() for e in range(500)])
     assert abs(np.mean(draws == 3) - 0.5) < 0.05
     sampler.set_epoch(0)
     for rank in range(2):
-        shard = data_lib.WeightedEpochSampler(weights, 0, rank, 2).indices()
+        shard = sampling.WeightedEpochSampler(weights, 0, rank, 2).indices()
         assert np.array_equal(shard, sampler.indices()[rank::2])
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from competition.data import datasets as data_lib
+from competition.train import sampling
 from competition.infer import oof
 from competition.infer import predict
 from competition.infer import pseudo
@@ -344,7 +345,7 @@ def test_the_loaders_mix_pseudo_items_into_training_only(synthetic, folds_csv, f
     assert sorted(extra.image_ids) == sorted(os.listdir(synthetic / "test_images"))
     train_loader, val_loader = train_lib.build_loaders(
         config, synthetic, train_ids, val_ids, by_image(labels), train_lib.Runtime(), extra)
-    data_lib.set_epoch(train_loader, 0)
+    sampling.set_epoch(train_loader, 0)
     batches = [index for _, _, index in train_loader]
     # 48 training images, 3 of them and 1 pseudo-labelled image in every batch of 4
     assert len(batches) == len(train_loader) == 16 and all(len(b) == 4 for b in batches)

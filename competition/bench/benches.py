@@ -158,13 +158,14 @@ def train_loader(config, data: Path, encoded: dict, n: int, rt, images=None):
     persistent workers) over n images cycled from data's 64, reading `images` (a
     cache.ImageCache) or decoding."""
     from competition.data import datasets as data_lib
+    from competition.train import augment, sampling
 
     names = sorted(p.name for p in (data / "train_images").iterdir())
     ids = [names[i % len(names)] for i in range(n)]
     dataset = data_lib.SteelDataset(data / "train_images", ids, encoded,
-                                    data_lib.train_transform(config), config.seed, images)
+                                    augment.train_transform(config), config.seed, images)
     return data_lib.loader(dataset, config.batch_size, config.num_workers, drop_last=True,
-                           sampler=data_lib.train_sampler(dataset, config.seed),
+                           sampler=sampling.train_sampler(dataset, config.seed),
                            pin_memory=rt.device.type == "cuda", persistent=True)
 
 
@@ -173,11 +174,11 @@ def loader_rate(loader, rounds: int = 3) -> float | None:
     was run: workers started, page cache and image cache warm; each pass's first batch (the
     pipeline filling) not counted. The best: on a shared machine the others are slowed by
     its other work. None for a pass of one batch (nothing to time)."""
-    from competition.data import datasets as data_lib
+    from competition.train import sampling
 
     rates = []
     for epoch in range(1, rounds + 1):
-        data_lib.set_epoch(loader, epoch)
+        sampling.set_epoch(loader, epoch)
         it = iter(loader)
         next(it)
         start = time.perf_counter()

@@ -1,4 +1,6 @@
-"""Training data: images and their four masks, albumentations transforms, per-epoch sampling.
+"""Images as datasets: labelled (images and their four masks) and unlabelled, loaders, and
+the normalisation the networks see. The training augmentation (train/augment.py) and the
+per-epoch sampling (train/sampling.py) build on them.
 
 Workers return uint8 tensors (a quarter of the bytes of float32 through the pinned-memory
 queue); `normalize` turns them into ImageNet-normalised floats on the device.
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from competition.errors import InputError
 from competition.data.images import read_image
@@ -34,36 +36,6 @@ STD = (0.229, 0.224, 0.225)
 
 
 CLASS_MASKS = "class_masks"  # the extra target of a train_transform: the (H, W, 4) masks
-
-
-def train_transform(config) -> A.Compose:
-    """Crop (around a defect pixel with probability defect_crop_p, else anywhere: the
-    classifier presets crop anywhere), flips, brightness/contrast, then with probability
-    mask_dropout_p "defect blackout": albumentations' MaskDropout sets one connected defect
-    region to 0 in the image and in every mask, so a class whose only region it was is no
-    longer present. Apply it with `augment`: image (H, W, 3), masks (H, W, 4).
-
-    MaskDropout labels the regions of a single-channel `mask`; so `mask` is the union of the
-    four masks (H, W) and the four masks travel as the extra mask target CLASS_MASKS, which
-    every step transforms as it does `mask` (the defect crop finds the same pixels in the
-    union as in the four) and MaskDropout zeroes, all channels, where it drops a region."""
-    import albumentations as A
-
-    h, w, p = config.crop_height, config.crop_width, config.defect_crop_p
-    crop = A.OneOf([A.CropNonEmptyMaskIfExists(h, w, p=p), A.RandomCrop(h, w, p=1.0 - p)], p=1.0)
-    if p in (0.0, 1.0):  # OneOf would drop a child of probability 0
-        crop = A.CropNonEmptyMaskIfExists(h, w) if p == 1.0 else A.RandomCrop(h, w)
-    steps = [
-        crop,
-        A.HorizontalFlip(p=config.hflip_p),
-        A.VerticalFlip(p=config.vflip_p),
-        A.RandomBrightnessContrast(0.15, 0.15, p=config.brightness_contrast_p),
-    ]
-    if config.mask_dropout_p > 0:  # last: the dropped region stays exactly 0 in the image
-        steps.append(A.MaskDropout(max_objects=1, fill=0, fill_mask=0, p=config.mask_dropout_p))
-    transform = A.Compose(steps, additional_targets={CLASS_MASKS: "mask"})
-    seed_transform(transform, config.seed, 0, 0)  # a stream for direct calls; items reseed it
-    return transform
 
 
 def augment(transform: A.Compose, image: np.ndarray, mask: np.ndarray):
@@ -153,75 +125,6 @@ class ImageDataset(Dataset):
         return torch.from_numpy(image.transpose(2, 0, 1).copy()), i
 
 
-def has_defect(image_ids: list[str], encoded: dict[str, dict[int, str]]) -> np.ndarray:
-    return np.array([bool(encoded.get(i)) for i in image_ids])
-
-
-def balance_weights(defect: np.ndarray) -> np.ndarray:
-    """Sampling weights that give defect and defect-free images the same total weight."""
-    defect = np.asarray(defect, bool)
-    weights = np.ones(len(defect))
-    for group in (defect, ~defect):
-        if group.any():
-            weights[group] = 0.5 / group.sum()
-    return weights / weights.sum()
-
-
-class WeightedEpochSampler(Sampler):
-    """DistributedSampler's contract (`set_epoch`, one shard per rank, the same number of
-    batches on every rank) for weighted sampling: each epoch draws len(dataset) indices with
-    replacement from seed + epoch, and rank r takes every world-th index from r."""
-
-    def __init__(self, weights: np.ndarray, seed: int, rank: int = 0, world: int = 1):
-        self.weights = np.asarray(weights, np.float64)
-        self.n, self.seed, self.rank, self.world = len(self.weights), seed, rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def indices(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
-        return order[self.rank::self.world][:len(self)]
-
-    def __iter__(self):
-        return iter(self.indices().tolist())
-
-    def __len__(self) -> int:
-        return self.n // self.world
-
-
-class EpochSampler(Sampler):
-    """Wraps a per-epoch sampler of rank `rank` of `world` and yields (epoch, position, index)
-    keys, position being the sample's place in the epoch's global order (rank r takes every
-    world-th from r, as both inner samplers do). The key seeds the item's augmentation."""
-
-    def __init__(self, sampler, rank: int = 0, world: int = 1):
-        self.sampler, self.rank, self.world, self.epoch = sampler, rank, world, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.sampler.set_epoch(epoch)
-
-    def __iter__(self):
-        for k, i in enumerate(self.sampler):
-            yield self.epoch, self.rank + k * self.world, int(i)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-
-def train_sampler(dataset, seed: int, rank: int = 0, world: int = 1,
-                  weights: np.ndarray | None = None) -> EpochSampler:
-    """torch's DistributedSampler (shuffled per epoch, cut to equal shards; also right for
-    one process), or the weighted sampler when `weights` are given; keys from EpochSampler."""
-    if weights is not None:
-        return EpochSampler(WeightedEpochSampler(weights, seed, rank, world), rank, world)
-    return EpochSampler(DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                           seed=seed, drop_last=True), rank, world)
-
-
 def loader(dataset: SteelDataset, batch_size: int, num_workers: int, *, sampler=None,
            drop_last: bool = False, pin_memory: bool = False,
            persistent: bool = False) -> DataLoader:
@@ -243,13 +146,6 @@ def check_temp_dir() -> None:
         raise InputError(f"TMPDIR {folder}: {len(folder)} characters is too long for the loader "
                          "workers' sockets (their paths must fit in 107 bytes); set TMPDIR to a "
                          "shorter folder, e.g. TMPDIR=/tmp, or use --workers 0")
-
-
-def set_epoch(dl: DataLoader, epoch: int) -> None:
-    """Start epoch `epoch` of a training loader: its shuffle and, through the sampler's keys,
-    its augmentations are functions of (seed, epoch) alone, so a resumed run sees the same
-    crops and flips as an uninterrupted one, whatever the number of workers."""
-    dl.sampler.set_epoch(epoch)
 
 
 @functools.cache

@@ -29,6 +29,7 @@ from competition.model import checkpoint
 from competition.model import config as config_lib
 from competition.train import keep
 from competition.data import datasets as data_lib
+from competition.train import augment, sampling
 from competition.train import pseudo_mix as pseudo_lib
 from competition.train import tracking
 from competition.errors import InputError
@@ -426,11 +427,11 @@ def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, 
     into validation. `images`: the decoded-image cache of train_images, read by both
     (the pseudo-labelled images are decoded)."""
     folder = data / "train_images"
-    transform = data_lib.train_transform(config)
+    transform = augment.train_transform(config)
     train_set = data_lib.SteelDataset(folder, train_ids, encoded, transform, config.seed, images)
-    weights = (data_lib.balance_weights(data_lib.has_defect(train_ids, encoded))
+    weights = (sampling.balance_weights(sampling.has_defect(train_ids, encoded))
                if config.balance else None)
-    sampler = data_lib.train_sampler(train_set, config.seed, rt.rank, rt.world, weights)
+    sampler = sampling.train_sampler(train_set, config.seed, rt.rank, rt.world, weights)
     if pseudo is not None:
         train_set, sampler = pseudo_lib.mix(train_set, sampler.sampler, pseudo, transform,
                                             config, rt.rank, rt.world)
@@ -668,7 +669,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                if rt.main else tracking.OFF)
     row = history[-1] if history else {}
     for epoch in tracker.epochs(start_epoch, config.epochs):  # closes its writer at the end
-        data_lib.set_epoch(train_loader, epoch)
+        sampling.set_epoch(train_loader, epoch)
         try:
             trained = train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, ema,
                                       train_loader, config, rt, epoch, dtype, ema_updates,

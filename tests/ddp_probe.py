@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from competition.train import fit as train_lib
+from competition.train import fit as train_lib  # fit calls its module's `evaluate`
 from competition.cli.main import main
 
 real = train_lib.evaluate

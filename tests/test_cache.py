@@ -18,6 +18,8 @@ from competition.data import cache as cache_lib
 from competition.data import datasets as data_lib
 from competition.train import sampling
 from competition.train import fit as train_lib
+from competition.data import folds as folds_lib
+from competition.train import runtime as runtime_lib
 from competition.errors import InputError
 from competition.data.images import list_images, read_image
 from competition.data.labels import by_image, load_train
@@ -63,10 +65,10 @@ def batches(loader, n):
 def test_a_cached_loader_gives_the_uncached_batches(synthetic, folds_csv, tmp_path,  # noqa: F811
                                                     workers):
     image_ids, labels = load_train(synthetic)
-    train_ids, val_ids = train_lib.split(folds_csv, 0, image_ids)
+    train_ids, val_ids = folds_lib.split(folds_csv, 0, image_ids)
     config = tiny(num_workers=workers)
     images = cache_lib.open_cache("ram", synthetic / "train_images", tmp_path, workers)
-    rt, encoded = train_lib.Runtime(), by_image(labels)
+    rt, encoded = runtime_lib.Runtime(), by_image(labels)
     plain = train_lib.build_loaders(config, synthetic, train_ids, val_ids, encoded, rt)
     cached = train_lib.build_loaders(config, synthetic, train_ids, val_ids, encoded, rt,
                                      images=images)
@@ -202,3 +204,13 @@ def test_predict_with_a_disk_cache_writes_the_same_submission(synthetic, tmp_pat
     written = (tmp_path / "cached.csv").read_text()
     assert written == (tmp_path / "plain.csv").read_text()
     assert (pd.read_csv(tmp_path / "cached.csv", keep_default_na=False).EncodedPixels != "").any()
+
+
+def test_the_config_and_the_cli_offer_exactly_the_cache_kinds_that_exist():
+    """config.CACHES (read by the CLI at start-up, without loading OpenCV) names "none" and
+    every builder of cache.CACHES, in that order; an unknown kind is one line naming them."""
+    from competition.model.config import CACHES
+
+    assert CACHES == ("none", *cache_lib.CACHES)
+    with pytest.raises(InputError, match=r"^--cache tmpfs: valid values are none, ram, disk$"):
+        cache_lib.open_cache("tmpfs", ".")

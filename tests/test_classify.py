@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 from competition.model import checkpoint
 from competition.data import datasets as data_lib
 from competition.train import fit as train_lib
+from competition.train import evaluate as evaluate_lib
+from competition.train import runtime as runtime_lib
 from competition.model.config import build_config, to_dict
 from competition.data.labels import by_image, load_train
 from competition.model.networks import Classifier
@@ -36,11 +38,11 @@ def f1_by_counting(predicted, labels):
 
 def test_best_f1_by_hand():
     # cuts from the top: 1 called positive: F1 2/3; 2: 1/2; 3: 4/5; 4: 2/3
-    threshold, f1 = train_lib.best_f1([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
+    threshold, f1 = evaluate_lib.best_f1([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
     assert f1 == pytest.approx(0.8) and threshold == pytest.approx(0.2)  # between 0.3 and 0.1
-    assert train_lib.best_f1([0.4, 0.2], [1, 1]) == (pytest.approx(0.1), 1.0)  # all positive
-    assert train_lib.best_f1([0.4, 0.0], [1, 1]) == (-0.5, 1.0)  # 0 is above -0.5
-    assert train_lib.best_f1([0.4, 0.2], [0, 0]) == (None, None)
+    assert evaluate_lib.best_f1([0.4, 0.2], [1, 1]) == (pytest.approx(0.1), 1.0)  # all positive
+    assert evaluate_lib.best_f1([0.4, 0.0], [1, 1]) == (-0.5, 1.0)  # 0 is above -0.5
+    assert evaluate_lib.best_f1([0.4, 0.2], [0, 0]) == (None, None)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -53,7 +55,7 @@ def test_best_f1_matches_a_brute_force_search(seed):
     labels = rng.random(n) < rng.random()
     if not labels.any():
         labels[rng.integers(n)] = True
-    threshold, f1 = train_lib.best_f1(probs, labels)
+    threshold, f1 = evaluate_lib.best_f1(probs, labels)
     brute = max(f1_by_counting([p >= t for p in probs], labels) for t in set(probs))
     assert f1 == pytest.approx(brute, abs=1e-12)
     assert f1_by_counting([p > threshold for p in probs], labels) == pytest.approx(f1, abs=1e-12)
@@ -69,26 +71,26 @@ def auc_by_pairs(probs, labels):
 
 
 def test_roc_auc_against_a_pair_count():
-    assert train_lib.roc_auc([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0]) == pytest.approx(0.75)
-    assert train_lib.roc_auc([0.5, 0.5, 0.2], [1, 0, 0]) == pytest.approx(0.75)  # a tie: half
+    assert evaluate_lib.roc_auc([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0]) == pytest.approx(0.75)
+    assert evaluate_lib.roc_auc([0.5, 0.5, 0.2], [1, 0, 0]) == pytest.approx(0.75)  # a tie: half
     rng = np.random.default_rng(0)
     for _ in range(10):
         probs, labels = np.round(rng.random(25), 1), rng.random(25) < 0.4
-        assert train_lib.roc_auc(probs, labels) == pytest.approx(auc_by_pairs(probs, labels))
-    assert train_lib.roc_auc([0.1, 0.9], [0, 0]) is None
-    assert train_lib.roc_auc([0.1, 0.9], [1, 1]) is None
+        assert evaluate_lib.roc_auc(probs, labels) == pytest.approx(auc_by_pairs(probs, labels))
+    assert evaluate_lib.roc_auc([0.1, 0.9], [0, 0]) is None
+    assert evaluate_lib.roc_auc([0.1, 0.9], [1, 1]) is None
 
 
 def test_image_scores_skip_a_class_with_one_label_value():
     probs = np.array([[0.9, 0.2, 0.6, 0.1], [0.3, 0.1, 0.7, 0.2], [0.8, 0.4, 0.2, 0.3]])
     labels = np.array([[1, 0, 1, 1], [0, 0, 1, 1], [1, 0, 0, 1]])
-    result = train_lib.image_scores(probs, labels, f1=True)
+    result = evaluate_lib.image_scores(probs, labels, f1=True)
     assert result["auc"] == {"1": 1.0, "2": None, "3": 1.0, "4": None}
     assert result["mean_auc"] == 1.0  # over classes 1 and 3 only
     assert result["f1"]["2"] is None and result["f1_threshold"]["2"] is None
     assert result["f1"]["4"] == 1.0  # all positive: everything called positive
     assert result["f1_threshold"]["1"] == pytest.approx((0.8 + 0.3) / 2)
-    assert train_lib.image_scores(probs, 0 * labels, f1=False) == {
+    assert evaluate_lib.image_scores(probs, 0 * labels, f1=False) == {
         "auc": dict.fromkeys("1234"), "mean_auc": None}
 
 
@@ -98,8 +100,8 @@ def gather_worker(rank, world, port, folder):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     parts = [np.full((2, 4), 1.0), np.full((1, 4), 2.0)] if rank else []  # rank 0 has none
-    np.save(folder / f"rank{rank}.npy", train_lib.gather_rows(parts, 4,
-                                                                train_lib.Runtime(rank, world)))
+    np.save(folder / f"rank{rank}.npy", runtime_lib.gather_rows(parts, 4,
+                                                                runtime_lib.Runtime(rank, world)))
     dist.destroy_process_group()
 
 

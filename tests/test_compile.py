@@ -11,6 +11,8 @@ from torch import nn
 from competition.model import checkpoint
 from competition.model import networks as model_lib
 from competition.train import fit as train_lib
+from competition.train import epoch as epoch_lib
+from competition.train import runtime as runtime_lib
 from competition.errors import InputError
 from competition.files import write_csv
 from competition.data.folds import make_folds
@@ -63,9 +65,9 @@ def one_step(model, config):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return train_lib.train_one_epoch(model, train_lib.make_loss(config, CPU), optimizer,
+    return epoch_lib.train_one_epoch(model, train_lib.make_loss(config, CPU), optimizer,
                                      scheduler, scaler, None, [batch()], config,
-                                     train_lib.Runtime(), 0, None)
+                                     runtime_lib.Runtime(), 0, None)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def test_a_compiled_step_and_batch_equal_eager_within_tolerance(backend, monkeyp
     for (name, a), b in zip(eager.state_dict().items(), plain.state_dict().values()):
         torch.testing.assert_close(b, a, atol=ATOL, rtol=RTOL, msg=name)
     # checkpoints are saved from the plain module: the keys of an uncompiled model
-    assert list(train_lib.unwrap(compiled).state_dict()) == list(eager.state_dict())
+    assert list(runtime_lib.unwrap(compiled).state_dict()) == list(eager.state_dict())
     assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
 
     eager.load_state_dict(plain.state_dict())  # the same weights, one inference batch

@@ -18,6 +18,8 @@ from competition.infer import pseudo
 from competition.train import pseudo_mix
 from competition.data import rle
 from competition.train import fit as train_lib
+from competition.data import folds as folds_lib
+from competition.train import runtime as runtime_lib
 from competition.model.config import build_config, pseudo_per_batch
 from competition.errors import InputError
 from competition.files import write_csv
@@ -340,11 +342,11 @@ def test_ranks_draw_disjoint_pseudo_items_and_cycle_a_small_set():
 def test_the_loaders_mix_pseudo_items_into_training_only(synthetic, folds_csv, fake):
     config = build_config("demo_cpu", **TINY, pseudo=str(fake), pseudo_share=0.25)
     image_ids, labels = load_train(synthetic)
-    train_ids, val_ids = train_lib.split(folds_csv, 0, image_ids)
+    train_ids, val_ids = folds_lib.split(folds_csv, 0, image_ids)
     extra = pseudo_mix.load(fake, image_ids, synthetic)
     assert sorted(extra.image_ids) == sorted(os.listdir(synthetic / "test_images"))
     train_loader, val_loader = train_lib.build_loaders(
-        config, synthetic, train_ids, val_ids, by_image(labels), train_lib.Runtime(), extra)
+        config, synthetic, train_ids, val_ids, by_image(labels), runtime_lib.Runtime(), extra)
     sampling.set_epoch(train_loader, 0)
     batches = [index for _, _, index in train_loader]
     # 48 training images, 3 of them and 1 pseudo-labelled image in every batch of 4

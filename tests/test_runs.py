@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from competition.train import fit as train_lib
+from competition.train import history as history_lib
 from competition.model.config import build_config, to_dict
 from competition.files import write_csv, write_json
 from test_cli import one_line_error, run_here
@@ -24,7 +24,7 @@ def write_run(folder, config, results):
         score = result.get("mean_dice", result.get("mean_auc")) or 0.0
         best = max(best, score)
         rows.append({"epoch": epoch, "step": 10 * epoch, "lr": 1e-3, "train_loss": 0.5,
-                     **train_lib.history_columns(result), "best": best,
+                     **history_lib.history_columns(result), "best": best,
                      "planned_epochs": config.epochs})
     write_json(folder / "config.json", to_dict(config))
     write_csv(folder / "history.csv", pd.DataFrame(rows))

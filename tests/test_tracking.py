@@ -15,6 +15,9 @@ from torch.utils.tensorboard import SummaryWriter
 from competition.train import curves
 from competition.train import tracking
 from competition.train import fit as train_lib
+from competition.train import epoch as epoch_lib
+from competition.train import history as history_lib
+from competition.train import runtime as runtime_lib
 from competition.errors import InputError
 from competition.files import write_csv
 from competition.data.labels import load_train
@@ -166,15 +169,15 @@ def test_interval_losses_are_the_means_since_the_last_read_and_a_nan_shows(tmp_p
     the interval losses are the means of the finite losses since the last read, NaN for the
     interval without one (the run goes on: 5 in a row are absorbed), the skipped updates are
     counted, and both parameter groups' LRs follow their schedule."""
-    monkeypatch.setattr(train_lib, "CHECK_EVERY", 5)
+    monkeypatch.setattr(epoch_lib, "CHECK_EVERY", 5)
     model, _, _, scaler, batches, config = tiny_step_setup(scaled=True)
     optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.05},
                                  {"params": [*model[1:].parameters()], "lr": 0.1}])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (1 + step))
     loss_fn = ScriptedLoss(bad={3, 6, 7, 8, 9, 10})
     tracker = tracking.Tracker(tmp_path, SummaryWriter(tmp_path))
-    result = train_lib.train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, None,
-                                       batches, config, train_lib.Runtime(), 0, None,
+    result = epoch_lib.train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, None,
+                                       batches, config, runtime_lib.Runtime(), 0, None,
                                        tracker=tracker)
     tracker.close()
     assert result["skipped"] == 6
@@ -195,7 +198,7 @@ def test_epoch_scalars_name_every_validation_column_and_skip_only_undefined_ones
                                                          "4": float("nan")},
               "all_empty_baseline": 0.85, "auc": {"1": 0.6, "2": None, "3": 0.9, "4": 0.7},
               "mean_auc": 0.733}
-    scalars = tracking.epoch_scalars({"epoch": 3}, train_lib.history_columns(result))
+    scalars = tracking.epoch_scalars({"epoch": 3}, history_lib.history_columns(result))
     assert {k: v for k, v in scalars.items() if k != "val/dice_4"} == {
         "val/loss": 0.5, "val/dice": 0.9, "val/dice_1": 0.8, "val/dice_2": 1.0,
         "val/dice_3": 0.7, "val/all_empty": 0.85, "val/auc": 0.733, "val/auc_1": 0.6,
@@ -204,7 +207,7 @@ def test_epoch_scalars_name_every_validation_column_and_skip_only_undefined_ones
     classifier = {"loss": 0.3, "auc": {"1": 0.5, "2": 0.6, "3": 0.7, "4": 0.8},
                   "mean_auc": 0.65, "f1": {"1": 0.4, "2": None, "3": 0.5, "4": 0.6},
                   "f1_threshold": {"1": 0.2, "2": None, "3": 0.3, "4": 0.4}}
-    tags = set(tracking.epoch_scalars({"epoch": 1}, train_lib.history_columns(classifier)))
+    tags = set(tracking.epoch_scalars({"epoch": 1}, history_lib.history_columns(classifier)))
     per_class = {f"val/{name}_{c}" for name in ("auc", "f1", "f1_threshold") for c in range(1, 5)}
     assert tags == {"val/loss", "val/auc", "train/epoch",
                     *per_class - {"val/f1_2", "val/f1_threshold_2"}}  # None: undefined

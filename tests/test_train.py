@@ -17,6 +17,11 @@ from competition.model import checkpoint
 from competition.data import datasets as data_lib
 from competition.data import rle
 from competition.train import fit as train_lib
+from competition.data import folds as folds_lib
+from competition.model import precision as precision_lib
+from competition.train import epoch as epoch_lib
+from competition.train import evaluate as evaluate_lib
+from competition.train import runtime as runtime_lib
 from competition.model.config import build_config, to_dict
 from competition.errors import InputError
 from competition.files import write_csv
@@ -86,13 +91,13 @@ def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic
     val_ids = folds.ImageId[folds.fold == 0].tolist()
     _, labels = load_train(synthetic)
     val_set = data_lib.SteelDataset(synthetic / "train_images", val_ids, by_image(labels))
-    seen, real = [], train_lib.binarize
-    monkeypatch.setattr(train_lib, "binarize", lambda p, *a: seen.append(p.clone()) or real(p, *a))
+    seen, real = [], evaluate_lib.binarize
+    monkeypatch.setattr(evaluate_lib, "binarize", lambda p, *a: seen.append(p.clone()) or real(p, *a))
 
     def evaluate(config):
         seen.clear()
-        return train_lib.evaluate(model, data_lib.loader(val_set, 1, 0), MaskLoss(), config,
-                                  train_lib.Runtime(), None)
+        return evaluate_lib.evaluate(model, data_lib.loader(val_set, 1, 0), MaskLoss(), config,
+                                  runtime_lib.Runtime(), None)
     evaluate(config)
     probs = dict(zip(val_ids, seen))
     threshold = torch.quantile(torch.cat([p[0, :, ::8, ::8].flatten() for p in probs.values()]),
@@ -117,7 +122,7 @@ def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic
 
 
 def interrupt_in_epoch(monkeypatch, epoch):
-    real = train_lib.train_one_epoch
+    real = epoch_lib.train_one_epoch
 
     def stop(*args, **kwargs):
         if args[9] == epoch:  # the `epoch` argument
@@ -214,17 +219,17 @@ def test_refusals_leave_the_output_folder_untouched(trained, synthetic, folds_cs
 def test_split_errors(tmp_path, synthetic):
     image_ids, labels = load_train(synthetic)
     with pytest.raises(InputError, match="folds file not found"):
-        train_lib.split(tmp_path / "none.csv", 0, image_ids)
+        folds_lib.split(tmp_path / "none.csv", 0, image_ids)
     folds = make_folds(image_ids, labels, n_folds=3, seed=0)
     path = tmp_path / "folds.csv"
     write_csv(path, folds.assign(fold=0))
     with pytest.raises(InputError, match="fold 0 leaves 0 train"):
-        train_lib.split(path, 0, image_ids)
+        folds_lib.split(path, 0, image_ids)
     write_csv(path, folds)
     with pytest.raises(InputError, match=f"ImageId {image_ids[0]} has no image"):
-        train_lib.split(path, 0, image_ids[1:])
+        folds_lib.split(path, 0, image_ids[1:])
     with pytest.raises(InputError, match=r"no fold 3; the folds are \[0, 1, 2\]"):
-        train_lib.split(path, 3, image_ids)
+        folds_lib.split(path, 3, image_ids)
 
 
 def cli_args(synthetic, folds_csv, out, *extra):
@@ -312,9 +317,9 @@ def test_torchrun_ranks_validate_the_saved_model(synthetic, folds_csv, tmp_path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        shards = [train_lib.evaluate(model, data_lib.loader(data_lib.SteelDataset(
+        shards = [evaluate_lib.evaluate(model, data_lib.loader(data_lib.SteelDataset(
             synthetic / "train_images", val_ids[r::2], by_image(labels)), 6, 0), loss_fn,
-            config, train_lib.Runtime(), None) for r in (0, 1)]
+            config, runtime_lib.Runtime(), None) for r in (0, 1)]
     finally:
         torch.set_num_threads(threads)
     assert [s["images"] for s in shards] == [6, 6]  # equal shards: the mean of the two means
@@ -331,11 +336,11 @@ def test_amp_uses_bf16_only_where_the_gpu_has_it(monkeypatch):
     for capability, expected in (((6, 0), torch.float16), ((7, 5), torch.float16),
                                  ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
-        assert train_lib.amp_dtype("auto", cuda) == expected
-        assert train_lib.amp_dtype("fp16", cuda) == torch.float16
-        assert train_lib.amp_dtype("bf16", cuda) == torch.bfloat16
-        assert train_lib.amp_dtype("off", cuda) is None
-    assert train_lib.amp_dtype("auto", cpu) is None
+        assert precision_lib.amp_dtype("auto", cuda) == expected
+        assert precision_lib.amp_dtype("fp16", cuda) == torch.float16
+        assert precision_lib.amp_dtype("bf16", cuda) == torch.bfloat16
+        assert precision_lib.amp_dtype("off", cuda) is None
+    assert precision_lib.amp_dtype("auto", cpu) is None
 
 
 # --- the training step: device-side loss checks, skipped fp16 updates, the EMA -------------
@@ -386,8 +391,8 @@ def test_fp16_updates_with_a_non_finite_loss_are_skipped_and_counted():
             before.update({k: v.clone() for k, v in model.state_dict().items()
                            if "running" not in k and "num_batches" not in k})
     hook = model.register_forward_pre_hook(remember)
-    result = train_lib.train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, None,
-                                       batches, config, train_lib.Runtime(), 0, None)
+    result = epoch_lib.train_one_epoch(model, loss_fn, optimizer, scheduler, scaler, None,
+                                       batches, config, runtime_lib.Runtime(), 0, None)
     hook.remove()
     assert result["skipped"] == 3 and result["images"] == 24
     assert result["loss"] == pytest.approx(np.mean(loss_fn.finite), rel=1e-9)
@@ -395,8 +400,8 @@ def test_fp16_updates_with_a_non_finite_loss_are_skipped_and_counted():
 
     model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=True, updates=1)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    train_lib.train_one_epoch(model, ScriptedLoss(bad={1}), optimizer, scheduler, scaler, None,
-                              batches, config, train_lib.Runtime(), 0, None)
+    epoch_lib.train_one_epoch(model, ScriptedLoss(bad={1}), optimizer, scheduler, scaler, None,
+                              batches, config, runtime_lib.Runtime(), 0, None)
     for key, value in model.state_dict().items():
         if "running" not in key and "num_batches" not in key:
             assert torch.equal(value, start[key]), f"{key} moved on a skipped update"
@@ -404,18 +409,18 @@ def test_fp16_updates_with_a_non_finite_loss_are_skipped_and_counted():
 
 def test_a_loss_that_stays_non_finite_stops_fp16_and_one_non_finite_loss_stops_fp32():
     model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=True)
-    with pytest.raises(train_lib.NonFiniteLoss, match="10 updates in a row"):
-        train_lib.train_one_epoch(model, ScriptedLoss(bad=range(3, 13)), optimizer, scheduler,
-                                  scaler, None, batches, config, train_lib.Runtime(), 0, None)
+    with pytest.raises(epoch_lib.NonFiniteLoss, match="10 updates in a row"):
+        epoch_lib.train_one_epoch(model, ScriptedLoss(bad=range(3, 13)), optimizer, scheduler,
+                                  scaler, None, batches, config, runtime_lib.Runtime(), 0, None)
     model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=True)
-    result = train_lib.train_one_epoch(model, ScriptedLoss(bad=range(3, 12)), optimizer,
+    result = epoch_lib.train_one_epoch(model, ScriptedLoss(bad=range(3, 12)), optimizer,
                                        scheduler, scaler, None, batches, config,
-                                       train_lib.Runtime(), 0, None)
+                                       runtime_lib.Runtime(), 0, None)
     assert result["skipped"] == 9, "nine in a row are absorbed"
     model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=False)
-    with pytest.raises(train_lib.NonFiniteLoss, match="nothing rescales it"):
-        train_lib.train_one_epoch(model, ScriptedLoss(bad={5}), optimizer, scheduler, scaler,
-                                  None, batches, config, train_lib.Runtime(), 0, None)
+    with pytest.raises(epoch_lib.NonFiniteLoss, match="nothing rescales it"):
+        epoch_lib.train_one_epoch(model, ScriptedLoss(bad={5}), optimizer, scheduler, scaler,
+                                  None, batches, config, runtime_lib.Runtime(), 0, None)
 
 
 def test_the_step_reads_the_device_only_every_check_every_updates(monkeypatch):
@@ -427,34 +432,34 @@ def test_the_step_reads_the_device_only_every_check_every_updates(monkeypatch):
         real = getattr(torch.Tensor, name)
 
         def counted(self, *args, _real=real, _name=name, **kwargs):
-            if sys._getframe(1).f_code.co_filename == train_lib.__file__:
+            if sys._getframe(1).f_code.co_filename == epoch_lib.__file__:
                 reads.append(_name)
             return _real(self, *args, **kwargs)
         monkeypatch.setattr(torch.Tensor, name, counted)
-    monkeypatch.setattr(train_lib, "CHECK_EVERY", 5)
+    monkeypatch.setattr(epoch_lib, "CHECK_EVERY", 5)
     model, optimizer, scheduler, scaler, batches, config = tiny_step_setup(scaled=False)
-    ema = train_lib.make_ema(model)
-    result = train_lib.train_one_epoch(model, MaskLoss(), optimizer, scheduler, scaler, ema,
+    ema = epoch_lib.make_ema(model)
+    result = epoch_lib.train_one_epoch(model, MaskLoss(), optimizer, scheduler, scaler, ema,
                                        batches, dataclasses.replace(config, ema_decay=0.9),
-                                       train_lib.Runtime(), 0, None)
+                                       runtime_lib.Runtime(), 0, None)
     assert result["ema_updates"] == 12
     assert reads == ["tolist"] * 3, reads  # after updates 5, 10 and 12 (the end)
 
 
 def test_ema_update_by_hand():
     model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
-    ema = train_lib.make_ema(model)
+    ema = epoch_lib.make_ema(model)
     with torch.no_grad():
         model[0].weight.fill_(1.0)
         model[1].running_mean.fill_(2.0)
         model[1].num_batches_tracked.fill_(7)
-    train_lib.update_ema(ema, model, 0.9, first=True)
+    epoch_lib.update_ema(ema, model, 0.9, first=True)
     assert torch.equal(ema[0].weight, model[0].weight)
     with torch.no_grad():
         model[0].weight.fill_(3.0)
         model[1].running_mean.fill_(4.0)
         model[1].num_batches_tracked.fill_(9)
-    train_lib.update_ema(ema, model, 0.9, first=False)
+    epoch_lib.update_ema(ema, model, 0.9, first=False)
     assert torch.allclose(ema[0].weight, torch.full((1, 2), 0.9 * 1 + 0.1 * 3))
     assert torch.allclose(ema[1].running_mean, torch.tensor([0.9 * 2 + 0.1 * 4]))
     assert ema[1].num_batches_tracked.item() == 9 and not ema[0].weight.requires_grad
@@ -462,17 +467,17 @@ def test_ema_update_by_hand():
 
 def test_cudnn_autotuning_is_on_for_cuda_only(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    train_lib.configure_backends(torch.device("cuda"))
+    runtime_lib.configure_backends(torch.device("cuda"))
     assert torch.backends.cudnn.benchmark
-    train_lib.configure_backends(torch.device("cpu"))
+    runtime_lib.configure_backends(torch.device("cpu"))
     assert not torch.backends.cudnn.benchmark
 
 
 def test_training_loaders_keep_their_workers(synthetic, folds_csv):
     image_ids, labels = load_train(synthetic)
-    train_ids, val_ids = train_lib.split(folds_csv, 0, image_ids)
+    train_ids, val_ids = folds_lib.split(folds_csv, 0, image_ids)
     loaders = train_lib.build_loaders(tiny(num_workers=1), synthetic, train_ids, val_ids,
-                                      by_image(labels), train_lib.Runtime())
+                                      by_image(labels), runtime_lib.Runtime())
     assert all(dl.persistent_workers for dl in loaders)
 
 
@@ -489,23 +494,23 @@ def test_resume_keeps_the_runs_precision(monkeypatch, tmp_path):
                                         ((8, 0), "fp16", torch.float16),
                                         ((7, 5), "fp32", None), ((8, 0), "fp32", None)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
-        assert train_lib.resume_dtype(saved, cuda, last) == expected
+        assert runtime_lib.resume_dtype(saved, cuda, last) == expected
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
     with pytest.raises(InputError, match=r"last.pt: the run trained in bf16, and Tesla T4 "
                                          r"\(compute 7.5\) has no native bf16"):
-        train_lib.resume_dtype("bf16", cuda, last)
+        runtime_lib.resume_dtype("bf16", cuda, last)
     with pytest.raises(InputError, match="resume it on a GPU"):
-        train_lib.resume_dtype("fp16", torch.device("cpu"), last)
+        runtime_lib.resume_dtype("fp16", torch.device("cpu"), last)
     # last.pt from before the precision was recorded: a loss scale means fp16; without one,
     # a CPU run resumes in fp32 on the CPU, and on a T4 (where auto means fp16) it was bf16
     old = tiny()
     cpu = torch.device("cpu")
-    assert train_lib.saved_precision({"scaler": {"scale": 1024.0}}, old, cpu) == "fp16"
-    assert train_lib.saved_precision({"scaler": {}}, old, cpu) == "fp32"
-    assert train_lib.saved_precision({"scaler": {}}, old, cuda) == "bf16"
-    assert train_lib.saved_precision({"scaler": {}}, dataclasses.replace(old, amp="off"),
+    assert runtime_lib.saved_precision({"scaler": {"scale": 1024.0}}, old, cpu) == "fp16"
+    assert runtime_lib.saved_precision({"scaler": {}}, old, cpu) == "fp32"
+    assert runtime_lib.saved_precision({"scaler": {}}, old, cuda) == "bf16"
+    assert runtime_lib.saved_precision({"scaler": {}}, dataclasses.replace(old, amp="off"),
                                      cuda) == "fp32"
-    assert train_lib.saved_precision({"scaler": {}, "precision": "fp16"}, old, cpu) == "fp16"
+    assert runtime_lib.saved_precision({"scaler": {}, "precision": "fp16"}, old, cpu) == "fp16"
 
 
 def test_a_gpu_run_resumed_on_the_cpu_is_refused_in_one_line(trained, synthetic, folds_csv,
@@ -542,7 +547,7 @@ def test_resume_with_more_epochs_extends_the_run_and_replans_the_schedule(
         trained, synthetic, folds_csv, tmp_path, capsys, monkeypatch):
     out = tmp_path / "extended"
     shutil.copytree(trained[0], out)
-    first_lr, real = [], train_lib.train_one_epoch
+    first_lr, real = [], epoch_lib.train_one_epoch
     monkeypatch.setattr(train_lib, "train_one_epoch", lambda *a, **k: first_lr.append(
         a[2].param_groups[-1]["lr"]) or real(*a, **k))
     row = train_lib.fit(tiny(), synthetic, 0, out, folds_csv, resume=True,
@@ -597,8 +602,8 @@ def test_validation_recomputes_an_fp16_overflow_in_fp32_instead_of_scoring_nan()
     model, _, _, _, batches, config = tiny_step_setup(scaled=False, updates=3)
     model = NanUnderAutocast(model).eval()
     config = dataclasses.replace(config, val_threshold=0.5, val_min_area=(0, 0, 0, 0))
-    rt, loss_fn = train_lib.Runtime(), MaskLoss()
-    fp32 = train_lib.evaluate(model, batches, loss_fn, config, rt, None)
-    fp16 = train_lib.evaluate(model, batches, loss_fn, config, rt, torch.float16)
+    rt, loss_fn = runtime_lib.Runtime(), MaskLoss()
+    fp32 = evaluate_lib.evaluate(model, batches, loss_fn, config, rt, None)
+    fp16 = evaluate_lib.evaluate(model, batches, loss_fn, config, rt, torch.float16)
     assert fp16 == fp32 and np.isfinite(fp16["loss"])
     assert fp32["mean_dice"] != fp32["all_empty_baseline"], "the fp32 model predicts something"

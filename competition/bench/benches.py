@@ -237,22 +237,24 @@ def pipeline_loop(config, rt, compile: bool = False):
     torch.compile'd; returns the first update's seconds."""
     import torch
 
-    from competition.train import fit as train_lib
     from competition.model.networks import compile_model
+    from competition.model.precision import amp_dtype
+    from competition.train import epoch as epoch_lib, fit as train_lib
+    from competition.train.runtime import configure_backends
 
     model = train_lib.make_model(config, rt.device, encoder_weights="none")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    dtype = train_lib.amp_dtype(config.amp, rt.device)
+    dtype = amp_dtype(config.amp, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=dtype == torch.float16)
     loss_fn = train_lib.make_loss(config, rt.device)
-    ema = train_lib.make_ema(model) if config.ema_decay > 0 else None
-    train_lib.configure_backends(rt.device)
+    ema = epoch_lib.make_ema(model) if config.ema_decay > 0 else None
+    configure_backends(rt.device)
     stepped = compile_model(model, rt.device) if compile else model
     updates = [0]
 
     def run(batches) -> float:
-        result = train_lib.train_one_epoch(stepped, loss_fn, optimizer, scheduler, scaler, ema,
+        result = epoch_lib.train_one_epoch(stepped, loss_fn, optimizer, scheduler, scaler, ema,
                                            batches, config, rt, 0, dtype, updates[0])
         updates[0] = result["ema_updates"]
         return result["first_s"]
@@ -304,7 +306,7 @@ def bench_train(args) -> None:
     from competition.model.config import build_config
     from competition.data.labels import by_image, load_train
     from competition.data.synth import make_dataset
-    from competition.train.fit import Runtime
+    from competition.train.runtime import Runtime
 
     cuda = torch.cuda.is_available()
     rt = Runtime(device=torch.device("cuda" if cuda else "cpu"))

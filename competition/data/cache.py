@@ -103,17 +103,15 @@ def open_cache(kind: str, folder: str | Path, cache_dir: str | Path = "cache",
                workers: int = 0) -> ImageCache | None:
     """The decoded-image cache `kind` (none | ram | disk) of every image of `folder`, filled
     with `workers` processes (0: in this one); None for "none"."""
-    if kind not in CACHES:
-        raise InputError(f"--cache {kind}: valid values are {', '.join(CACHES)}")
+    if kind != "none" and kind not in CACHES:
+        raise InputError(f"--cache {kind}: valid values are none, {', '.join(CACHES)}")
     if kind == "none":
         return None
     folder = Path(folder).resolve()
     names = list_images(folder)
     if not names:
         raise InputError(f"{folder}: no images to cache")
-    if kind == "ram":
-        return ram_cache(folder, names, workers)
-    return disk_cache(folder, names, Path(cache_dir), workers)
+    return CACHES[kind](folder, names, Path(cache_dir), workers)
 
 
 def available_memory() -> int:
@@ -288,4 +286,7 @@ def grey_plane(path: Path) -> np.ndarray:
     return grey
 
 
-CACHES = ("none", "ram", "disk")  # cache.py's kinds
+# kind -> builder(folder, names, cache_dir, workers); "none" is no cache. The names are
+# config.CACHES too (that module is imported by the CLI at start-up; this one loads OpenCV)
+CACHES = {"ram": lambda folder, names, cache_dir, workers: ram_cache(folder, names, workers),
+          "disk": disk_cache}

@@ -10,7 +10,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from competition.data.cache import CACHES
 from competition.errors import InputError
 
 
@@ -151,6 +150,7 @@ def field_kinds() -> dict[str, tuple[type, int]]:
 # CPUs; a resumed run may switch it, since checkpoints hold the plain module's weights.
 RUNTIME_FIELDS = {"num_workers", "val_batch_size", "keep_top", "keep_last", "tensorboard",
                   "cache", "cache_dir", "compile"}
+CACHES = ("none", "ram", "disk")  # "none" and data/cache.py's CACHES (tests/test_cache.py)
 
 
 def build_config(name: str = "deeplabv3_r34", **overrides) -> TrainConfig:
@@ -271,7 +271,7 @@ def check(c: TrainConfig) -> None:
                          "(task classify) trains on its image-level BCE alone")
     if not (math.isfinite(c.focal_gamma) and c.focal_gamma >= 0):
         raise InputError(f"focal_gamma {c.focal_gamma}: must be 0 or more (0: focal is BCE)")
-    if c.cache not in CACHES:
+    if c.cache not in CACHES:  # data/cache.py's kinds
         raise InputError(f"cache {c.cache!r}: valid values are {', '.join(CACHES)}")
     if c.amp not in ("auto", "bf16", "fp16", "off"):
         raise InputError(f"amp {c.amp!r}: valid values are auto, bf16, fp16, off")

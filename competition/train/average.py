@@ -162,8 +162,10 @@ def average_run(run: str | Path, top: int | None = None, last: int | None = None
     Returns what the .json holds."""
     from competition.model.forward import device as default_device
     from competition.model.precision import amp_dtype
-    from competition.train.fit import (Runtime, build_loaders, evaluate, full_size_loader,
-                                   make_loss, split)
+    from competition.data.folds import split
+    from competition.train.evaluate import evaluate
+    from competition.train.fit import build_loaders, full_size_loader, make_loss
+    from competition.train.runtime import Runtime
 
     run = Path(run)
     out = Path(out) if out else run / "averaged.pt"

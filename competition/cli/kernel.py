@@ -1,0 +1,68 @@
+"""`kernel`: the Kaggle bundle and its offline rehearsal."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from competition.cli.options import checkpoint_options
+
+
+def cmd_kernel(args) -> None:
+    from competition.kaggle import bundle as kernel
+    from competition.infer.ensemble import checkpoint_paths
+
+    out = Path(args.out)
+    wheels = [w.strip() for w in args.wheels.split(",") if w.strip()]
+    seg, weights = checkpoint_paths(args.checkpoints, args.weights)
+    cls, cls_weights = (checkpoint_paths(args.classifiers, args.classifier_weights,
+                                         "--classifiers") if args.classifiers else ([], None))
+    sizes = kernel.build(args.owner, seg, Path(args.postprocess), out, args.name, wheels,
+                         Path(args.wheelhouse) if args.wheelhouse else None, args.accelerator,
+                         args.time_limit, weights, cls, cls_weights)
+    for kind, (folder, size) in sizes.items():
+        files = sorted(p.name for p in folder.iterdir())
+        print(f"{folder}: {size / 2**20:.1f} MiB: {', '.join(files)}")
+    if args.check:
+        result = kernel.rehearse(out, Path(args.check), out / "rehearsal", args.layout)
+        print(f"rehearsal: ok: {result} validated against {args.check}/sample_submission.csv")
+    if args.push:
+        kernel.push(out, args.wait)
+    else:
+        print(f"upload: python -m competition kernel ... --push, or by hand: {kernel.by_hand(out)}")
+
+
+def add(sub) -> None:
+    """The parsers of kernel."""
+    p = sub.add_parser("kernel", help="Kaggle bundle: weights and code datasets, offline "
+                       "inference kernel (--push uploads them)")
+    p.add_argument("--owner", required=True, help="your Kaggle user name (owns the datasets)")
+    checkpoint_options(p)
+    p.add_argument("--weights", default=None, help="one weight per comma-separated part of "
+                   "--checkpoints (default equal)")
+    p.add_argument("--classifier-weights", default=None,
+                   help="one weight per comma-separated part of --classifiers")
+    p.add_argument("--postprocess", default="submissions/postprocess.json")
+    p.add_argument("--out", default="kaggle", help="folder of weights/, code/ and kernel/")
+    p.add_argument("--name", default="severstal-deeplabv3",
+                   help="slug prefix: NAME-weights, NAME-code, NAME-inference")
+    p.add_argument("--wheels", default="segmentation-models-pytorch,timm",
+                   help="comma-separated packages for the code dataset (pinned to the "
+                   "versions installed here unless a spec gives one; '' for none)")
+    p.add_argument("--wheelhouse", default=None,
+                   help="take those wheels from this folder instead of the package index")
+    p.add_argument("--time-limit", type=float, default=55.0, metavar="MINUTES",
+                   help="the kernel stops with one line when its projected run passes this "
+                        "(default 55; Kaggle kills it at 60 without a word)")
+    p.add_argument("--accelerator", default="NvidiaTeslaT4",
+                   help="the kernel's machine_shape: NvidiaTeslaT4 (GPU T4 x2) or another GPU "
+                   "Kaggle's torch runs on; --push passes it to `kaggle kernels push`")
+    p.add_argument("--check", default=None, metavar="DATA",
+                   help="then run the kernel here as Kaggle would, offline, on DATA's "
+                   "test_images/ (a simulated /kaggle/input), and validate its submission")
+    p.add_argument("--layout", choices=["new", "classic"], default="new",
+                   help="--check: /kaggle/input as competitions/<slug> and datasets/<owner>/"
+                   "<slug> (new) or <slug> for each (classic)")
+    p.add_argument("--push", action="store_true",
+                   help="upload with the kaggle CLI (datasets create/version, kernels push)")
+    p.add_argument("--wait", type=float, default=1200,
+                   help="--push: seconds to wait for Kaggle to process the datasets")
+    p.set_defaults(func=cmd_kernel)

@@ -1,0 +1,112 @@
+"""`oof` and `search`: out-of-fold statistics and the post-processing search on them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from competition.cli.options import (TTA_HELP, fold_args, fold_options, inference_options,
+                                     open_images, search_options, speed_options)
+from competition.errors import InputError
+
+
+def cmd_oof(args) -> None:
+    from competition.infer import oof
+    from competition.infer.ensemble import parse_tta
+
+    runs, folds_csv, folds = fold_args(args)
+    views, data, out = parse_tta(args.tta), Path(args.data), Path(args.out)
+    stats_dir = Path(args.oof_dir or out / "oof")
+    images = open_images(args, data / "train_images")  # one cache for both passes
+    oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers, stats_dir,
+            images, args.compile)
+    result = oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args))
+    print_search(result, out)
+    if args.skip_oof_csv:
+        return
+    # the OOF submission with the chosen post-processing, scored from its CSV like any other
+    from competition.data.labels import read_table
+    from competition.data.metric import score_tables
+    from competition.infer.predict import predict_oof
+    from competition.infer.search import read_params
+
+    oof_csv = out / "oof.csv"
+    predict_oof(data, runs, folds_csv, folds, read_params(out / "postprocess.json"), views,
+                oof_csv, args.batch_size, args.workers, str(out / "postprocess.json"), images,
+                args.compile)
+    scored = score_tables(read_table(oof_csv)[0], read_table(data / "train.csv")[0])
+    print(f"wrote {oof_csv}; scored from the CSV against {data / 'train.csv'}: mean Dice "
+          f"{scored['mean_dice']:.5f} (the search: {result['oof_mean_dice']:.5f})")
+
+
+def cmd_search(args) -> None:
+    from competition.infer import oof
+
+    out = Path(args.out)
+    stats_dir = Path(args.oof_dir or out / "oof")
+    folds = oof.parse_folds(args.folds, None) if args.folds else stored_folds(stats_dir)
+    data = Path(args.data) if args.data else None
+    print_search(oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args)), out)
+
+
+def gate_args(args) -> tuple:
+    """--gates and --gate-sources -> (kinds or None, sources or None), checked."""
+    from competition.infer.gates import GATES, SOURCES
+
+    def parse(text, valid, option, extra=()):
+        if text is None:
+            return None
+        chosen = [x.strip() for x in text.split(",") if x.strip()]
+        wrong = [x for x in chosen if x not in valid and x not in extra]
+        if wrong or not chosen:
+            raise InputError(f"{option} {text}: unknown {wrong[0] if wrong else 'value'!r}; "
+                             f"valid: {', '.join([*extra, *valid])}")
+        return [x for x in chosen if x in valid]
+    return (parse(args.gates, GATES, "--gates", ("none",)),
+            parse(args.gate_sources, SOURCES, "--gate-sources"))
+
+
+def stored_folds(stats_dir: Path) -> list[int]:
+    """The folds whose OOF statistics are under STATS/fold<k>/meta.json."""
+    found = sorted(int(p.parent.name[4:]) for p in stats_dir.glob("fold*/meta.json")
+                   if p.parent.name[4:].isdigit())
+    if not found:
+        raise InputError(f"{stats_dir}: no OOF statistics (fold<K>/meta.json); run "
+                         "`python -m competition oof` first")
+    return found
+
+
+def print_search(result: dict, out: Path) -> None:
+    from competition.infer.gates import NONE, describe
+
+    print(f"{'class':>5} {'threshold':>9} {'min comp':>8} {'min area':>8} {'gate':>16} "
+          f"{'OOF dice':>9} {'no gate':>8} {'raw 0.5':>8} {'empty':>7}")
+    for c, v in result["classes"].items():
+        raw = "-" if v["raw_dice"] is None else f"{v['raw_dice']:.4f}"
+        shown = describe(v.get("gate") or NONE)
+        none = v.get("gates", {}).get("none", {}).get("dice", v["oof_dice"])
+        print(f"{c:>5} {v['threshold']:9.2f} {v['min_component']:8d} {v['min_area']:8d} "
+              f"{shown:>16} {v['oof_dice']:9.4f} {none:8.4f} {raw:>8} {v['all_empty']:7.4f}")
+    raw = "-" if result["raw_mean_dice"] is None else f"{result['raw_mean_dice']:.4f}"
+    print(f"OOF CV over {result['images']} images: mean Dice {result['oof_mean_dice']:.5f} "
+          f"(raw threshold 0.5: {raw}; all-empty baseline {result['all_empty_baseline']:.5f})")
+    print(f"wrote {out / 'postprocess.json'} and {out / 'cv_report'}/cv_report.md with plots")
+
+
+def add(sub) -> None:
+    """The parsers of oof, search."""
+    p = sub.add_parser("oof", help="out-of-fold statistics of each fold's best.pt, then the "
+                       "post-processing search (postprocess.json, CV report)")
+    inference_options(p)
+    fold_options(p)
+    p.add_argument("--tta", default="none,hflip,vflip",
+                   help=f"views averaged, comma-separated: {TTA_HELP}")
+    search_options(p)
+    p.add_argument("--skip-oof-csv", action="store_true",
+                   help="do not write OUT/oof.csv (the OOF submission, predicted again)")
+    speed_options(p)
+    p.set_defaults(func=cmd_oof)
+
+    p = sub.add_parser("search", help="re-run the post-processing search on stored OOF files")
+    p.add_argument("--folds", default=None, help="comma-separated folds (default: all stored)")
+    search_options(p)
+    p.add_argument("--data", default=None, help="dataset for the overlays (default: the OOF's)")
+    p.set_defaults(func=cmd_search)

@@ -1,0 +1,145 @@
+"""Options shared by several stages, and the parsers of their values."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from competition.errors import InputError
+
+TTA_HELP = "none, hflip, vflip, hvflip"  # infer.TTA (not imported here: it loads torch)
+
+
+def checkpoint_name(text: str) -> str:
+    """--checkpoint-name: a file name, no folder."""
+    if not text or Path(text).name != text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r}: a file name in fold<K>/, e.g. averaged.pt")
+    return text
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def run_list(text: str, option: str) -> tuple[Path, ...]:
+    """'folds/a,folds/b' -> the run folders (each must exist)."""
+    runs = tuple(Path(r.strip()) for r in text.split(",") if r.strip())
+    missing = [r for r in runs if not r.is_dir()]
+    if not runs or missing:
+        raise InputError(f"{option} {text}: no run folder {missing[0] if missing else ''} "
+                         "(folders of fold<K>/best.pt, comma-separated)")
+    return runs
+
+
+def run_weights(text: str | None, runs: tuple, option: str) -> tuple[float, ...]:
+    """'1,0.5' -> one positive weight per run; None -> () (equal weights)."""
+    if text is None:
+        return ()
+    try:
+        weights = tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise InputError(f"{option} {text}: expected comma-separated numbers") from None
+    if len(weights) != len(runs) or not all(w > 0 for w in weights):
+        raise InputError(f"{option} {text}: needs one positive weight per run ({len(runs)})")
+    return weights
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return text.lower() in ("true", "1", "yes")
+
+
+def tuple_of(parse):
+    def parse_tuple(text: str) -> tuple:
+        try:
+            return tuple(parse(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated values")
+    return parse_tuple
+
+
+def inference_options(p, batch_size: int = 8) -> None:
+    p.add_argument("--data", default="input/severstal-steel-defect-detection",
+                   help="dataset folder in Kaggle layout")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="loader processes decoding JPEGs")
+
+
+def speed_options(p) -> None:
+    from competition.model.config import CACHES
+
+    p.add_argument("--cache", default="none", choices=CACHES,
+                   help="decode each image once: ram (this run, in /dev/shm) or disk "
+                   "(kept in --cache-dir, reused while the images are unchanged)")
+    p.add_argument("--cache-dir", default="cache", help="where --cache disk keeps its files")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the models (the first batch pays the compile time)")
+
+
+def fold_options(p) -> None:
+    p.add_argument("--runs", default="folds", help="folder of fold<K>/best.pt runs; "
+                   "comma-separated folders average an ensemble (any architectures)")
+    p.add_argument("--weights", default=None, help="one weight per run (default equal)")
+    p.add_argument("--classifier-runs", default=None,
+                   help="folders of classifier runs (train --task classify), averaged "
+                   "apart from the segmenters: their probabilities feed the gates")
+    p.add_argument("--classifier-weights", default=None,
+                   help="one weight per classifier run (default equal)")
+    p.add_argument("--folds-csv", default=None,
+                   help="folds file (default: the first run's folds.csv)")
+    p.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+    p.add_argument("--checkpoint-name", default="best.pt", type=checkpoint_name,
+                   help="the segmenter runs' file in fold<K>/: best.pt, or averaged.pt "
+                   "(`average`); classifier runs give best.pt")
+
+
+def checkpoint_options(p) -> None:
+    p.add_argument("--checkpoints", default="folds/fold*/best.pt",
+                   help="glob or comma-separated globs of segmenter checkpoints, averaged "
+                   "(--weights: one per comma-separated part, shared by its files)")
+    p.add_argument("--classifiers", default=None,
+                   help="glob(s) of classifier checkpoints (train --task classify), "
+                   "averaged apart; needed when postprocess.json gates on them")
+
+
+def search_options(p) -> None:
+    p.add_argument("--out", default="submissions",
+                   help="folder for postprocess.json and cv_report/")
+    p.add_argument("--min-areas", type=tuple_of(int), default=None,
+                   help="min-area grid in pixels, comma-separated (default 0..6000)")
+    p.add_argument("--oof-dir", default=None,
+                   help="folder of the OOF statistics, fold<K>/ (default OUT/oof)")
+    p.add_argument("--gates", default=None,
+                   help="gate kinds searched beside none, comma-separated, of gate, "
+                   "scale, maxprob; 'none' for no gate (default: all)")
+    p.add_argument("--gate-sources", default=None,
+                   help="image-level sources the gates read, of aux (the segmenters' "
+                   "heads) and cls (the classifiers) (default: all recorded)")
+
+
+def fold_args(args) -> tuple:
+    """--runs, --weights, --classifiers, --classifier-weights (an oof.Runs), --folds-csv
+    (default: the first run's folds.csv), --folds (default: all of folds.csv)."""
+    from competition.infer.oof import Runs, parse_folds
+
+    segmenters = run_list(args.runs, "--runs")
+    classifiers = (run_list(args.classifier_runs, "--classifier-runs")
+                   if args.classifier_runs else ())
+    runs = Runs(segmenters, run_weights(args.weights, segmenters, "--weights"), classifiers,
+                run_weights(args.classifier_weights, classifiers, "--classifier-weights"),
+                args.checkpoint_name)
+    folds_csv = Path(args.folds_csv or segmenters[0] / "folds.csv")
+    return runs, folds_csv, parse_folds(args.folds, folds_csv)
+
+
+def open_images(args, folder: Path):
+    """--cache and --cache-dir of an inference stage: the decoded-image cache of `folder`
+    (cache.open_cache, filled with --workers processes, said in one line), or None."""
+    from competition.data.cache import open_cache
+
+    images = open_cache(args.cache, folder, args.cache_dir, args.workers)
+    if images is not None:
+        print(images.describe())
+    return images

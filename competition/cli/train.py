@@ -1,0 +1,68 @@
+"""`train`: one fold of one model (torchrun for several GPUs)."""
+from __future__ import annotations
+
+import os
+
+from competition.cli.options import parse_bool, tuple_of
+
+
+def cmd_train(args) -> None:
+    import torch.distributed as dist
+
+    from competition.model.config import TrainConfig
+    from competition.model.experiments import resolve
+    from competition.train.fit import fit
+    from competition.train.history import summary
+
+    options = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "name"}
+    config, explicit = resolve(args.config_file, args.config, options)
+    out = args.out or f"folds/fold{args.fold}"
+    try:
+        row = fit(config, args.data, args.fold, out, args.folds, args.resume, args.overwrite,
+                  explicit)
+        if row and os.environ.get("RANK", "0") == "0":
+            print(f"fold {args.fold}: {summary(row)}; wrote {out}/best.pt, last.pt, "
+                  "history.csv")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def config_options(parser) -> None:
+    """One --option per TrainConfig field (default: the preset's value)."""
+    from competition.model.config import TrainConfig, field_kinds
+
+    for name, (kind, length) in field_kinds().items():
+        if name == "name":
+            continue
+        default = getattr(TrainConfig, name)
+        parse = {bool: parse_bool, int: int, float: float, str: str}[kind]
+        if length:
+            parse = tuple_of(parse)
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=parse,
+                            default=None, metavar=kind.__name__.upper(),
+                            help=f"(default {default!r}" + (", comma-separated" if length
+                                                            else "") + ", or the preset's)")
+
+
+def add(sub) -> None:
+    """The parsers of train."""
+    p = sub.add_parser("train", help="train one fold (torchrun --nproc_per_node=N for DDP)")
+    p.add_argument("--data", default="input/severstal-steel-defect-detection",
+                   help="dataset folder in Kaggle layout")
+    p.add_argument("--fold", type=int, required=True, help="the fold to validate on")
+    p.add_argument("--config", default=None,
+                   help="preset: deeplabv3_r34 (default), deeplabv3_r101, demo_cpu "
+                        "(segmenters; --cls-weight W adds an image-level head), "
+                        "classifier_r34, demo_cpu_cls (image-level classifiers)")
+    p.add_argument("--config-file", default=None, metavar="FILE",
+                   help="an experiment file: YAML (or a run's config.json) setting config "
+                        "fields and maybe `preset:`; the options given here still win "
+                        "(docs/experiments.md)")
+    p.add_argument("--folds", default="folds/folds.csv", help="folds file (`folds` stage)")
+    p.add_argument("--out", default=None, help="output folder (default folds/fold<K>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run")
+    config_options(p)
+    p.set_defaults(func=cmd_train)

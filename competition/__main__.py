@@ -3,6 +3,6 @@ import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call at import
 
-from competition.cli.main import main  # noqa: E402
+from competition.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -63,7 +63,7 @@ def run_here(capsys, *args):
     """`run` in this process (no interpreter start-up): exit status, stdout and stderr."""
     from types import SimpleNamespace
 
-    from competition.cli.main import main
+    from competition.cli import main
 
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -146,7 +146,7 @@ def test_benches_run_small():
 
 
 def test_tta_help_names_every_view():
-    from competition.cli.main import TTA_HELP
+    from competition.cli.options import TTA_HELP
     from competition.infer.ensemble import TTA
 
     assert TTA_HELP == ", ".join(TTA)

@@ -128,3 +128,7 @@ def bench_postprocess(masks: int = 22024, seed: int = 0, pool: int = 512, batch:
     print(f"ratio {result['ratio']:.1f}x")
     return result
 
+
+def run(args) -> None:
+    """`bench postprocess` (also the last table of `bench predict`)."""
+    bench_postprocess(masks=args.masks_pp, seed=args.seed)

@@ -10,7 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from competition.cli import bench, dataset, kernel, oof, predict, runs, submission, train
+import competition.cli.bench as bench
+import competition.cli.dataset as dataset
+import competition.cli.kernel as kernel
+import competition.cli.oof as oof
+import competition.cli.predict as predict
+import competition.cli.runs as runs
+import competition.cli.submission as submission
+import competition.cli.train as train
 from competition.errors import InputError, one_line
 
 # in the order of the data flow, as `--help` lists them

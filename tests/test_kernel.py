@@ -531,8 +531,9 @@ def test_cli_builds_prints_the_sizes_and_rehearses_the_classic_layout(
 
 
 def test_inference_imports_nothing_the_kernel_does_not_ship_or_kaggle_lacks():
-    """The kernel imports competition.cli and runs predict: training-only packages (the
-    augmentations, fold stratification, plots) and the kaggle CLI must stay unloaded."""
+    """The kernel runs `python -m competition predict`, which imports competition.cli and the
+    predict stage: training-only packages (the augmentations, fold stratification, plots)
+    and the kaggle CLI must stay unloaded."""
     code = ("import sys, competition.cli, competition.infer.predict; "
             "print(sorted({m.split('.')[0] for m in sys.modules}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

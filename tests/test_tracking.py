@@ -61,7 +61,7 @@ def tracked(synthetic, tmp_path_factory):
     folds, out = small_folds(synthetic, root / "folds.csv", 30, 6), root / "run"
     drawn, real, config = [], curves.write_curves, tiny(encoder_lr=5e-4)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_lib, "CHECK_EVERY", 4)
+        patch.setattr(epoch_lib, "CHECK_EVERY", 4)
         patch.setattr(curves, "write_curves",
                       lambda path, runs: drawn.append(runs[0][1].copy()) or real(path, runs))
         with pytest.MonkeyPatch.context() as nan:

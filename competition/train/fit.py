@@ -4,17 +4,17 @@ and schedule (or restores them from last.pt), then runs epochs of `train_one_epo
 
 One process, or one per GPU under `torchrun --nproc_per_node=N -m competition train ...`
 (DDP; only rank 0 writes). Every epoch: train on the crops, validate on full-size images,
-write last.pt (and best.pt when the validation score improved: the competition's Dice for a
-segmenter, the mean ROC AUC of "class present" for a classifier) and history.csv, each
-atomically; with --keep-top/--keep-last, the epochs kept for weight averaging
-(keep.py); curves.png and TensorBoard events (tracking.py).
+write best.pt when the validation score improved (the competition's Dice for a segmenter,
+the mean ROC AUC of "class present" for a classifier), then last.pt and history.csv, each
+atomically, in an order a crash cannot turn into a worse best.pt (saving.py); with
+--keep-top/--keep-last, the epochs kept for weight averaging (keep.py); curves.png and
+TensorBoard events (tracking.py).
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from competition.data import cache as cache_lib
@@ -22,13 +22,13 @@ from competition.data import datasets as data_lib
 from competition.data.folds import split
 from competition.data.labels import by_image, load_train
 from competition.errors import InputError
-from competition.files import write_csv, write_json
+from competition.files import write_json
 from competition.model import checkpoint
 from competition.model import config as config_lib
 from competition.model.forward import NonFiniteLogits
 from competition.model.networks import check_compiler, compile_model, from_config, param_groups
 from competition.model.precision import PRECISION, amp_dtype
-from competition.train import augment, keep, sampling, tracking
+from competition.train import augment, keep, sampling, saving, tracking
 from competition.train import pseudo_mix as pseudo_lib
 from competition.train.epoch import NonFiniteLoss, make_ema, train_one_epoch
 from competition.train.evaluate import evaluate
@@ -299,29 +299,6 @@ def epoch_row(epoch: int, config, parts: Parts, trained: dict, result: dict, bes
             "planned_epochs": config.epochs}
 
 
-def save_epoch(out: Path, config, parts: Parts, model, evaluated, kept, epoch: int,
-               result: dict, improved: bool, best: float, history: list, ema_updates: int,
-               dtype, rngs: list):
-    """Rank 0, after an epoch: the kept epochs for averaging, last.pt, best.pt when the score
-    improved, history.csv. Returns the kept epochs' record (keep.record)."""
-    ema = parts.ema
-    weights = {"config": config_lib.to_dict(config), "model": unwrap(model).state_dict(),
-               "ema": ema.state_dict() if ema is not None else None,
-               "epoch": epoch + 1, "step": parts.scheduler.last_epoch}
-    # before last.pt: an epoch recorded but not in last.pt is recorded again on resume
-    kept = keep.record(out, kept, epoch + 1, result["score"], lambda: {
-        **weights, "model": evaluated.state_dict(), "ema": None, "score": result})
-    checkpoint.save(out / "last.pt", {
-        **weights, "ema_updates": ema_updates, "precision": PRECISION[dtype],
-        "optimizer": parts.optimizer.state_dict(),
-        "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
-        "best": best, "history": history, "rng": rngs})
-    if improved:
-        checkpoint.save(out / "best.pt", {**weights, "score": result})
-    write_csv(out / "history.csv", pd.DataFrame(history))
-    return kept
-
-
 def epoch_line(epoch: int, config, trained: dict, result: dict, row: dict,
                improved: bool) -> str:
     """The line printed after an epoch."""
@@ -343,10 +320,18 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
     parts = build_parts(config, data, inputs, rt, state, saved)
     start_epoch, best, history, ema_updates = (restore(parts, state, rt) if state is not None
                                                else (0, -1.0, [], 0))
+    if state is not None and rt.main:
+        said = saving.reconcile_best(out, state)
+        if said:
+            print(said, flush=True)
     kept = (keep.resumed(out, start_epoch, fold, data, folds_csv, config.keep_top,
                          config.keep_last) if state is not None else
             keep.empty(fold, data, folds_csv, config.keep_top, config.keep_last))
     model, evaluated, validated = wrap(parts, config, rt)
+    if overwrite and state is None and rt.main:  # all built from good inputs: the old run goes
+        removed = saving.clear_run(out)
+        if removed:
+            print(f"--overwrite: removed {', '.join(removed)} from {out}")
     if rt.main:
         announce(config, fold, inputs, parts, rt, out, state is not None, start_epoch)
 
@@ -380,8 +365,9 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
         history.append(row)
         rngs = gather_rng(rt)
         if rt.main:
-            kept = save_epoch(out, config, parts, model, evaluated, kept, epoch, result,
-                              improved, best, history, ema_updates, inputs.dtype, rngs)
+            kept = saving.save_epoch(out, config, parts, model, evaluated, kept, epoch,
+                                     result, improved, best, history, ema_updates,
+                                     inputs.dtype, rngs)
             print(epoch_line(epoch, config, trained, result, row, improved), flush=True)
             tracker.epoch(history, history_columns(result), evaluated, inputs.dtype)
     return row

@@ -1,12 +1,15 @@
 """The decoded-image cache: its planes are the decoder's output, cached loaders give the
 uncached batches, a stale or half-built disk cache is rebuilt, a cache that does not fit is
-refused in one line."""
+refused in one line, a ram cache is removed by a later run only once no process holds it."""
+import fcntl
 import json
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,6 +26,7 @@ from competition.train import runtime as runtime_lib
 from competition.errors import InputError
 from competition.data.images import list_images, read_image
 from competition.data.labels import by_image, load_train
+from conftest import ROOT
 from test_train import folds_csv, tiny  # noqa: F401  (a fixture)
 
 
@@ -178,6 +182,101 @@ def test_a_ram_cache_is_removed_with_its_object_and_a_killed_runs_by_the_next(fe
     orphan.write_bytes(b"x")
     cache_lib.open_cache("ram", few)
     assert not orphan.exists()
+
+
+NO_PID = 2**22 + 1  # above Linux's PID_MAX_LIMIT: no process has it
+
+
+def test_the_sweep_keeps_a_locked_ram_cache_whatever_its_pid_and_removes_an_unlocked_one(
+        tmp_path, monkeypatch):
+    """A ram cache is alive while a process holds a lock on it, not while the PID in its name
+    runs: a locked file named after a PID nobody has (a run in another PID namespace) stays,
+    an unlocked one named after a running PID (this process's) goes, and so does the first
+    once its lock is dropped (a lock is per open file: this process's second one, the
+    sweep's, cannot take it)."""
+    monkeypatch.setattr(cache_lib, "SHM", tmp_path)
+    held, free = (tmp_path / f"{cache_lib.RAM_PREFIX}{pid}-x.u8" for pid in (NO_PID, os.getpid()))
+    free.write_bytes(b"x")
+    with open(held, "wb") as holder:
+        fcntl.flock(holder, fcntl.LOCK_SH)
+        cache_lib.remove_orphans()
+        assert held.exists() and not free.exists()
+    cache_lib.remove_orphans()
+    assert not held.exists()
+
+
+def test_a_ram_file_swept_before_it_is_locked_is_made_again(tmp_path, monkeypatch):
+    """A sweep between mkstemp and flock removes the new file: another is made, rather than
+    a cache filled in a file no other run can see."""
+    monkeypatch.setattr(cache_lib, "SHM", tmp_path)
+    made, real = [], tempfile.mkstemp
+
+    def mkstemp(**kwargs):
+        made.append(real(**kwargs))
+        if len(made) == 1:
+            cache_lib.remove_orphans()
+        return made[-1]
+
+    monkeypatch.setattr(cache_lib.tempfile, "mkstemp", mkstemp)
+    fd, path = cache_lib.new_ram_file()
+    assert len(made) == 2 and path == made[1][1] and os.listdir(tmp_path) == [Path(path).name]
+    cache_lib.remove_orphans()
+    assert os.path.exists(path)
+    cache_lib.release(path, fd, os.getpid())
+    assert not os.listdir(tmp_path)
+
+
+HOLD = """import sys
+from pathlib import Path
+from competition.data import cache
+cache.SHM = Path(sys.argv[1])
+held = cache.open_cache("ram", sys.argv[2])
+print(held.path, flush=True)
+sys.stdin.read()
+"""
+SWEEP = """import os, sys
+from pathlib import Path
+from competition.data import cache
+cache.SHM = Path(sys.argv[1])
+try:
+    os.kill(int(sys.argv[2]), 0)
+    print("sees the holder")
+except ProcessLookupError:
+    print("does not see the holder")
+cache.remove_orphans()
+"""
+
+
+def test_a_run_in_another_pid_namespace_keeps_a_live_ram_cache(tmp_path, monkeypatch):
+    """Two runs sharing /dev/shm in two PID namespaces (containers with --ipc=host): the
+    second, which cannot see the first's PID, leaves the first's live cache alone; once the
+    first is killed (no finalizer runs), the next sweep removes its file."""
+    unshare = ["unshare", "--pid", "--fork", "--map-root-user"]
+    probe = (subprocess.run([*unshare, "true"], capture_output=True, text=True)
+             if shutil.which("unshare") else None)
+    if probe is None or probe.returncode:
+        why = "no unshare command" if probe is None else probe.stderr.strip()
+        pytest.skip(f"{' '.join(unshare)} is not permitted on this machine: {why}")
+    shm, folder = tmp_path / "shm", tmp_path / "images"
+    shm.mkdir(), folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((256, 1600), 7, np.uint8))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, shm, folder], cwd=ROOT, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        path = holder.stdout.readline().strip()
+        assert path, holder.communicate(timeout=30)[1]
+        sweep = subprocess.run([*unshare, sys.executable, "-c", SWEEP, shm, str(holder.pid)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert sweep.stdout == "does not see the holder\n", sweep.stderr
+        assert os.path.exists(path)
+    finally:
+        holder.kill()
+        holder.communicate(timeout=30)
+    assert os.path.exists(path)  # killed: no finalizer ran
+    monkeypatch.setattr(cache_lib, "SHM", shm)
+    cache_lib.remove_orphans()
+    assert not os.listdir(shm)
 
 
 def test_an_unknown_cache_kind_is_refused():

@@ -9,9 +9,11 @@ of a cached loader equal an uncached one's bit for bit.
 
 - ram: a file in /dev/shm (shared memory) for this run alone, filled before the loader
   workers start and removed when the cache is collected or the process exits (a run killed
-  with SIGKILL leaves it; the next ram cache removes it). The workers map its pages: one
-  copy in memory however many workers there are, whether they fork or spawn (a cache
-  pickles as its path and is mapped again on first use).
+  with SIGKILL leaves it; the next ram cache removes it). The run holds a lock (flock) on it
+  as long as it lives, and only unlocked files are removed: containers sharing /dev/shm
+  (--ipc=host) see each other's files but not each other's PIDs, and flock crosses them.
+  The workers map its pages: one copy in memory however many workers there are, whether
+  they fork or spawn (a cache pickles as its path and is mapped again on first use).
 - disk: CACHE_DIR/<dataset>-<folder>-<hash>/images.u8 and index.json, built once and reused
   by later runs, folds and stages on the same folder. index.json records the decoder
   (OpenCV's version) and every image's name, size and modification time; any difference
@@ -147,42 +149,55 @@ def ram_cache(folder: Path, names: list[str], workers: int) -> ImageCache:
     where = "this machine's available memory" + (f" ({copies} processes)" if copies > 1 else "")
     check_fits("ram", len(names), need, free, where + f" (or {SHM})")
     remove_orphans()
-    fd, path = tempfile.mkstemp(prefix=f"{RAM_PREFIX}{os.getpid()}-", suffix=".u8", dir=SHM)
-    os.close(fd)
+    fd, path = new_ram_file()
     try:
         fill(Path(path), folder, names, workers)
     except BaseException:
-        os.remove(path)
+        release(path, fd, os.getpid())
         raise
     cache = ImageCache(Path(path), folder, names, "ram", built=True)
-    weakref.finalize(cache, remove_own, path, os.getpid())
+    weakref.finalize(cache, release, path, fd, os.getpid())  # holds fd (the lock) till then
     return cache
 
 
-def remove_own(path: str, pid: int) -> None:
-    """Remove a ram cache, from the process that made it only (never a forked worker)."""
+def new_ram_file() -> tuple[int, str]:
+    """A new empty file in /dev/shm, open and share-locked (flock) by this process: the lock
+    is what tells every other run's remove_orphans that the cache is in use (the finalizer
+    keeps the descriptor open till the cache goes; forked workers inherit it). A sweep can
+    lock and remove the file between mkstemp and flock: then, once it lets go, the name no
+    longer leads to the file locked here, and another file is made."""
+    while True:
+        fd, path = tempfile.mkstemp(prefix=f"{RAM_PREFIX}{os.getpid()}-", suffix=".u8", dir=SHM)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits for a sweep holding it
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.stat(path), os.fstat(fd)):
+                return fd, path
+        os.close(fd)
+
+
+def release(path: str, fd: int, pid: int) -> None:
+    """Remove a ram cache and drop its lock, from the process that made it only (never a
+    forked worker)."""
     if os.getpid() == pid:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
+        os.close(fd)
 
 
 def remove_orphans() -> None:
-    """Remove the ram caches this user's killed runs left in /dev/shm (no finalizer ran)."""
+    """Remove the ram caches this user's killed runs left in /dev/shm (no finalizer ran):
+    those no process holds a lock on. Never by the PID in the name: a run in another
+    container sharing /dev/shm has a PID this one cannot see (or sees as another process).
+    The file is removed while locked, so a run making it (new_ram_file) sees it gone."""
     for path in SHM.glob(f"{RAM_PREFIX}*.u8"):
-        pid = path.name[len(RAM_PREFIX):].split("-")[0]
-        with contextlib.suppress(OSError):
-            if pid.isdigit() and path.stat().st_uid == os.getuid() and not alive(int(pid)):
-                path.unlink()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        with contextlib.suppress(OSError):  # gone, another user's, or locked (BlockingIOError)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                if os.fstat(fd).st_uid == os.getuid():
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.remove(path)
+            finally:
+                os.close(fd)
 
 
 def disk_cache(folder: Path, names: list[str], cache_dir: Path, workers: int) -> ImageCache:

@@ -66,3 +66,48 @@ def atomic_dir(path: str | Path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+GROUP = ".group"  # FOLDER/.group.<random>.tmp: being written; FOLDER/.group.commit: committed
+
+
+@contextlib.contextmanager
+def atomic_group(folder: str | Path):
+    """Yield an empty staging folder inside `folder`; what is written into it (files and
+    folders) replaces the entries of the same names in `folder` together: a kill leaves all
+    of them old or, once `finish_group` has run, all new (oof.tune's postprocess.json and
+    cv_report/, which must describe the same search).
+
+    The commit point is one rename, of the complete staging folder to FOLDER/.group.commit;
+    `finish_group` then moves its entries into place, and finishes that after a kill: every
+    stage that reads them calls it first. A kill before the commit leaves a staging folder,
+    removed by the next group written here."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    finish_group(folder)
+    for stale in folder.glob(f"{GROUP}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{GROUP}.", suffix=".tmp", dir=folder))
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+        os.rename(staging, folder / f"{GROUP}.commit")  # the commit point
+        finish_group(folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def finish_group(folder: str | Path) -> None:
+    """Move a committed group's entries (atomic_group) into place, where a kill left them in
+    FOLDER/.group.commit; nothing to do otherwise. Each step can be repeated after a kill: an
+    entry leaves the commit folder only by its own rename into place."""
+    commit = Path(folder) / f"{GROUP}.commit"
+    if not commit.is_dir():
+        return
+    for entry in sorted(commit.iterdir()):
+        target = Path(folder) / entry.name
+        if entry.is_dir() and target.is_dir():
+            shutil.rmtree(target)  # a kill here: the new one is still in the commit folder
+        os.replace(entry, target)
+    commit.rmdir()

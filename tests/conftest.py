@@ -24,10 +24,12 @@ def synthetic(tmp_path_factory):
     return out
 
 
-def random_checkpoint(path, seed=0, scale=30.0, **overrides):
+def random_checkpoint(path, seed=0, scale=30.0, split=None, **overrides):
     """A best.pt of an untrained demo_cpu model whose head is scaled up, so that its
     probabilities spread over (0, 1) with structure in space: inference without training.
-    overrides: config fields (task="classify" for a classifier, cls_weight for a head)."""
+    overrides: config fields (task="classify" for a classifier, cls_weight for a head).
+    split: the record of the split it claims (provenance.split_record), None: none (a
+    checkpoint saved before splits were recorded)."""
     import torch
 
     from competition.model import checkpoint
@@ -45,7 +47,7 @@ def random_checkpoint(path, seed=0, scale=30.0, **overrides):
         state[head] *= scale
         state[head.replace(".weight", ".bias")] *= scale
     checkpoint.save(path, {"config": to_dict(config), "model": state, "ema": None, "epoch": 1,
-                           "step": 1})
+                           "step": 1, **({"split": split} if split is not None else {})})
     return path
 
 

@@ -15,6 +15,8 @@ from competition.infer import oof
 from competition.train import fit as train_lib
 from competition.model.config import build_config
 from competition.errors import InputError
+from competition.data.folds import make_folds
+from competition.data.labels import load_train
 from competition.files import write_csv
 from conftest import random_checkpoint
 from test_cli import one_line_error, run
@@ -282,9 +284,15 @@ def test_a_run_keeps_its_best_k_epochs_and_a_resume_keeps_each_once(kept_run, sy
 
 
 @pytest.mark.slow
-def test_average_cli_writes_averaged_pt_usable_like_best_pt(kept_run, tmp_path):
+def test_average_cli_writes_averaged_pt_usable_like_best_pt(kept_run, synthetic, tmp_path):
     run_dir = tmp_path / "fold0"
     shutil.copytree(kept_run[0], run_dir)
+    # BatchNorm re-estimated on another split's training images would see validation ones
+    image_ids, labels = load_train(synthetic, check_images=False)
+    write_csv(tmp_path / "other.csv", make_folds(image_ids, labels, n_folds=5, seed=1))
+    one_line_error(run("average", "--run", run_dir, "--top", 2, "--folds-csv",
+                       tmp_path / "other.csv"), "epoch", "it was trained on another split")
+    assert nothing_written(run_dir)
     top = keep.select(run_dir, keep.read(run_dir), top=2)
     done = run("average", "--run", run_dir, "--top", 2, "--bn-batches", 2, "--workers", 0)
     assert done.returncode == 0, done.stderr
@@ -297,6 +305,7 @@ def test_average_cli_writes_averaged_pt_usable_like_best_pt(kept_run, tmp_path):
     assert summary["best_score"] == pytest.approx(summary["best_score_recorded"], abs=1e-12)
     state = checkpoint.load(run_dir / "averaged.pt")
     assert state["score"]["score"] == summary["score"] and state["ema"] is None
+    assert state["split"] == checkpoint.load(run_dir / "best.pt")["split"]  # as oof checks
     assert state["epoch"] == max(summary["epochs"])  # the latest averaged
     assert state["step"] == 12 * state["epoch"]  # 48 images / batch 4 = 12 updates an epoch
     model, config = checkpoint.model_from(run_dir / "averaged.pt")  # as oof/predict/kernel

@@ -185,7 +185,8 @@ def test_cli_fine_tunes_with_another_loss_and_resumes_from_its_own_last_pt(
                 *args, **kwargs):
         seen.update(model=weights(model), ema=weights(ema), epoch=epoch)
         raise KeyboardInterrupt
-    config = build_config("demo_cpu", **{k: v for k, v in saved.items() if k != "name"})
+    config = build_config("demo_cpu", **{k: v for k, v in saved.items()
+                                          if k not in ("name", "split")})
     with monkeypatch.context() as patch:
         patch.setattr(train_lib, "train_one_epoch", capture)
         with pytest.raises(KeyboardInterrupt):

@@ -11,6 +11,7 @@ from scipy import ndimage
 from competition.infer import gates
 from competition.infer import ensemble as infer
 from competition.infer import oof
+from competition.errors import InputError
 from competition.data.datasets import SteelDataset
 from competition.data.labels import by_image, load_train, read_table
 from competition.data.metric import score_tables
@@ -203,3 +204,38 @@ def test_each_gate_kind_scores_on_the_oof_submission_what_the_search_says(
                               read_table(synthetic / "train.csv")[0])
         for c, s in enumerate(settings):
             assert scored["per_class"][str(c + 1)] == pytest.approx(s["dice"], abs=1e-12), chosen[c]
+
+
+def hand_made_fold(folder, checkpoint, weight=1.0, split=None):
+    """A fold's OOF folder of 2 images, all counts zero, from `checkpoint`."""
+    folder.mkdir(parents=True)
+    np.save(folder / "stats.npy", np.zeros((2, 4, 3, 3, 2), np.int32))
+    np.save(folder / "truth.npy", np.zeros((2, 4), np.int32))
+    (folder / "meta.json").write_text(json.dumps({
+        "image_ids": ["a.jpg", "b.jpg"], "thresholds": list(THRESHOLDS),
+        "min_components": list(COMPONENTS), "tta": ["none"], "signals": [],
+        "segmenters": [{"checkpoint": checkpoint, "weight": weight}], "classifiers": [],
+        **({"split": split} if split else {})}))
+
+
+def test_folds_of_two_ensembles_or_splits_are_not_searched_together(tmp_path):
+    """`oof --runs B --folds 0` into a folder holding folds 1 of run A: refused, not tuned on
+    the mixture."""
+    hand_made_fold(tmp_path / "s" / "fold0", "runs/B/fold0/best.pt")
+    hand_made_fold(tmp_path / "s" / "fold1", "runs/A/fold1/best.pt")
+    with pytest.raises(InputError, match=r"s/fold1: segmenters runs \['runs/A/fold<k>/best\.pt"
+                                         r" x1'\], fold 0's \['runs/B/fold<k>/best\.pt x1'\]"):
+        oof.load_stats(tmp_path / "s", [0, 1])
+    hand_made_fold(tmp_path / "w" / "fold0", "runs/A/fold0/best.pt", 2.0)
+    hand_made_fold(tmp_path / "w" / "fold1", "runs/A/fold1/best.pt", 1.0)
+    with pytest.raises(InputError, match="x1'], fold 0's .* x2'"):
+        oof.load_stats(tmp_path / "w", [0, 1])
+    split = {"folds_sha256": "1" * 16, "dataset": {"train_csv_sha256": "2" * 16, "images": 9}}
+    hand_made_fold(tmp_path / "d" / "fold0", "runs/A/fold0/best.pt", split=split)
+    hand_made_fold(tmp_path / "d" / "fold1", "runs/A/fold1/best.pt",
+                   split={**split, "folds_sha256": "3" * 16})
+    with pytest.raises(InputError, match=r"d/fold1: split \(folds file\) 3{16}, fold 0's 1{16}"):
+        oof.load_stats(tmp_path / "d", [0, 1])
+    hand_made_fold(tmp_path / "ok" / "fold0", "runs/A/fold0/best.pt", split=split)
+    hand_made_fold(tmp_path / "ok" / "fold1", "runs/A/fold1/best.pt")  # an older folder
+    assert oof.load_stats(tmp_path / "ok", [0, 1])["fold"].tolist() == [0, 0, 1, 1]

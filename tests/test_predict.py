@@ -94,12 +94,12 @@ def test_an_overflow_under_autocast_is_recomputed_not_an_empty_submission(
     predict_test(data, paths, PARAMS, VIEWS, fp32, batch_size=3, workers=0)  # the CPU: fp32
     assert pd.read_csv(fp32, keep_default_na=False).EncodedPixels.ne("").any()
 
-    load = checkpoint.model_from
+    load = checkpoint.model_and_split
 
     def overflowing(path, device):
-        model, config = load(path, device)
-        return NanUnderAutocast(model), config
-    monkeypatch.setattr(checkpoint, "model_from", overflowing)
+        model, config, split = load(path, device)
+        return NanUnderAutocast(model), config, split
+    monkeypatch.setattr(checkpoint, "model_and_split", overflowing)
     monkeypatch.setattr(predict, "amp_dtype", lambda amp, device: torch.float16)  # a T4's
     monkeypatch.setattr(forward, "recomputed", 0)
     capsys.readouterr()

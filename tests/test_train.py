@@ -1,6 +1,7 @@
 """The training loop on tiny synthetic data, on CPU: outputs, exact resume, refusals."""
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import torch
 
 from competition.model import checkpoint
 from competition.data import datasets as data_lib
-from competition.data import rle
+from competition.data import provenance, rle
 from competition.train import fit as train_lib
 from competition.data import folds as folds_lib
 from competition.model import precision as precision_lib
@@ -59,7 +60,7 @@ def digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_fit_writes_config_checkpoints_and_history(trained):
+def test_fit_writes_config_checkpoints_and_history(trained, synthetic, folds_csv):
     out, row = trained
     assert {"config.json", "best.pt", "last.pt", "history.csv"} <= set(os.listdir(out))
     history = pd.read_csv(out / "history.csv")
@@ -74,6 +75,12 @@ def test_fit_writes_config_checkpoints_and_history(trained):
     assert history.val_dice.max() == pytest.approx(row["best"], rel=1e-12)  # through CSV
     assert "optimizer" not in best, "best.pt holds what inference needs"
     assert 0 <= history.all_empty.iloc[0] <= 1
+    # every file of the run records its split: fold 0 of folds.csv on this dataset
+    image_ids, _ = load_train(synthetic, check_images=False)
+    wanted = provenance.split_record(synthetic, folds_csv, 0, image_ids,
+                                     folds_lib.split(folds_csv, 0, image_ids)[1])
+    assert json.loads((out / "config.json").read_text())["split"] == wanted
+    assert last["split"] == best["split"] == wanted
 
 
 def test_validation_dice_equals_the_competition_metric_on_rle(trained, synthetic, folds_csv,
@@ -213,6 +220,15 @@ def test_refusals_leave_the_output_folder_untouched(trained, synthetic, folds_cs
         with pytest.raises(InputError, match=message):
             train_lib.fit(args["config"], synthetic, args["fold"], out, folds_csv,
                           args["resume"], args["overwrite"], args["explicit"])
+    # a folds.csv regenerated since the run began: resuming would train on another split
+    image_ids, labels = load_train(synthetic, check_images=False)
+    other = out.parent / "regenerated.csv"
+    write_csv(other, make_folds(image_ids, labels, n_folds=5, seed=1))
+    with pytest.raises(InputError, match=r"last\.pt: it was trained on another split"):
+        train_lib.fit(tiny(), synthetic, 0, out, other, resume=True)
+    with pytest.raises(InputError, match=r"last\.pt: it was trained as fold 0 .* as fold 1"):
+        train_lib.fit(tiny(), synthetic, 1, out, folds_csv, resume=True)
+    other.unlink()
     assert digest(out) == before
 
 

@@ -3,18 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from competition.cli.options import checkpoint_options
+from competition.cli.options import checkpoint_options, tuned_models
 
 
 def cmd_kernel(args) -> None:
     from competition.kaggle import bundle as kernel
-    from competition.infer.ensemble import checkpoint_paths
+    from competition.infer.search import read_params
 
     out = Path(args.out)
     wheels = [w.strip() for w in args.wheels.split(",") if w.strip()]
-    seg, weights = checkpoint_paths(args.checkpoints, args.weights)
-    cls, cls_weights = (checkpoint_paths(args.classifiers, args.classifier_weights,
-                                         "--classifiers") if args.classifiers else ([], None))
+    params = read_params(args.postprocess)  # the kernel predicts with the views it records
+    seg, weights, cls, cls_weights = tuned_models(args, Path(args.postprocess),
+                                                  params.tta or (), "cls" in params.needs())
     sizes = kernel.build(args.owner, seg, Path(args.postprocess), out, args.name, wheels,
                          Path(args.wheelhouse) if args.wheelhouse else None, args.accelerator,
                          args.time_limit, weights, cls, cls_weights)

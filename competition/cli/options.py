@@ -95,13 +95,52 @@ def fold_options(p) -> None:
                    "(`average`); classifier runs give best.pt")
 
 
+DEFAULT_CHECKPOINTS = "folds/fold*/best.pt"  # for a postprocess.json that records no ensemble
+
+
 def checkpoint_options(p) -> None:
-    p.add_argument("--checkpoints", default="folds/fold*/best.pt",
+    p.add_argument("--checkpoints", default=None,
                    help="glob or comma-separated globs of segmenter checkpoints, averaged "
-                   "(--weights: one per comma-separated part, shared by its files)")
+                   "(--weights: one per comma-separated part, shared by its files); default, "
+                   "with no --classifiers either: the ensemble postprocess.json was tuned on")
     p.add_argument("--classifiers", default=None,
                    help="glob(s) of classifier checkpoints (train --task classify), "
                    "averaged apart; needed when postprocess.json gates on them")
+    p.add_argument("--allow-other-models", action="store_true",
+                   help="apply postprocess.json to models, weights or TTA other than those it "
+                   "was tuned on (a warning line instead of a refusal)")
+
+
+def tuned_models(args, where: Path, views, needs_cls: bool) -> tuple:
+    """(segmenters, their weights, classifiers, their weights) for predict, kernel and
+    pseudo: --checkpoints/--classifiers as given, or with neither, the ensemble `where` (a
+    postprocess.json) records; either way checked against it (infer/tuned.py)."""
+    import json
+    import sys
+
+    from competition.infer import tuned
+    from competition.infer.ensemble import checkpoint_paths
+
+    result = json.loads(Path(where).read_text())  # read_params has checked it
+    if args.checkpoints is None and args.classifiers is None and tuned.recorded(
+            result, "segmenters")[0]:
+        (seg, weights), (cls, cls_weights) = (tuned.recorded(result, role)
+                                              for role in tuned.ROLES)
+        missing = [p for p in seg + cls if not p.is_file()]
+        if missing:
+            raise InputError(f"{where}: was tuned on {missing[0]}, which is not found; pass "
+                             "the models with --checkpoints (and --classifiers)")
+        print(f"models: the ensemble {where} was tuned on: {len(seg)} segmenter(s), "
+              f"{len(cls)} classifier(s)")
+    else:
+        seg, weights = checkpoint_paths(args.checkpoints or DEFAULT_CHECKPOINTS, args.weights)
+        cls, cls_weights = (checkpoint_paths(args.classifiers, args.classifier_weights,
+                                             "--classifiers") if args.classifiers else ([], None))
+    said = tuned.check(result, where, views, seg, weights, cls, cls_weights, needs_cls,
+                       args.allow_other_models)
+    if said:
+        print(said, file=sys.stderr)
+    return seg, weights, cls, cls_weights
 
 
 def search_options(p) -> None:

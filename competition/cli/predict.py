@@ -1,33 +1,28 @@
 """`predict` and `pseudo`: the ensemble on the test images."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from competition.cli.options import (TTA_HELP, checkpoint_options, fold_args, fold_options,
-                                     inference_options, open_images, speed_options)
+                                     inference_options, open_images, speed_options,
+                                     tuned_models)
 from competition.errors import InputError
 
 
 def params_and_views(args) -> tuple:
     """--postprocess and --tta -> (Params, views): the views given, else those the file was
-    tuned with, else none,hflip,vflip; a warning when they differ from the file's."""
+    tuned with, else none,hflip,vflip (other views than the file's: tuned_models refuses)."""
     from competition.infer.ensemble import parse_tta
     from competition.infer.search import read_params
 
     params = read_params(args.postprocess)
     if params.tta:
         parse_tta(params.tta, source=f"{args.postprocess}: \"tta\"")
-    views = parse_tta(args.tta or params.tta or "none,hflip,vflip")
-    if params.tta and tuple(views) != params.tta:
-        print(f"warning: TTA {','.join(views)} differs from {','.join(params.tta)}, the views "
-              f"{args.postprocess} was tuned with", file=sys.stderr)
-    return params, views
+    return params, parse_tta(args.tta or params.tta or "none,hflip,vflip")
 
 
 def cmd_predict(args) -> None:
     from competition.infer import predict
-    from competition.infer.ensemble import checkpoint_paths
 
     if args.time_limit is not None and not args.time_limit > 0:
         raise InputError(f"--time-limit {args.time_limit}: must be a positive number of minutes")
@@ -40,10 +35,8 @@ def cmd_predict(args) -> None:
                                     open_images(args, data / "train_images"), args.compile)
     else:
         out = Path(args.out or "submissions/submission.csv")
-        seg, weights = checkpoint_paths(args.checkpoints, args.weights)
-        cls, cls_weights = (checkpoint_paths(args.classifiers, args.classifier_weights,
-                                             "--classifiers")
-                            if args.classifiers else ([], None))
+        seg, weights, cls, cls_weights = tuned_models(args, Path(args.postprocess), views,
+                                                      "cls" in params.needs())
         frame = predict.predict_test(data, seg, params, views, out, args.batch_size,
                                      args.workers, Path(args.sample) if args.sample else None,
                                      None if args.time_limit is None else args.time_limit * 60,
@@ -55,14 +48,12 @@ def cmd_predict(args) -> None:
 
 def cmd_pseudo(args) -> None:
     from competition.infer import pseudo
-    from competition.infer.ensemble import checkpoint_paths
 
     rule = pseudo.Rule(args.confident_high, args.confident_low, args.source)
     pseudo.check_rule(rule)
     params, views = params_and_views(args)
-    seg, weights = checkpoint_paths(args.checkpoints, args.weights)
-    cls, cls_weights = (checkpoint_paths(args.classifiers, args.classifier_weights,
-                                         "--classifiers") if args.classifiers else ([], None))
+    seg, weights, cls, cls_weights = tuned_models(args, Path(args.postprocess), views,
+                                                  "cls" in params.needs() or args.source in ("auto", "cls"))
     out = Path(args.out)
     summary = pseudo.make(Path(args.data), seg, params, views, out, rule, args.batch_size,
                           args.workers, weights, cls, cls_weights, args.postprocess)

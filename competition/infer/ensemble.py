@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from competition.data import provenance
 from competition.model import checkpoint
 from competition.data import datasets as data_lib
 from competition.errors import InputError
@@ -61,6 +62,7 @@ class Ensemble:
     configs: list
     paths: list = field(default_factory=list)
     weights: list = field(default_factory=list)
+    splits: list = field(default_factory=list)  # each checkpoint's record (provenance.py)
 
     def weight(self, i: int) -> float:
         return float(self.weights[i]) if self.weights else 1.0
@@ -112,9 +114,9 @@ def load_ensemble(paths: list[Path], device: torch.device, weights: list[float] 
     `compile`: each model torch.compile'd (model.compile_model), compiled at its first batch."""
     from competition.model.networks import compile_model
 
-    models, configs = [], []
+    models, configs, splits = [], [], []
     for path in paths:
-        model, config = checkpoint.model_from(path, device)
+        model, config, split = checkpoint.model_and_split(path, device)
         if config.task != task:
             role, option = ROLE[config.task]
             raise InputError(f"{path}: a {role} (task {config.task}) among the {ROLE[task][0]}s;"
@@ -123,7 +125,8 @@ def load_ensemble(paths: list[Path], device: torch.device, weights: list[float] 
             model = model.to(memory_format=torch.channels_last)
         models.append(compile_model(model, device) if compile else model)
         configs.append(config)
-    return Ensemble(models, configs, list(paths), list(weights or []))
+        splits.append(split)
+    return Ensemble(models, configs, list(paths), list(weights or []), splits)
 
 
 def load_ensembles(segmenters: list[Path], device: torch.device, weights=None, classifiers=(),
@@ -133,6 +136,15 @@ def load_ensembles(segmenters: list[Path], device: torch.device, weights=None, c
     cls = (load_ensemble(list(classifiers), device, classifier_weights, "classify", compile)
            if classifiers else None)
     return load_ensemble(segmenters, device, weights, compile=compile), cls
+
+
+def check_splits(ensembles, expected: dict, what=("fold", "split", "dataset")) -> list[str]:
+    """Every model of `ensembles` (Ensembles or None) against the split a stage uses
+    (provenance.check): a difference is refused; the warning lines of models that record
+    none are returned, one per model."""
+    return [said for ensemble in ensembles if ensemble is not None
+            for path, split in zip(ensemble.paths, ensemble.splits)
+            if (said := provenance.check(path, split, expected, what))]
 
 
 @dataclass

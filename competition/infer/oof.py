@@ -30,9 +30,10 @@ import torch
 from competition.data import datasets as data_lib
 from competition.errors import InputError
 from competition.infer.gates import NONE, check_signals, decide
-from competition.files import atomic_dir, write_json
+from competition.files import atomic_dir, atomic_group, write_json
 from competition.data.images import read_image
-from competition.infer.ensemble import OneBehind, batches, load_ensembles
+from competition.data.provenance import file_digest, split_record
+from competition.infer.ensemble import OneBehind, batches, check_splits, load_ensembles
 from competition.model.forward import device
 from competition.data.labels import CLASSES, by_image, load_train, masks
 from competition.data.postprocess import clean, grid_counts, threshold_levels
@@ -84,14 +85,18 @@ def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpts, views, ou
                device: torch.device, batch_size: int, workers: int, desc: str,
                thresholds=THRESHOLDS, min_components=MIN_COMPONENTS, weights=None,
                classifiers=(), classifier_weights=None, images=None,
-               compile: bool = False) -> None:
+               compile: bool = False, split: dict | None = None) -> None:
     """Predict `image_ids` with the segmenters `ckpts` (a path or a list, averaged with
     `weights`) and the `classifiers`, and stream their grid statistics and signals into
     folder `out` (written under a temporary name, renamed when complete). `images`: the
-    decoded-image cache of train_images or None; `compile`: torch.compile the models."""
+    decoded-image cache of train_images or None; `compile`: torch.compile the models.
+    `split`: the fold's record (provenance.py): a model trained on another fold, split or
+    dataset is refused, one that records none is said in a warning line; meta.json keeps it."""
     ckpts = [ckpts] if isinstance(ckpts, (str, Path)) else list(ckpts)
     ensemble, cls = load_ensembles(ckpts, device, weights, classifiers, classifier_weights,
                                    compile)
+    for line in check_splits((ensemble, cls), split) if split else []:
+        print(line, flush=True)
     dataset = data_lib.SteelDataset(data / "train_images", image_ids, encoded, cache=images)
     loader = data_lib.loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     n, k, m = len(image_ids), len(thresholds), len(min_components)
@@ -132,12 +137,13 @@ def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpts, views, ou
             "image_ids": list(image_ids), "thresholds": list(thresholds),
             "min_components": list(min_components), "tta": list(views),
             "segmenters": members(ensemble), "classifiers": members(cls) if cls else [],
-            "signals": signals, "data": str(data)})
+            "signals": signals, "data": str(data), "split": split})
 
 
 def members(ensemble) -> list[dict]:
-    """[{"checkpoint", "weight"}] of an ensemble's models."""
-    return [{"checkpoint": str(p), "weight": ensemble.weight(i)}
+    """[{"checkpoint", "weight", "sha256"}] of an ensemble's models: the content digest lets
+    predict tell the same model under another name from another model (infer/tuned.py)."""
+    return [{"checkpoint": str(p), "weight": ensemble.weight(i), "sha256": file_digest(p)}
             for i, p in enumerate(ensemble.paths)]
 
 
@@ -201,7 +207,8 @@ def run(data: Path, runs, folds_csv: Path, folds: list[int], views, batch_size: 
         fold_stats(data, val_ids, encoded, seg, views, out, device(), batch_size, workers,
                    desc=f"oof fold {k}", weights=list(runs.weights) or None,
                    classifiers=cls, classifier_weights=list(runs.classifier_weights) or None,
-                   images=images, compile=compile)
+                   images=images, compile=compile,
+                   split=split_record(data, folds_csv, k, image_ids, val_ids))
         print(f"fold {k}: {len(val_ids)} validation images -> {out}; "
               f"peak memory of this process so far {peak_rss_mib():.0f} MiB")
 
@@ -235,6 +242,12 @@ def load_stats(stats_dir: Path, folds: list[int]) -> dict:
             if meta.get(key) != first.get(key):
                 raise InputError(f"{stats_dir / f'fold{k}'}: {key} {meta.get(key)} differs from "
                                  f"fold {parts[0][0]}'s {first.get(key)}; recompute its OOF")
+        for key, (mine, theirs) in same_ensemble(first, meta).items():
+            if mine != theirs:
+                raise InputError(f"{stats_dir / f'fold{k}'}: {key} {theirs}, fold "
+                                 f"{parts[0][0]}'s {mine}: the OOF of another ensemble or "
+                                 "dataset; recompute it with the same --runs, --weights "
+                                 "and data")
     return {
         "stats": np.concatenate([p[2] for p in parts]),
         "truth": np.concatenate([p[3] for p in parts]),
@@ -243,6 +256,22 @@ def load_stats(stats_dir: Path, folds: list[int]) -> dict:
                     for name in first.get("signals", [])},
         "metas": {p[0]: p[1] for p in parts},
     }
+
+
+def same_ensemble(first: dict, other: dict) -> dict:
+    """What two folds' meta.json must share to be searched together -> {what: (first's,
+    other's)}: the runs (each model's run folder and file name, and its weight), and the
+    split and dataset where both record them (older folders do not)."""
+    def runs(meta: dict, role: str) -> list:
+        return [f"{Path(m['checkpoint']).parent.parent}/fold<k>/{Path(m['checkpoint']).name}"
+                f" x{m['weight']:g}" for m in meta.get(role) or []]
+
+    pairs = {f"{role} runs": (runs(first, role), runs(other, role))
+             for role in ("segmenters", "classifiers")}
+    if first.get("split") and other.get("split"):
+        for key, what in (("dataset", "dataset"), ("folds_sha256", "split (folds file)")):
+            pairs[what] = (first["split"][key], other["split"][key])
+    return pairs
 
 
 def overlays(stats_dir: Path, folds: list[int], data: Path, result: dict,
@@ -306,7 +335,8 @@ def tune(stats_dir: Path, folds: list[int], out: Path, min_areas=None,
                            for k in folds},
               "data": str(data)}
     examples = overlays(stats_dir, folds, data, result)
-    with atomic_dir(out / "cv_report") as tmp:
-        write_report(tmp, result, tables, examples)
-    write_json(out / "postprocess.json", result)
+    with atomic_group(out) as tmp:  # both old or both new, whenever a kill comes
+        (tmp / "cv_report").mkdir()
+        write_report(tmp / "cv_report", result, tables, examples)
+        write_json(tmp / "postprocess.json", result)
     return result

@@ -34,6 +34,7 @@ import pandas as pd
 
 from competition.errors import InputError
 from competition.files import atomic_dir, write_csv, write_json
+from competition.data import provenance
 from competition.data.images import check_image, list_images
 from competition.data.labels import CLASSES, CURRENT
 
@@ -150,6 +151,10 @@ def predict(data: Path, checkpoints: list[Path], params, views, batch_size: int,
     ensemble, cls = predict_lib.load_models(checkpoints, params, dev, weights, classifiers,
                                             classifier_weights, where)
     source = resolve_source(source, cls is not None, ensemble.has_heads)
+    shared, warning = provenance.common([(p, r) for e in (ensemble, cls) if e is not None
+                                         for p, r in zip(e.paths, e.splits)])
+    if warning:
+        print(warning, flush=True)
     encoded, signals = {}, {}
     predict_lib.encode(ensemble, data / "test_images", image_ids, params, views, dev,
                        batch_size, workers, "pseudo", encoded, classifiers=cls, signals=signals)
@@ -157,7 +162,8 @@ def predict(data: Path, checkpoints: list[Path], params, views, batch_size: int,
     models = {"segmenters": [{"checkpoint": str(p), "weight": ensemble.weight(i)}
                              for i, p in enumerate(ensemble.paths)],
               "classifiers": [{"checkpoint": str(p), "weight": cls.weight(i)}
-                              for i, p in enumerate(cls.paths)] if cls else []}
+                              for i, p in enumerate(cls.paths)] if cls else [],
+              provenance.KEY: shared}
     return Predictions(image_ids, encoded, signals, source, models)
 
 

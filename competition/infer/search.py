@@ -18,6 +18,7 @@ import numpy as np
 
 from competition.infer import gates
 from competition.errors import InputError
+from competition.files import finish_group
 from competition.data.labels import CLASSES
 from competition.data.metric import dice_from_counts
 from competition.data.rle import SHAPE
@@ -245,8 +246,10 @@ class Params:
 
 def read_params(path: str | Path) -> Params:
     """postprocess.json -> Params; a file of the wrong shape or with a value out of range
-    is an InputError naming the key and the value."""
+    is an InputError naming the key and the value. A search killed while it put its
+    postprocess.json and cv_report/ in place is finished first (files.finish_group)."""
     path = Path(path)
+    finish_group(path.parent)
     if not path.is_file():
         raise InputError(f"{path}: post-processing file not found; make it with `bash run.sh "
                          "oof` (or `python -m competition oof`), or pass --postprocess")

@@ -99,7 +99,6 @@ def write_weights(folder: Path, paths: list[Path], postprocess: Path, owner: str
     params = read_params(postprocess)
     if params.tta:
         parse_tta(params.tta, source=f"{postprocess}: \"tta\"")
-    shutil.copyfile(postprocess, folder / "postprocess.json")
     everything = list(paths) + list(classifiers)
     roles = ["segment"] * len(paths) + ["classify"] * len(classifiers)
     shares = list(weights or [1.0] * len(paths)) + list(
@@ -119,6 +118,7 @@ def write_weights(folder: Path, paths: list[Path], postprocess: Path, owner: str
                        "val_score": score.get("score"),
                        "sha256": sha256(folder / f"{name}.pt"),
                        "bytes": (folder / f"{name}.pt").stat().st_size})
+    write_json(folder / "postprocess.json", bundled(postprocess, folder, models))
     cpu = torch.device("cpu")
     seg = [m for m in models if m["role"] == "segment"]
     cls = [m for m in models if m["role"] == "classify"]
@@ -240,6 +240,22 @@ def write_kernel(folder: Path, owner: str, names: dict[str, str],
 
 def size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def bundled(postprocess: Path, folder: Path, models: list[dict]) -> dict:
+    """The bundle's postprocess.json: the file's, with "ensemble" naming the bundle's own
+    files (slimmed, so of other content than the checkpoints oof digested) and their
+    weights, so that the kernel's predict checks it runs exactly these (infer/tuned.py);
+    the ensemble oof recorded is kept as "tuned_on". `kernel` checked them against it
+    before (or was told --allow-other-models)."""
+    from competition.data.provenance import file_digest
+
+    result = json.loads(Path(postprocess).read_text())
+    members = {role: [{"checkpoint": m["file"], "weight": m["weight"],
+                       "sha256": file_digest(folder / m["file"])}
+                      for m in models if m["role"] == kind]
+               for role, kind in (("segmenters", "segment"), ("classifiers", "classify"))}
+    return {**result, "ensemble": {"bundle": members}, "tuned_on": result.get("ensemble")}
 
 
 def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,

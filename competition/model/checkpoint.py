@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from competition.data import provenance
 from competition.model import config as config_lib
 from competition.errors import InputError
 from competition.files import atomic_path
@@ -46,6 +47,12 @@ def config_of(state: dict, path: str | Path = "checkpoint") -> config_lib.TrainC
 def model_from(path: str | Path, device: str | torch.device = "cpu"):
     """best.pt or last.pt -> (model in eval mode on `device`, TrainConfig). Loads the EMA
     weights when the run kept them. The encoder's pretrained weights are not needed."""
+    return model_and_split(path, device)[:2]
+
+
+def model_and_split(path: str | Path, device: str | torch.device = "cpu"):
+    """model_from's (model, config), and the split the checkpoint records (provenance.py;
+    None for one saved before splits were recorded)."""
     from competition.model.networks import from_config
 
     state = load(path)
@@ -58,14 +65,15 @@ def model_from(path: str | Path, device: str | torch.device = "cpu"):
         detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
         raise InputError(f"{path}: its weights do not fit {config.arch}/{config.encoder} with "
                          f"4 classes ({detail})") from None
-    return model.to(device).eval(), config
+    return model.to(device).eval(), config, state.get(provenance.KEY)
 
 
 INIT_FIELDS = ("task", "arch", "encoder")  # what --init-from's checkpoint must share with the run
 HEAD = "classification_head."  # a segmenter's optional image-level head (cls_weight > 0)
 
 
-def init_weights(model: torch.nn.Module, path: str | Path, config) -> str:
+def init_weights(model: torch.nn.Module, path: str | Path, config,
+                 split: dict | None = None) -> str:
     """Start `model` (built from TrainConfig `config`) from checkpoint `path`: the weights of
     its EMA where its run kept one, else of its model, bit for bit. Returns one line saying
     what was loaded. Nothing is loaded when anything does not fit (InputError, one line
@@ -76,9 +84,13 @@ def init_weights(model: torch.nn.Module, path: str | Path, config) -> str:
     - every weight must have the checkpoint's shape (another class count shows here);
     - a segmenter's image-level head (cls_weight > 0) may be in one and not the other: a
       head the run does not have is left out, one the checkpoint lacks starts untrained.
+    - `split`, the run's record of its fold (provenance.py): the checkpoint must record the
+      same fold of the same split of the same dataset, or it trained on this run's
+      validation images; a checkpoint that records none is loaded with a warning line.
     Output stride and atrous rates change no weight's shape and may differ."""
     state = load(path)
     source = config_of(state, path)
+    warning = provenance.check(path, state.get(provenance.KEY), split) if split else None
     for field in INIT_FIELDS:
         theirs, ours = getattr(source, field), getattr(config, field)
         if theirs != ours:
@@ -107,7 +119,8 @@ def init_weights(model: torch.nn.Module, path: str | Path, config) -> str:
     head = (" without its image-level head (this run has none)" if left_out else
             "; the image-level head starts untrained (the checkpoint has none)"
             if untrained else "")
-    return (f"init: the {'EMA' if ema else 'model'} weights of {path} (epoch "
+    return ((warning + "\n" if warning else "") +
+            f"init: the {'EMA' if ema else 'model'} weights of {path} (epoch "
             f"{state.get('epoch', '?')}){head}")
 
 

@@ -24,9 +24,13 @@ import yaml
 
 from competition.model.config import (OLD_LOSS_FIELDS, PRESETS, TrainConfig, build_config,
                                 field_kinds, upgrade_loss)
+from competition.data import provenance
 from competition.errors import InputError, about, where
 
 PRESET_KEYS = ("preset", "name")  # name: as config.json records the preset
+# what a run's config.json records beside its config (its split, data/provenance.py): read
+# as an experiment file, a run's config.json repeats the run's config, not where it trained
+RECORD_KEYS = (provenance.KEY,)
 # field -> (type, tuple length); a config.json saved before the loss registry has these two
 KINDS = {**field_kinds(), **{field: (float, 0) for field in OLD_LOSS_FIELDS}}
 KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
@@ -119,7 +123,7 @@ def read_experiment(path: str | Path) -> tuple[str | None, dict]:
     """(the preset a file names or None, its other fields typed) — not checked as a whole
     yet (load does). An unknown key -> InputError suggesting the closest field."""
     path = Path(path)
-    raw = read_mapping(path)
+    raw = {k: v for k, v in read_mapping(path).items() if k not in RECORD_KEYS}
     known = [k for k in KINDS if k != "name"] + list(PRESET_KEYS)
     for key in raw:
         if key not in known:

@@ -27,6 +27,7 @@ import torch
 from competition.model import checkpoint
 from competition.model import config as config_lib
 from competition.data import datasets as data_lib
+from competition.data import provenance
 from competition.train import keep
 from competition.errors import InputError
 from competition.files import write_json
@@ -124,17 +125,18 @@ def update_bn(model: torch.nn.Module, loader, device: torch.device, channels_las
 
 
 def load_kept(run: Path, entries: list[dict]) -> tuple[list[dict], list[str],
-                                                     config_lib.TrainConfig, int | None]:
+                                                     config_lib.TrainConfig, int | None, list]:
     """The kept files of `entries` -> (their weights, their paths, the config and optimizer
-    step of the latest). Configs that differ in anything but the epochs (a run extended on
+    step of the latest, the split each records (provenance.py) or None). Configs that differ in anything but the epochs (a run extended on
     resume) and the fields that change no result -> InputError naming the two files."""
     paths = [str(Path(run) / keep.FOLDER / e["file"]) for e in entries]
-    states, configs, steps = [], [], []
+    states, configs, steps, splits = [], [], [], []
     for path in paths:
         state = checkpoint.load(path)
         configs.append(checkpoint.config_of(state, path))
         states.append(state.get("ema") or state["model"])
         steps.append(state.get("step"))
+        splits.append(state.get(provenance.KEY))
     for path, config in zip(paths[1:], configs[1:]):
         diffs = config_lib.differences(dataclasses.replace(configs[0], epochs=config.epochs),
                                        config)
@@ -142,7 +144,7 @@ def load_kept(run: Path, entries: list[dict]) -> tuple[list[dict], list[str],
             raise InputError(f"{path}: another config than {paths[0]} ({diffs[0]}): only "
                              "weights of one run can be averaged")
     latest = max(range(len(entries)), key=lambda i: entries[i]["epoch"])
-    return states, paths, configs[latest], steps[latest]
+    return states, paths, configs[latest], steps[latest], splits
 
 
 def fold_from_name(run: Path) -> int | None:
@@ -176,7 +178,7 @@ def average_run(run: str | Path, top: int | None = None, last: int | None = None
                          "or more")
     index = keep.read(run)
     entries = keep.select(run, index, top, last)
-    states, paths, config, step = load_kept(run, entries)
+    states, paths, config, step, splits = load_kept(run, entries)
     mode, k = ("top", top) if top is not None else ("last", last)
     if not (run / "best.pt").is_file():
         raise InputError(f"{run / 'best.pt'}: not found; the average is compared with it")
@@ -194,6 +196,14 @@ def average_run(run: str | Path, top: int | None = None, last: int | None = None
     data = Path(data)
     image_ids, labels = load_train(data)
     train_ids, val_ids = split(folds_csv, fold, image_ids)
+    record = provenance.split_record(data, folds_csv, fold, image_ids, val_ids)
+    best_state = checkpoint.load(run / "best.pt")
+    best_split = best_state.get(provenance.KEY)
+    warnings = [said for path, split_of in [*zip(paths, splits), (run / "best.pt", best_split)]
+                if (said := provenance.check(path, split_of, record))]
+    if warnings:  # a run saved before splits were recorded: one line for the run
+        print(warnings[0] + (f" (nor do {len(warnings) - 1} more of {run}'s files)"
+                             if len(warnings) > 1 else ""))
     encoded = by_image(labels)
     saved = config
     changes = {"num_workers": workers} if workers is not None else {}
@@ -231,7 +241,6 @@ def average_run(run: str | Path, top: int | None = None, last: int | None = None
     best_model = best_model.to(device)
     if best_config.channels_last:
         best_model = best_model.to(memory_format=torch.channels_last)
-    best_state = checkpoint.load(run / "best.pt")
     best_result = evaluate(best_model, val_loader, loss_fn, config, rt, dtype)
     summary = {
         "run": str(run), "mode": mode, "k": k, "epochs": [e["epoch"] for e in entries],
@@ -245,6 +254,7 @@ def average_run(run: str | Path, top: int | None = None, last: int | None = None
         "beat_best": result["score"] > best_result["score"], "result": result}
     checkpoint.save(out, {"config": config_lib.to_dict(saved), "model": averaged, "ema": None,
                           "epoch": max(summary["epochs"]), "step": step, "score": result,
+                          provenance.KEY: record,
                           "averaged": {k: v for k, v in summary.items() if k != "result"}})
     write_json(out.with_suffix(".json"), summary)
     return summary

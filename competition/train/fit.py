@@ -19,6 +19,7 @@ import torch
 
 from competition.data import cache as cache_lib
 from competition.data import datasets as data_lib
+from competition.data import provenance
 from competition.data.folds import split
 from competition.data.labels import by_image, load_train
 from competition.errors import InputError
@@ -173,6 +174,7 @@ class Inputs:
     encoded: dict
     pseudo: object  # pseudo_mix.PseudoSet or None
     images: object  # cache.ImageCache or None
+    split: dict  # the fold's record (provenance.py), saved in config.json and checkpoints
 
 
 def read_inputs(config, data: Path, fold: int, folds_csv, out: Path, state, saved,
@@ -185,11 +187,17 @@ def read_inputs(config, data: Path, fold: int, folds_csv, out: Path, state, save
              resume_dtype(saved_precision(state, saved, rt.device), rt.device, out / "last.pt"))
     image_ids, labels = load_train(data)
     train_ids, val_ids = split(folds_csv, fold, image_ids)
+    record = provenance.split_record(data, folds_csv, fold, image_ids, val_ids)
+    if state is not None:  # a folds.csv regenerated, or another one, since the run began
+        said = provenance.check(out / "last.pt", state.get(provenance.KEY), record)
+        if said and rt.main:
+            print(said, flush=True)
     encoded = by_image(labels)
     pseudo = pseudo_lib.load(config.pseudo, image_ids, data) if config.pseudo else None
     images = cache_lib.open_cache(config.cache, data / "train_images", config.cache_dir,
                                   config.num_workers)  # too big: refused before any decoding
-    return Inputs(loss_fn, dtype, image_ids, train_ids, val_ids, encoded, pseudo, images)
+    return Inputs(loss_fn, dtype, image_ids, train_ids, val_ids, encoded, pseudo, images,
+                  record)
 
 
 @dataclasses.dataclass
@@ -214,7 +222,7 @@ def build_parts(config, data: Path, inputs: Inputs, rt: Runtime, state, saved) -
     configure_backends(rt.device)
     torch.manual_seed(config.seed)
     model = make_model(config, rt.device, "none" if config.init_from else None)
-    started = (checkpoint.init_weights(model, config.init_from, config)
+    started = (checkpoint.init_weights(model, config.init_from, config, inputs.split)
                if config.init_from and state is None else None)  # resumed: from last.pt
     encoder_params, head_params = param_groups(model)
     optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": config.encoder_lr},
@@ -286,7 +294,8 @@ def announce(config, fold: int, inputs: Inputs, parts: Parts, rt: Runtime, out: 
         print(f"pseudo-labels: {len(pseudo.image_ids)} images of {pseudo.folder}, {k} in "
               f"every batch of {config.batch_size} (share {k / config.batch_size:.3f} for "
               f"pseudo_share {config.pseudo_share}); never validated on")
-    write_json(out / "config.json", config_lib.to_dict(config))
+    write_json(out / "config.json", {**config_lib.to_dict(config),
+                                     provenance.KEY: inputs.split})
 
 
 def epoch_row(epoch: int, config, parts: Parts, trained: dict, result: dict, best: float) -> dict:
@@ -367,7 +376,7 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
         if rt.main:
             kept = saving.save_epoch(out, config, parts, model, evaluated, kept, epoch,
                                      result, improved, best, history, ema_updates,
-                                     inputs.dtype, rngs)
+                                     inputs.dtype, rngs, inputs.split)
             print(epoch_line(epoch, config, trained, result, row, improved), flush=True)
             tracker.epoch(history, history_columns(result), evaluated, inputs.dtype)
     return row

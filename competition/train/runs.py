@@ -38,6 +38,7 @@ import pandas as pd
 
 from competition.model.config import PRESETS, TrainConfig, build_config, differing, from_saved, to_dict
 from competition.errors import InputError
+from competition.data import provenance
 from competition.data.labels import CLASSES
 
 COLUMNS = ("run", "task", "model", "preset", "epochs", "best_epoch", "metric", "best",
@@ -101,7 +102,9 @@ def number(value) -> float | None:
 
 def run_row(folder: Path, name: str) -> dict:
     """One run's row (oof_cv and oof_in empty: table fills them)."""
-    config = from_saved(read_json(folder / "config.json"), folder / "config.json")
+    saved = read_json(folder / "config.json")
+    config = from_saved({k: v for k, v in saved.items() if k != provenance.KEY}
+                        if isinstance(saved, dict) else saved, folder / "config.json")
     history = read_history(folder / "history.csv", config.task)
     metric, score, per_class = METRICS[config.task]
     scores = history[score].fillna(0.0)  # train scores a classifier without an AUC 0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from competition.data.provenance import KEY
 from competition.errors import InputError
 from competition.files import write_csv
 from competition.model import checkpoint
@@ -47,14 +48,15 @@ def best_epoch(history: list[dict], best: float) -> int:
 
 def save_epoch(out: Path, config, parts, model, evaluated, kept, epoch: int, result: dict,
                improved: bool, best: float, history: list, ema_updates: int, dtype,
-               rngs: list) -> dict:
+               rngs: list, split: dict) -> dict:
     """Rank 0, after epoch `epoch` (0-based): the files in the order of the module's
     docstring. `model` is the stepped module (DDP or compiled), `evaluated` the plain one
-    validated and kept (the EMA where there is one). Returns the kept epochs' record."""
+    validated and kept (the EMA where there is one); `split`: the run's record of its fold
+    (provenance.py), in every checkpoint. Returns the kept epochs' record."""
     ema = parts.ema
     weights = {"config": config_lib.to_dict(config), "model": unwrap(model).state_dict(),
                "ema": ema.state_dict() if ema is not None else None,
-               "epoch": epoch + 1, "step": parts.scheduler.last_epoch}
+               "epoch": epoch + 1, "step": parts.scheduler.last_epoch, KEY: split}
     # before last.pt: an epoch recorded but not in last.pt is recorded again on resume
     kept = keep.record(out, kept, epoch + 1, result["score"], lambda: {
         **weights, "model": evaluated.state_dict(), "ema": None, "score": result})
@@ -120,7 +122,8 @@ def reconcile_best(out: Path, state: dict) -> str | None:
                 f"{wanted} from {PREVIOUS}")
     if wanted == done and "result" in state:
         checkpoint.save(out / BEST, {k: state[k] for k in ("config", "model", "ema", "epoch",
-                                                           "step")} | {"score": state["result"]})
+                                                           "step", KEY) if k in state}
+                        | {"score": state["result"]})
         (out / PREVIOUS).unlink(missing_ok=True)
         return (f"resume: {out / BEST} held {describe(found)} and {out / LAST} records epoch "
                 f"{wanted} ({best:.4f}) as the best; rewrote {BEST} from {LAST}")

@@ -45,7 +45,7 @@ case "$stage" in
     setup ;;
   test)
     setup
-    "$PY" -m pytest -q tests "$@" ;;
+    "$PY" -m pytest -q tests --durations=20 "$@" ;;
   demo)
     # Everything on a small synthetic dataset, in folders of its own (a real run's
     # folds/ and submissions/ are left alone).

@@ -105,8 +105,17 @@ def test_bundle_holds_weights_only_configs_and_wheels(bundle, models, classifier
         "fold0.pt", "fold0.config.json", "fold1.pt", "fold1.config.json", "classifier.pt",
         "classifier.config.json", "postprocess.json", "severstal-bundle.json",
         "dataset-metadata.json"])
-    assert (weights / "postprocess.json").read_bytes() == postprocess.read_bytes()
     manifest = json.loads((weights / "severstal-bundle.json").read_text())
+    tuned, bundled = (json.loads(p.read_text()) for p in (postprocess, weights / "postprocess.json"))
+    # the tuned parameters verbatim; "ensemble" names the bundle's own slim files, by digest
+    assert {k: v for k, v in bundled.items() if k not in ("ensemble", "tuned_on")} == {
+        k: v for k, v in tuned.items() if k != "ensemble"}
+    assert bundled["tuned_on"] == tuned.get("ensemble")
+    members = bundled["ensemble"]["bundle"]
+    assert [(m["checkpoint"], m["weight"]) for m in members["segmenters"] + members["classifiers"]] \
+        == [(m["file"], m["weight"]) for m in manifest["models"]]
+    assert all(m["sha256"] == sha256(weights / m["checkpoint"])[:16]
+               for m in members["segmenters"] + members["classifiers"])
     assert [(m["role"], m["weight"], m["arch"]) for m in manifest["models"]] == [
         ("segment", 1.0, "deeplabv3"), ("segment", 2.0, "unet"), ("classify", 1.0, "deeplabv3")]
     for entry, source in zip(manifest["models"], models + [classifier]):

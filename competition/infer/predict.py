@@ -71,7 +71,8 @@ def gated_masks(pred, params: Params) -> torch.Tensor:
     """An Output (infer.predict_batch) -> (N, 4, H, W) uint8 masks on its device: each
     class's pixels above its threshold (per image where the class's gate scales it), emptied
     where its gate says so. The comparisons are those of the OOF statistics: `probs > t`
-    with t a Python float of the grid, the gate's float32 signal against a Python float."""
+    with t a Python float of the grid, the gate's signal against its value, both float32
+    (gates.keep, as the search's bins compare)."""
     thr, kept = decide(params.gate, params.threshold, params.thresholds, pred.signals())
     probs = pred.masks
     per_image = [params.gate[c]["kind"] == "scale" for c in range(probs.shape[1])]

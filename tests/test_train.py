@@ -1,6 +1,7 @@
 """The training loop on tiny synthetic data, on CPU: outputs, exact resume, refusals."""
 import dataclasses
 import hashlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -54,7 +55,10 @@ WORKER = dict(num_workers=1)  # the module's run and its resume: with a persiste
 @pytest.fixture(scope="module")
 def trained(synthetic, folds_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "fold0"
+    before = set(multiprocessing.active_children())
     row = train_lib.fit(tiny(**WORKER), synthetic, 0, out, folds_csv)
+    # its loaders' workers end with it (left to the garbage collector: 5 s each)
+    assert set(multiprocessing.active_children()) <= before
     return out, row
 
 

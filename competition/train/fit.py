@@ -371,4 +371,5 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                                      inputs.dtype, rngs)
             print(epoch_line(epoch, config, trained, result, row, improved), flush=True)
             tracker.epoch(history, history_columns(result), evaluated, inputs.dtype)
+    data_lib.release(parts.train_loader, parts.val_loader)
     return row

@@ -95,6 +95,20 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, synthetic, capsys):
     one_line_error(run("synth", "--out", tmp_path / "s", "--train", "0"), "--train 0")
 
 
+def test_score_against_the_truth_of_other_images_is_refused(tmp_path, capsys):
+    """Every pair would be empty against empty: a perfect 1.00000 that means nothing."""
+    submission, truth = tmp_path / "submission.csv", tmp_path / "truth.csv"
+    submission.write_text("ImageId,ClassId,EncodedPixels\na.jpg,1,1 3\na.jpg,2,\n")
+    truth.write_text("ImageId,ClassId,EncodedPixels\nb.jpg,1,1 3\n")
+    out = run_here(capsys, "score", "--truth", truth, "--submission", submission)
+    one_line_error(out, truth, submission, "none of the 1 images")
+    assert out.stdout == "" and len(out.stderr.splitlines()) == 1, "one line, nothing else"
+    # a truth file without rows is the truth of images without defects: scored
+    truth.write_text("ImageId,ClassId,EncodedPixels\n")
+    assert run_here(capsys, "score", "--truth", truth, "--submission", submission
+                    ).returncode == 0
+
+
 def test_failed_stage_keeps_previous_output(tmp_path, synthetic):
     out_csv = tmp_path / "folds.csv"
     out_csv.write_text("keep me\n")

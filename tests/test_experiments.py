@@ -6,7 +6,7 @@ import segmentation_models_pytorch as smp
 
 from competition.model import checkpoint
 from competition.train import fit as train_lib
-from competition.model.config import PRESETS, TrainConfig, build_config, from_dict, to_dict
+from competition.model.config import PRESETS, build_config, from_dict, to_dict
 from competition.errors import InputError
 from competition.model.experiments import load, resolve
 from competition.files import write_json

@@ -142,6 +142,30 @@ def test_the_chosen_gate_is_never_worse_than_none_on_oof():
             assert v["oof_dice"] == max(g["dice"] for g in v["gates"].values())
 
 
+def test_a_signal_on_a_gate_value_is_kept_by_the_search_as_by_predict():
+    """float32(0.7) is below the float64 0.7: compared in float64 the search would count the
+    pair emptied by the gate 0.7 while predict (float32) keeps its mask. One defect pair
+    predicted perfectly, so the gate's table reads 1 where the pair is kept, 0 where emptied;
+    the float32 just below 0.7 is emptied by both."""
+    stats = np.zeros((1, 2, 1, 2), np.int64)  # (N, K, M, 2): area 10, all of it true
+    stats[0, :, 0] = [10, 10]
+    truth = np.array([10])
+    on = np.float32(0.7)
+    below = np.nextafter(on, np.float32(0))
+    j = gates.GATES["gate"].index(0.7)
+    gate = {"kind": "gate", "source": "cls", "value": 0.7}
+    for value, kept in ((on, True), (below, False)):
+        _, tables = search.gate_tables(stats, truth, [0], {
+            "gate cls": (np.array([value], np.float32), gates.GATES["gate"])})
+        assert tables["gate cls"][j].max() == float(kept), value
+        signals = {"maxprob": np.ones((1, 4), np.float32),
+                   "cls": np.full((1, 4), value, np.float32)}
+        _, decided = gates.decide([gate] * 4, [0.5] * 4, [0.3, 0.5], signals)
+        assert decided.tolist() == [[kept] * 4], value
+        out = search.gated_stats(stats, gate, np.array([value], np.float32), [0.3, 0.5], 0)
+        assert out[0, 0].tolist() == ([10, 10] if kept else [0, 0]), value
+
+
 def test_a_non_finite_signal_is_an_error():
     signals = {"cls": np.array([[0.5, np.nan, 0.1, 0.2]], np.float32)}
     with pytest.raises(InputError, match="oof/fold0: cls of row 0 is nan"):

@@ -16,7 +16,6 @@ from competition.infer import oof
 from competition.infer import predict
 from competition.infer import pseudo
 from competition.train import pseudo_mix
-from competition.data import rle
 from competition.train import fit as train_lib
 from competition.data import folds as folds_lib
 from competition.train import runtime as runtime_lib

@@ -2,6 +2,7 @@
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -49,10 +50,16 @@ def folds_csv(synthetic, tmp_path_factory):
     return path
 
 
+WORKER = dict(num_workers=1)  # the module's run and its resume: with a persistent worker
+
+
 @pytest.fixture(scope="module")
 def trained(synthetic, folds_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "fold0"
-    row = train_lib.fit(tiny(), synthetic, 0, out, folds_csv)
+    before = set(multiprocessing.active_children())
+    row = train_lib.fit(tiny(**WORKER), synthetic, 0, out, folds_csv)
+    # its loaders' workers end with it (left to the garbage collector: 5 s each)
+    assert set(multiprocessing.active_children()) <= before
     return out, row
 
 
@@ -67,7 +74,7 @@ def test_fit_writes_config_checkpoints_and_history(trained, synthetic, folds_csv
     assert history.epoch.tolist() == [1, 2] and row["epoch"] == 2
     assert history.step.tolist() == [12, 24]  # 48 train images / batch 4 = 12 updates an epoch
     last = checkpoint.load(out / "last.pt")
-    assert last["epoch"] == 2 and last["step"] == 24 and last["config"] == to_dict(tiny())
+    assert last["epoch"] == 2 and last["step"] == 24 and last["config"] == to_dict(tiny(**WORKER))
     best = checkpoint.load(out / "best.pt")
     assert best["score"]["mean_dice"] == row["best"] == max(h["val_dice"] for h in last["history"])
     assert best["score"]["score"] == best["score"]["mean_dice"], "a segmenter is kept for Dice"
@@ -139,20 +146,27 @@ def interrupt_in_epoch(monkeypatch, epoch):
     monkeypatch.setattr(train_lib, "train_one_epoch", stop)
 
 
-def interrupted_and_resumed(config, synthetic, folds_csv, out, monkeypatch) -> dict:
-    """A 2-epoch run of `config` interrupted in epoch 2 and resumed: its last.pt."""
+def interrupted_and_resumed(config, synthetic, folds_csv, out, monkeypatch,
+                            explicit=None) -> dict:
+    """A 2-epoch run of `config` interrupted in epoch 2 and resumed (with the options
+    `explicit`, as given on the command line): its last.pt."""
     with monkeypatch.context() as patch:
         interrupt_in_epoch(patch, 1)
         with pytest.raises(KeyboardInterrupt):
             train_lib.fit(config, synthetic, 0, out, folds_csv)
     assert checkpoint.load(out / "last.pt")["epoch"] == 1
-    train_lib.fit(config, synthetic, 0, out, folds_csv, resume=True)
+    train_lib.fit(config, synthetic, 0, out, folds_csv, resume=True, explicit=explicit)
     return checkpoint.load(out / "last.pt")
 
 
 def test_resume_continues_exactly(trained, synthetic, folds_csv, tmp_path, monkeypatch):
+    """Resumed with a loader worker (persistent: started in the first epoch a process runs),
+    the run's dropout must draw what the uninterrupted run's (one worker too) drew: the
+    loaders must not draw from the global generator when their workers start (they did: a
+    weight 1.8 apart). The interrupted half runs without workers, as a user may change them
+    on --resume (and an interrupted run's workers are left to the garbage collector)."""
     resumed = interrupted_and_resumed(tiny(), synthetic, folds_csv, tmp_path / "fold0",
-                                      monkeypatch)
+                                      monkeypatch, explicit=WORKER)
     straight = checkpoint.load(trained[0] / "last.pt")
     assert resumed["step"] == straight["step"] == 24
     for key, value in straight["model"].items():
@@ -495,6 +509,9 @@ def test_training_loaders_keep_their_workers(synthetic, folds_csv):
     loaders = train_lib.build_loaders(tiny(num_workers=1), synthetic, train_ids, val_ids,
                                       by_image(labels), runtime_lib.Runtime())
     assert all(dl.persistent_workers for dl in loaders)
+    before = torch.get_rng_state()  # starting them leaves the global generator (dropout) alone
+    assert all(len(next(iter(dl))) == 3 for dl in loaders)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 # --- resuming where users resume --------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`predict` and `pseudo`: the ensemble on the test images."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from competition.cli.options import (TTA_HELP, checkpoint_options, fold_args, fold_options,
@@ -22,6 +23,7 @@ def params_and_views(args) -> tuple:
 
 
 def cmd_predict(args) -> None:
+    started = time.perf_counter()  # --time-limit counts from here: imports and loading count
     from competition.infer import predict
 
     if args.time_limit is not None and not args.time_limit > 0:
@@ -41,7 +43,8 @@ def cmd_predict(args) -> None:
                                      args.workers, Path(args.sample) if args.sample else None,
                                      None if args.time_limit is None else args.time_limit * 60,
                                      weights, cls, cls_weights, args.postprocess,
-                                     open_images(args, data / "test_images"), args.compile)
+                                     open_images(args, data / "test_images"), args.compile,
+                                     started)
     filled = int((frame.EncodedPixels != "").sum())
     print(f"wrote {out}: {len(frame)} rows, {filled} non-empty masks (validated)")
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-import sys
+
+from competition.errors import InputError
 
 
 def cmd_baseline(args) -> None:
@@ -21,16 +22,24 @@ def cmd_validate(args) -> None:
     print(f"{args.submission}: valid, {len(table)} rows, {filled} non-empty masks")
 
 
+def check_truth(submission, truth, submission_path, truth_path) -> None:
+    """A truth file that holds rows, none of them of the submission's images, is the truth of
+    other images: every pair would be scored against an empty mask (an empty submission
+    would score a perfect 1.0 that means nothing). Refused; a truth file without rows is the
+    truth of images without defects, and is scored."""
+    if len(truth) and not set(submission.ImageId) & set(truth.ImageId):
+        raise InputError(f"{truth_path} holds none of the {submission.ImageId.nunique()} images "
+                         f"of {submission_path}: it is not their truth (every pair would be "
+                         "scored against an empty mask)")
+
+
 def cmd_score(args) -> None:
     from competition.data.labels import read_table
     from competition.data.metric import score_tables
 
     submission, _, _ = read_table(args.submission)
     truth, _, _ = read_table(args.truth)
-    shared = set(submission.ImageId) & set(truth.ImageId)
-    if len(truth) and not shared:
-        print(f"warning: none of the submission's images is in {args.truth}: "
-              "is it the truth for these images?", file=sys.stderr)
+    check_truth(submission, truth, args.submission, args.truth)
     result = score_tables(submission, truth)
     print(f"{args.submission} against {args.truth}: {result['pairs']} (image, class) pairs")
     print(f"{'class':>6} {'dice':>8}")

@@ -18,8 +18,9 @@ whole pairs, and a scaled threshold is one of the grid's, whose counts the stati
 for every image. Soft gating (pixel probability x p_cls, 4th place) is not offered: it is the
 threshold t / p_cls, which is not on the grid, so the statistics cannot score it exactly.
 
-The comparisons are the same in the search and in `predict`: a float32 signal against a
-Python float, and the scaled threshold chosen by `scaled_index` from the same float32 p_cls.
+The comparisons are the same in the search and in `predict`: signal and gate value both as
+float32 (`compared`; the search's bins by `passes`, predict's decisions by `keep`), and the
+scaled threshold chosen by `scaled_index` from the same float32 p_cls.
 """
 from __future__ import annotations
 
@@ -69,12 +70,26 @@ def scaled_index(thresholds, t0: float, c: float, p: np.ndarray) -> np.ndarray:
     return np.abs(t[..., None] - grid).argmin(axis=-1)
 
 
+def compared(values) -> np.ndarray:
+    """Signals and gate values as every gate comparison sees them: float32, the precision of
+    the models' probabilities. In float64 the gate value 0.7 is above float32(0.7), so a
+    signal of exactly float32(0.7) would be emptied by a float64 comparison and kept by a
+    float32 one: the search and `predict` must not differ on it."""
+    return np.asarray(values, np.float32)
+
+
 def keep(gate: dict, values: np.ndarray | None) -> np.ndarray | bool:
-    """Which pairs a gate of kind gate or maxprob lets through: values >= g (True for the
-    others, which empty nothing)."""
+    """Which pairs a gate of kind gate or maxprob lets through: values >= g, in `compared`'s
+    precision (True for the others, which empty nothing)."""
     if gate["kind"] in ("gate", "maxprob"):
-        return values >= np.float32(gate["value"])
+        return compared(values) >= compared(gate["value"])
     return True
+
+
+def passes(values, cuts) -> np.ndarray:
+    """Per value, how many of the increasing gate values `cuts` it passes (value >= cut),
+    compared as `keep` compares: the search's count of each gate agrees with `predict`."""
+    return np.searchsorted(compared(cuts), compared(values), side="right")
 
 
 def check_signals(signals: dict, n: int, where: str) -> None:

@@ -37,14 +37,19 @@ def project(elapsed: float, done: int, total: int, warm: tuple[float, int]) -> f
 class TimeLimit:
     """Stops a prediction that cannot finish in `limit` seconds, as soon as its rate is known.
 
-    The first batch is start-up (loader workers, cuDNN autotuning), so the rate is measured
-    from its end; from the third batch on, every batch projects the whole run (`project`).
-    The first projection is printed; a projection past the limit stops the run with one line,
-    before anything is written (Kaggle kills a kernel at 60 minutes with no message)."""
+    The time counts from `start` (a reading of `clock`, time.perf_counter by default; None:
+    now): the command's start, so that loading the models, which Kaggle's hour counts too,
+    counts. The first batch is start-up (loader workers, cuDNN autotuning), so the rate is
+    measured from its end; from the third batch on, every batch projects the whole run
+    (`project`). The first projection is printed; a projection past the limit stops the run
+    with one line, before anything is written (Kaggle kills a kernel at 60 minutes with no
+    message)."""
 
-    def __init__(self, limit: float, total: int, clock=time.perf_counter):
-        self.limit, self.total, self.clock = limit, total, clock
-        self.start, self.warm, self.batches, self.said = clock(), None, 0, False
+    def __init__(self, limit: float, total: int, clock=None, start: float | None = None):
+        self.limit, self.total = limit, total
+        self.clock = clock or time.perf_counter  # looked up now: the command's clock
+        self.start = self.clock() if start is None else start
+        self.warm, self.batches, self.said = None, 0, False
 
     def update(self, done: int) -> None:
         """Call after each batch with the number of images done so far."""
@@ -71,7 +76,8 @@ def gated_masks(pred, params: Params) -> torch.Tensor:
     """An Output (infer.predict_batch) -> (N, 4, H, W) uint8 masks on its device: each
     class's pixels above its threshold (per image where the class's gate scales it), emptied
     where its gate says so. The comparisons are those of the OOF statistics: `probs > t`
-    with t a Python float of the grid, the gate's float32 signal against a Python float."""
+    with t a Python float of the grid, the gate's signal against its value, both float32
+    (gates.keep, as the search's bins compare)."""
     thr, kept = decide(params.gate, params.threshold, params.thresholds, pred.signals())
     probs = pred.masks
     per_image = [params.gate[c]["kind"] == "scale" for c in range(probs.shape[1])]
@@ -174,18 +180,22 @@ def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out
                  batch_size: int, workers: int, sample_path: Path | None = None,
                  time_limit: float | None = None, weights=None, classifiers=(),
                  classifier_weights=None, where: str = "postprocess.json", images=None,
-                 compile: bool = False) -> pd.DataFrame:
+                 compile: bool = False, started: float | None = None) -> pd.DataFrame:
     """The segmenters `checkpoints` (weighted by `weights`, default equal) and the
     `classifiers` predict the test images. time_limit: seconds the prediction may take
-    (TimeLimit), counted from its first batch being asked for; None: no limit. `images`:
-    the decoded-image cache of test_images or None; `compile`: torch.compile the models."""
+    (TimeLimit), counted from `started` (a time.perf_counter() reading: the command's start,
+    so that reading the inputs and loading the models count; None: from this call); None:
+    no limit. `images`: the decoded-image cache of test_images or None; `compile`:
+    torch.compile the models."""
+    started = time.perf_counter() if started is None else started
     sample, image_ids = test_sample(data, sample_path)
     dev = device()
     ensemble, cls = load_models(checkpoints, params, dev, weights, classifiers,
                                 classifier_weights, where, compile)
     encoded: dict = {}
     start = time.perf_counter()
-    limit = None if time_limit is None else TimeLimit(time_limit, len(image_ids))
+    limit = None if time_limit is None else TimeLimit(time_limit, len(image_ids),
+                                                      start=started)
     encode(ensemble, data / "test_images", image_ids, params, views, dev, batch_size, workers,
            "predict", encoded, limit, cls, images=images)
     report_rate(len(image_ids), len(checkpoints) + len(classifiers), views,

@@ -71,11 +71,11 @@ def gate_tables(stats: np.ndarray, truth: np.ndarray, min_areas, gated: dict,
     is below gates[j]. Returns the (K, M, A) table without a gate and {name: (G, K, M, A)}.
     An emptied pair scores 1 when its truth is empty and 0 otherwise, so with the pairs
     binned by how many gates they pass (b: value >= gates[:b]), table j is the Dice summed
-    over the bins b > j plus the empty truths of the bins b <= j, over N."""
+    over the bins b > j plus the empty truths of the bins b <= j, over N. The bins compare
+    as `predict` does (gates.passes)."""
     n, k, m, _ = stats.shape
     empty = np.asarray(truth) == 0
-    bins = {name: np.searchsorted(np.asarray(g, np.float64), np.asarray(v, np.float64),
-                                  side="right") for name, (v, g) in gated.items()}
+    bins = {name: gates.passes(v, g) for name, (v, g) in gated.items()}
     sums = {name: np.zeros((len(g) + 1, k, m, len(min_areas))) for name, (_, g) in gated.items()}
     total = np.zeros((k, m, len(min_areas)))
     for lo, dice in chunk_dice(stats, truth, min_areas, chunk):

@@ -66,7 +66,8 @@ def full_size_loader(config, data: Path, ids, encoded, rt: Runtime, batch_size: 
     dataset = data_lib.SteelDataset(data / "train_images", ids[rt.rank::rt.world], encoded,
                                     cache=images)
     return data_lib.loader(dataset, batch_size, config.num_workers, drop_last=drop_last,
-                           pin_memory=rt.device.type == "cuda", persistent=True)
+                           pin_memory=rt.device.type == "cuda", persistent=True,
+                           seed=config.seed)
 
 
 def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, pseudo=None,
@@ -88,7 +89,7 @@ def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, 
     pin = rt.device.type == "cuda"
     train_loader = data_lib.loader(train_set, config.batch_size, config.num_workers,
                                    sampler=sampler, drop_last=True, pin_memory=pin,
-                                   persistent=True)
+                                   persistent=True, seed=config.seed)
     val_loader = full_size_loader(config, data, val_ids, encoded, rt, config.val_batch_size,
                                   images=images)
     if len(train_loader) < config.accumulate:
@@ -379,4 +380,5 @@ def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | P
                                      inputs.dtype, rngs, inputs.split)
             print(epoch_line(epoch, config, trained, result, row, improved), flush=True)
             tracker.epoch(history, history_columns(result), evaluated, inputs.dtype)
+    data_lib.release(parts.train_loader, parts.val_loader)
     return row

@@ -12,6 +12,7 @@ from torch import nn
 from competition.model.config import (FULL_SIZE, OLD_RATES, build_config, cells, from_dict, live,
                                 to_dict)
 from competition.errors import InputError
+from competition.model import weights as weights_lib
 from competition.model.networks import (ARCHITECTURES, DEFAULT_STRIDE, build_model, from_config,
                                param_groups)
 
@@ -270,6 +271,9 @@ def test_param_groups_rest_is_the_head():
 
 
 def test_imagenet_offline_smp(monkeypatch, no_network):
+    """A download that fails after the quick check passed (weights.unavailable) is one line."""
+    monkeypatch.setattr(weights_lib, "reachable", lambda *args, **kwargs: True)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     calls = []
 
     def offline(*args, **kwargs):
@@ -285,6 +289,7 @@ def test_imagenet_offline_smp(monkeypatch, no_network):
 
 
 def test_imagenet_offline_torchvision(monkeypatch, no_network):
+    monkeypatch.setattr(weights_lib, "reachable", lambda *args, **kwargs: True)
     calls = []
 
     def offline(url, *args, **kwargs):

@@ -17,7 +17,7 @@ def cmd_oof(args) -> None:
     stats_dir = Path(args.oof_dir or out / "oof")
     images = open_images(args, data / "train_images")  # one cache for both passes
     oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers, stats_dir,
-            images, args.compile)
+            images, args.compile, args.device)
     result = oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args))
     print_search(result, out)
     if args.skip_oof_csv:
@@ -31,7 +31,7 @@ def cmd_oof(args) -> None:
     oof_csv = out / "oof.csv"
     predict_oof(data, runs, folds_csv, folds, read_params(out / "postprocess.json"), views,
                 oof_csv, args.batch_size, args.workers, str(out / "postprocess.json"), images,
-                args.compile)
+                args.compile, args.device)
     scored = score_tables(read_table(oof_csv)[0], read_table(data / "train.csv")[0])
     print(f"wrote {oof_csv}; scored from the CSV against {data / 'train.csv'}: mean Dice "
           f"{scored['mean_dice']:.5f} (the search: {result['oof_mean_dice']:.5f})")

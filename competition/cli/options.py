@@ -65,6 +65,15 @@ def inference_options(p, batch_size: int = 8) -> None:
     p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="loader processes decoding JPEGs")
+    device_option(p)
+
+
+def device_option(p) -> None:
+    from competition.model.devices import DEVICES
+
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="auto (default): the GPU when torch can use it, else the CPU, but an "
+                   "NVIDIA GPU torch cannot use stops with one line; cuda; cpu (on purpose)")
 
 
 def speed_options(p) -> None:

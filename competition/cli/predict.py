@@ -34,7 +34,8 @@ def cmd_predict(args) -> None:
         out = Path(args.out or "submissions/oof.csv")
         frame = predict.predict_oof(data, *fold_args(args), params, views, out,
                                     args.batch_size, args.workers, args.postprocess,
-                                    open_images(args, data / "train_images"), args.compile)
+                                    open_images(args, data / "train_images"), args.compile,
+                                    args.device)
     else:
         out = Path(args.out or "submissions/submission.csv")
         seg, weights, cls, cls_weights = tuned_models(args, Path(args.postprocess), views,
@@ -44,7 +45,7 @@ def cmd_predict(args) -> None:
                                      None if args.time_limit is None else args.time_limit * 60,
                                      weights, cls, cls_weights, args.postprocess,
                                      open_images(args, data / "test_images"), args.compile,
-                                     started)
+                                     started, args.device)
     filled = int((frame.EncodedPixels != "").sum())
     print(f"wrote {out}: {len(frame)} rows, {filled} non-empty masks (validated)")
 
@@ -59,7 +60,8 @@ def cmd_pseudo(args) -> None:
                                                   "cls" in params.needs() or args.source in ("auto", "cls"))
     out = Path(args.out)
     summary = pseudo.make(Path(args.data), seg, params, views, out, rule, args.batch_size,
-                          args.workers, weights, cls, cls_weights, args.postprocess)
+                          args.workers, weights, cls, cls_weights, args.postprocess,
+                          args.device)
     print(f"wrote {out}: train.csv, train_images/ ({summary['kept']} {summary['links']}s to "
           f"{Path(args.data) / 'test_images'}), summary.json; train with --pseudo {out} "
           "--pseudo-share 0.15")

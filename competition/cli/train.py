@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from competition.cli.options import parse_bool, tuple_of
+from competition.cli.options import device_option, parse_bool, tuple_of
 
 
 def cmd_train(args) -> None:
@@ -19,7 +19,7 @@ def cmd_train(args) -> None:
     out = args.out or f"folds/fold{args.fold}"
     try:
         row = fit(config, args.data, args.fold, out, args.folds, args.resume, args.overwrite,
-                  explicit)
+                  explicit, args.device)
         if row and os.environ.get("RANK", "0") == "0":
             print(f"fold {args.fold}: {summary(row)}; wrote {out}/best.pt, last.pt, "
                   "history.csv")
@@ -64,5 +64,6 @@ def add(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an --out that holds a run")
+    device_option(p)
     config_options(p)
     p.set_defaults(func=cmd_train)

@@ -196,15 +196,18 @@ def fold_runs(runs, folds_csv: Path, folds: list[int],
 
 
 def run(data: Path, runs, folds_csv: Path, folds: list[int], views, batch_size: int,
-        workers: int, stats_dir: Path, images=None, compile: bool = False) -> None:
+        workers: int, stats_dir: Path, images=None, compile: bool = False,
+        device_name: str = "auto") -> None:
     """OOF statistics of every fold in `folds` into STATS/fold<k>/ (each folder replaced
-    whole); runs: a Runs, or one run folder. images, compile: as fold_stats's."""
+    whole); runs: a Runs, or one run folder. images, compile: as fold_stats's;
+    device_name: --device (auto | cuda | cpu)."""
+    dev = device(device_name)
     runs = as_runs(runs)
     image_ids, labels = load_train(data)
     encoded = by_image(labels)
     for k, val_ids, seg, cls in fold_runs(runs, folds_csv, folds, image_ids):
         out = stats_dir / f"fold{k}"
-        fold_stats(data, val_ids, encoded, seg, views, out, device(), batch_size, workers,
+        fold_stats(data, val_ids, encoded, seg, views, out, dev, batch_size, workers,
                    desc=f"oof fold {k}", weights=list(runs.weights) or None,
                    classifiers=cls, classifier_weights=list(runs.classifier_weights) or None,
                    images=images, compile=compile,

@@ -180,16 +180,17 @@ def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out
                  batch_size: int, workers: int, sample_path: Path | None = None,
                  time_limit: float | None = None, weights=None, classifiers=(),
                  classifier_weights=None, where: str = "postprocess.json", images=None,
-                 compile: bool = False, started: float | None = None) -> pd.DataFrame:
+                 compile: bool = False, started: float | None = None,
+                 device_name: str = "auto") -> pd.DataFrame:
     """The segmenters `checkpoints` (weighted by `weights`, default equal) and the
     `classifiers` predict the test images. time_limit: seconds the prediction may take
     (TimeLimit), counted from `started` (a time.perf_counter() reading: the command's start,
     so that reading the inputs and loading the models count; None: from this call); None:
     no limit. `images`: the decoded-image cache of test_images or None; `compile`:
-    torch.compile the models."""
+    torch.compile the models; `device_name`: --device (auto | cuda | cpu)."""
     started = time.perf_counter() if started is None else started
+    dev = device(device_name)
     sample, image_ids = test_sample(data, sample_path)
-    dev = device()
     ensemble, cls = load_models(checkpoints, params, dev, weights, classifiers,
                                 classifier_weights, where, compile)
     encoded: dict = {}
@@ -206,16 +207,17 @@ def predict_test(data: Path, checkpoints: list[Path], params: Params, views, out
 def predict_oof(data: Path, runs, folds_csv: Path, folds: list[int], params: Params,
                 views, out: Path, batch_size: int, workers: int,
                 where: str = "postprocess.json", images=None,
-                compile: bool = False) -> pd.DataFrame:
+                compile: bool = False, device_name: str = "auto") -> pd.DataFrame:
     """Each fold's validation images predicted by that fold's models alone: runs is an
     oof.Runs (or one run folder), averaged as `oof` averaged them. `images`: the
-    decoded-image cache of train_images or None; `compile`: torch.compile the models."""
+    decoded-image cache of train_images or None; `compile`: torch.compile the models;
+    `device_name`: --device (auto | cuda | cpu)."""
     from competition.infer.oof import as_runs, fold_runs
 
+    dev = device(device_name)
     image_ids, _ = load_train(data)
     runs = as_runs(runs)
     todo = fold_runs(runs, folds_csv, folds, image_ids)
-    dev = device()
     ensembles = [load_models(seg, params, dev, list(runs.weights) or None, cls,
                              list(runs.classifier_weights) or None, where, compile)
                  for _, _, seg, cls in todo]

@@ -138,7 +138,8 @@ def test_images(data: Path) -> list[str]:
 
 def predict(data: Path, checkpoints: list[Path], params, views, batch_size: int, workers: int,
             weights=None, classifiers=(), classifier_weights=None,
-            where: str = "postprocess.json", source: str = "auto") -> Predictions:
+            where: str = "postprocess.json", source: str = "auto",
+            device_name: str = "auto") -> Predictions:
     """Run the ensemble on every test image as `predict` does (predict.load_models,
     predict.encode), keeping the image-level signals beside the masks' RLE. `source` is
     resolved (resolve_source) once the models are loaded, before any image is predicted."""
@@ -146,8 +147,8 @@ def predict(data: Path, checkpoints: list[Path], params, views, batch_size: int,
     from competition.infer.gates import check_signals
     from competition.model.forward import device
 
+    dev = device(device_name)
     image_ids = test_images(data)
-    dev = device()
     ensemble, cls = predict_lib.load_models(checkpoints, params, dev, weights, classifiers,
                                             classifier_weights, where)
     source = resolve_source(source, cls is not None, ensemble.has_heads)
@@ -227,13 +228,14 @@ def write_dataset(out: Path, data: Path, pred: Predictions, kept: np.ndarray,
 
 def make(data: Path, checkpoints: list[Path], params, views, out: Path, rule: Rule,
          batch_size: int, workers: int, weights=None, classifiers=(),
-         classifier_weights=None, where: str = "postprocess.json") -> dict:
+         classifier_weights=None, where: str = "postprocess.json",
+         device_name: str = "auto") -> dict:
     """The pseudo command: predict, select by `rule`, write the dataset; returns its summary.
     Nothing is written when no image passes (an empty dataset trains nothing)."""
     check_rule(rule)
     check_out(out, data)
     pred = predict(data, checkpoints, params, views, batch_size, workers, weights,
-                   classifiers, classifier_weights, where, rule.source)
+                   classifiers, classifier_weights, where, rule.source, device_name)
     source = pred.source
     selection = select(pred.signals[source], nonempty(pred), rule.high, rule.low)
     summary = {**summarize(selection),

@@ -12,11 +12,14 @@ import sys
 import torch
 
 from competition.errors import InputError
+from competition.model import devices
 
 
-def device() -> torch.device:
-    """The first GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(wanted: str = "auto") -> torch.device:
+    """--device `wanted` (auto | cuda | cpu) -> the first GPU or the CPU (devices.resolve:
+    auto takes the GPU when torch can use it and refuses, in one line, an NVIDIA GPU that
+    torch cannot use)."""
+    return torch.device(devices.resolve(wanted))
 
 
 class NonFiniteLogits(InputError):

@@ -9,8 +9,10 @@ also return image-level logits from an auxiliary head on the pooled deepest enco
 `split_output` tells the three apart. Every model has an `encoder` attribute (the backbone),
 which `param_groups` separates from the rest for a lower learning rate.
 
-Encoder weights: "none" (random), "imagenet" (downloaded by smp/torchvision; offline that is
-an InputError) or the PATH of a local state dict that must fit the encoder exactly.
+Encoder weights: "none" (random), "imagenet" (downloaded by smp/torchvision/timm, or taken
+from their caches; weights not cached with no network are an InputError at once, before the
+libraries' retries: weights.unavailable) or the PATH of a local state dict that must fit the
+encoder exactly.
 
 The DeepLab models' ASPP dilates its three 3x3 branches per axis, (rows, columns), from the
 config's atrous rates; see config.untrained_taps for why they are small on 256-high strips.
@@ -32,6 +34,7 @@ from torchvision.models import ResNet50_Weights, ResNet101_Weights, resnet50, re
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 
+from competition.model import weights as weights_lib
 from competition.model.config import TrainConfig, dilations, untrained_line
 from competition.errors import InputError
 
@@ -205,6 +208,35 @@ def download_error(encoder: str, e: OSError) -> InputError:
                       f"(a local state dict) or --encoder-weights none")
 
 
+def imagenet_weights(arch: str, encoder: str) -> weights_lib.Weights | None:
+    """The files the ImageNet weights of `encoder` (in `arch`) download, as the libraries
+    name them; None where they are not known (the download decides)."""
+    if arch == "tv_deeplabv3":
+        return ((weights_lib.File(url=TV_BACKBONES[encoder][1].url),),)
+    if encoder.startswith("tu-"):
+        cfg = timm.models.get_pretrained_cfg(encoder[3:])
+        if cfg is None:
+            return None
+        if cfg.hf_hub_id:
+            names = ((cfg.hf_hub_filename,) if cfg.hf_hub_filename
+                     else ("model.safetensors", "pytorch_model.bin"))
+            return tuple((weights_lib.File(cfg.hf_hub_id, name),) for name in names)
+        return ((weights_lib.File(url=cfg.url),),) if cfg.url else None
+    settings = smp.encoders.encoders[encoder]["pretrained_settings"].get("imagenet")
+    return (weights_lib.smp_weights(settings["repo_id"], settings["revision"])
+            if settings else None)
+
+
+def check_imagenet(arch: str, encoder: str) -> None:
+    """An InputError at once where the ImageNet weights are neither cached nor downloadable
+    now (HF_HUB_OFFLINE, or the host unreachable within weights.CONNECT_S)."""
+    reason = weights_lib.unavailable(imagenet_weights(arch, encoder))
+    if reason:
+        raise InputError(f"the ImageNet weights for {encoder} cannot be had: {reason}; pass "
+                         f"--encoder-weights PATH (a local state dict) or --encoder-weights "
+                         f"none (python -m competition doctor lists what is cached)")
+
+
 def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weights: str = "none",
                 output_stride: int | None = None, classes: int = 4,
                 atrous_rates_h: tuple[int, ...] = TrainConfig.atrous_rates_h,
@@ -232,6 +264,8 @@ def build_model(arch: str = "deeplabv3", encoder: str = "resnet34", encoder_weig
     weights = "none" if encoder_weights is None else str(encoder_weights)
     imagenet = weights == "imagenet"
     _check_encoder(arch, encoder, imagenet)
+    if imagenet:
+        check_imagenet(arch, encoder)
     state = None if weights in ("none", "imagenet") else _read_state_dict(Path(weights))
     rates = list(zip(dilations(atrous_rates_h, stride), dilations(atrous_rates_w, stride)))
     try:
@@ -263,6 +297,8 @@ def build_classifier(encoder: str = "resnet34", encoder_weights: str = "none",
     weights = "none" if encoder_weights is None else str(encoder_weights)
     imagenet = weights == "imagenet"
     _check_classifier_encoder(encoder, imagenet)
+    if imagenet:
+        check_imagenet("classifier", encoder)
     state = None if weights in ("none", "imagenet") else _read_state_dict(Path(weights))
     try:
         backbone = smp.encoders.get_encoder(encoder, weights="imagenet" if imagenet else None)

@@ -320,10 +320,12 @@ def epoch_line(epoch: int, config, trained: dict, result: dict, row: dict,
 
 
 def fit(config, data: str | Path, fold: int, out: str | Path, folds_csv: str | Path,
-        resume: bool = False, overwrite: bool = False, explicit: dict | None = None) -> dict:
-    """Train `fold` of `folds_csv` on dataset `data` into `out`; returns the last epoch's
-    history row. Everything that can fail on bad input is checked before the first write."""
-    rt = runtime()
+        resume: bool = False, overwrite: bool = False, explicit: dict | None = None,
+        device: str = "auto") -> dict:
+    """Train `fold` of `folds_csv` on dataset `data` into `out`, on `device` (auto | cuda |
+    cpu: runtime.runtime); returns the last epoch's history row. Everything that can fail on
+    bad input is checked before the first write."""
+    rt = runtime(device)
     data, out = Path(data), Path(out)
     config, state, saved = resolve_config(config, out, resume, overwrite, explicit or {})
     inputs = read_inputs(config, data, fold, folds_csv, out, state, saved, rt)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from competition.errors import InputError
-from competition.model import checkpoint
+from competition.model import checkpoint, devices
 from competition.model.precision import PRECISION, amp_dtype
 
 
@@ -28,13 +28,16 @@ class Runtime:
         return self.rank == 0
 
 
-def runtime() -> Runtime:
+def runtime(device: str = "auto") -> Runtime:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: join the process group (nccl on CUDA, else
-    gloo). Otherwise one process on the first GPU, or the CPU."""
+    gloo), each rank on GPU LOCAL_RANK. Otherwise one process on the first GPU, or the CPU.
+    `device`: --device auto | cuda | cpu (devices.resolve: auto refuses an NVIDIA GPU that
+    torch cannot use, in one line, as cuda does without CUDA)."""
+    kind = devices.resolve(device)
     if "RANK" not in os.environ:
-        return Runtime(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        return Runtime(device=torch.device(kind))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if torch.cuda.is_available():
+    if kind == "cuda":
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)

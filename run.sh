@@ -217,7 +217,7 @@ PYEOF
     "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)
     sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup demo demo-gates demo-levers test folds fold<K> oof predict kernel train search score validate check synth bench runs (python -m competition --help)" ;;
+    echo "stages: setup doctor demo demo-gates demo-levers test folds fold<K> oof predict kernel train search score validate check synth bench runs (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

@@ -12,6 +12,7 @@ import sys
 
 import competition.cli.bench as bench
 import competition.cli.dataset as dataset
+import competition.cli.doctor as doctor
 import competition.cli.kernel as kernel
 import competition.cli.oof as oof
 import competition.cli.predict as predict
@@ -20,8 +21,8 @@ import competition.cli.submission as submission
 import competition.cli.train as train
 from competition.errors import InputError, one_line
 
-# in the order of the data flow, as `--help` lists them
-STAGES = (dataset, submission, train, runs, oof, predict, kernel, bench)
+# in the order of the data flow, as `--help` lists them (doctor first: checks the machine)
+STAGES = (doctor, dataset, submission, train, runs, oof, predict, kernel, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

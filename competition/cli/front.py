@@ -14,6 +14,7 @@ import competition.cli.bench as bench
 import competition.cli.dataset as dataset
 import competition.cli.kernel as kernel
 import competition.cli.oof as oof
+import competition.cli.pipeline as pipeline
 import competition.cli.predict as predict
 import competition.cli.runs as runs
 import competition.cli.submission as submission
@@ -21,7 +22,7 @@ import competition.cli.train as train
 from competition.errors import InputError, one_line
 
 # in the order of the data flow, as `--help` lists them
-STAGES = (dataset, submission, train, runs, oof, predict, kernel, bench)
+STAGES = (dataset, submission, train, runs, oof, predict, kernel, pipeline, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,11 @@
 refusals, the skip/resume rule, the --gpus/--ddp command lines and scheduling, and a tiny
 recipe end to end on CPU, killed mid-training and re-run."""
 import dataclasses
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -300,3 +304,130 @@ def test_ledger_skips_a_step_only_while_options_inputs_and_outputs_stand(tmp_pat
     again.record("oof", {"tta": ("none",)}, [source])
     output.unlink()
     assert not again.fresh("oof", {"tta": ("none",)}, [source], [output])
+
+
+def test_a_failing_step_names_itself_and_the_command_to_continue(tmp_path, data, capsys,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.csv").write_text("ImageId,fold\na.jpg,0\nb.jpg,1\n")
+    path = write(tmp_path, BASE.format(data=data).replace("folds: [0]", "folds: [3]")
+                 + "split: {file: f.csv}\n")
+    one_line_error(run_here(capsys, "pipeline", path, "--gpus", "0"),
+                   "error: pipeline step folds failed: f.csv: no fold 3 (it holds [0, 1]); "
+                   "the recipe's models ask folds [3]; fix it and continue with: python -m "
+                   f"competition pipeline {path} --gpus 0")
+
+
+# end to end on CPU: a tiny recipe, then a second recipe killed mid-training and re-run
+
+TINY = ("{crop_height: 64, crop_width: 128, epochs: %d, batch_size: 4, num_workers: 0, "
+        "val_batch_size: 2, warmup_epochs: 0.5, tensorboard: false}")
+TINY_RECIPE = """\
+data: DATA
+split: {file: folds/folds.csv, n_folds: 5, seed: 0}
+out: sub
+oof: {tta: [none], oof_csv: false}
+inference: {batch_size: 2, workers: 0}
+kernel: {owner: tester, out: kaggle, wheels: [], check: false}
+models:
+  - name: seg
+    role: segmenter
+    preset: demo_cpu
+    overrides: %s
+    folds: [0]
+""" % (TINY % 1)
+WITH_CLASSIFIER = TINY_RECIPE + """\
+  - name: cls
+    role: classifier
+    preset: demo_cpu_cls
+    overrides: %s
+    folds: [0]
+""" % (TINY % 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """Ten train images (two validate fold 0) and two test images, with their truth."""
+    from competition.data.synth import make_dataset
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    make_dataset(out, n_train=10, n_test=2, seed=3, workers=1)
+    return out
+
+
+def stamp(path):
+    return path.stat().st_mtime_ns, path.read_bytes()
+
+
+def test_a_recipe_end_to_end_then_killed_and_continued(tiny_data, tmp_path, capsys,
+                                                       monkeypatch):
+    """1. the segmenter alone, end to end (kernel bundle built, not rehearsed: test_kernel
+    rehearses); 2. the recipe with a classifier added, SIGKILLed as the classifier's second
+    epoch starts: the segmenter's best.pt untouched, the classifier's last.pt at epoch 1;
+    3. re-run: the segmenter skipped, the classifier resumed, everything after re-made;
+    4. the same recipe uninterrupted beside it (from the same segmenter): the same
+    classifier weights bit for bit, postprocess.json and submission.csv (one process, no
+    loader workers: exact resume); 5. re-run again: every step skipped, nothing rewritten."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    first = write(a, TINY_RECIPE.replace("DATA", str(tiny_data)), "first.yaml")
+    second = write(tmp_path, WITH_CLASSIFIER.replace("DATA", str(tiny_data)), "second.yaml")
+    monkeypatch.chdir(a)
+    done = run_here(capsys, "pipeline", first)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train: seg fold 0: started" in done.stdout
+    for name in ("folds/folds.csv", "folds/seg/fold0/best.pt", "sub/oof/fold0/meta.json",
+                 "sub/postprocess.json", "sub/cv_report/cv_report.md", "sub/submission.csv",
+                 "kaggle/kernel/kernel-metadata.json", "sub/pipeline.json"):
+        assert (a / name).exists(), name
+    summary = done.stdout[done.stdout.index(f"pipeline {first}: summary"):]
+    assert "folds/seg/fold0" in summary and "OOF CV over 2 images" in summary
+    assert "test: sub/submission.csv against" in summary
+    for step in ("folds", "train", "oof", "search", "predict", "validate/score", "kernel"):
+        assert f"\n  {step} " in summary
+    seg_best = stamp(a / "folds/seg/fold0/best.pt")
+
+    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", PYTHONPATH=str(ROOT),
+               KILL_TASK="classify", KILL_EPOCH="1")
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "pipeline_probe.py"),
+                             "pipeline", str(second)], cwd=a, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert "train: seg fold 0: finished, skipped" in killed.stdout
+    assert torch.load(a / "folds/cls/fold0/last.pt", weights_only=True)["epoch"] == 1
+    assert stamp(a / "folds/seg/fold0/best.pt") == seg_best
+
+    resumed = run_here(capsys, "pipeline", second)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "train: seg fold 0: finished, skipped" in resumed.stdout
+    assert "train: cls fold 0: interrupted, resumed" in resumed.stdout
+    assert "epochs 2..2 (resumed from folds/cls/fold0/last.pt)" in resumed.stdout
+    assert stamp(a / "folds/seg/fold0/best.pt") == seg_best
+    assert torch.load(a / "folds/cls/fold0/last.pt", weights_only=True)["epoch"] == 2
+
+    (b / "folds").mkdir(parents=True)
+    shutil.copytree(a / "folds/seg", b / "folds/seg")
+    shutil.copy2(a / "folds/folds.csv", b / "folds/folds.csv")
+    monkeypatch.chdir(b)
+    whole = run_here(capsys, "pipeline", second)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "train: cls fold 0: started" in whole.stdout
+    mine, theirs = (torch.load(x / "folds/cls/fold0/best.pt", weights_only=True)
+                    for x in (a, b))
+    assert mine["epoch"] == theirs["epoch"]
+    assert all(torch.equal(mine["model"][k], theirs["model"][k]) for k in mine["model"])
+    pp_a, pp_b = (json.loads((x / "sub/postprocess.json").read_text()) for x in (a, b))
+    assert pp_a["classes"] == pp_b["classes"] and pp_a["oof_mean_dice"] == pp_b["oof_mean_dice"]
+    assert [m["checkpoint"] for f in pp_a["ensemble"].values() for r in f.values() for m in r] \
+        == ["folds/seg/fold0/best.pt", "folds/cls/fold0/best.pt"]
+    assert (a / "sub/submission.csv").read_bytes() == (b / "sub/submission.csv").read_bytes()
+
+    monkeypatch.chdir(a)
+    made = {p: stamp(a / p) for p in ("sub/postprocess.json", "sub/submission.csv",
+                                      "sub/oof/fold0/stats.npy", "folds/cls/fold0/best.pt")}
+    again = run_here(capsys, "pipeline", second)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 resumed, 0 new" in again.stdout
+    for step in ("oof", "search", "predict", "kernel"):
+        assert f"pipeline: {step}: skipped, its outputs are current" in again.stdout
+    assert {p: stamp(a / p) for p in made} == made

@@ -319,7 +319,8 @@ def summary(recipe: Recipe, ctx, times) -> str:
     from competition.infer.gates import NONE, describe
     from competition.train import runs
 
-    rows = runs.table([m.run for m in recipe.models], [recipe.out])
+    rows = [{**row, "run": f"{m.run}/{row['run']}"}  # the table names runs below a folder
+            for m in recipe.models for row in runs.table([m.run], [recipe.out])]
     lines = [f"pipeline {recipe.path}: summary", "", "runs:", runs.as_text(rows), ""]
     result = json.loads((recipe.out / "postprocess.json").read_text())
     lines.append(f"OOF CV over {result['images']} images ({recipe.out / 'postprocess.json'}):")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Thin front door over `python -m competition <stage>`; see README.md and docs/ for every stage.
-#   bash run.sh setup | demo | test [pytest args] | folds | fold0..foldN [options] | oof | predict
+#   bash run.sh setup | doctor | demo | demo-pipeline | test [pytest args] | folds | fold0..foldN [options] | oof | predict
 #   | kernel --owner USER [--check DATA] [--push] | score ... | bench rle|score|train|predict
+#   | pipeline RECIPE [--gpus 0,1] [--ddp N]
 #   (DATA=dataset folder, NPROC=GPUs for torchrun)
 # Any other stage is passed through: `bash run.sh synth --out input/x` = python -m competition synth ...
 set -euo pipefail
@@ -80,6 +81,18 @@ case "$stage" in
     echo "demo: the offline kernel's submission.csv is identical to submissions/demo/submission.csv"
     echo "demo: done: folds/demo/fold0, folds/demo-cls/fold0 (models), submissions/demo/ (oof/, postprocess.json," \
       "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
+  demo-pipeline)
+    # `demo` as a recipe (recipes/demo.yaml, docs/pipeline.md): the same data, folders and
+    # checks; a second run skips what is done and resumes an interrupted training
+    setup
+    syn=input/synthetic
+    [ -f "$syn/train.csv" ] || "$PY" -m competition synth --out "$syn" --train 400 --test 100 --seed 0
+    "$PY" -m competition baseline --sample "$syn/sample_submission.csv" --out submissions/demo/empty.csv
+    "$PY" -m competition validate --submission submissions/demo/empty.csv --sample "$syn/sample_submission.csv"
+    "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
+    "$PY" -m competition pipeline recipes/demo.yaml "$@"
+    cmp kaggle/demo/rehearsal/working/submission.csv submissions/demo/submission.csv
+    echo "demo-pipeline: the offline kernel's submission.csv is identical to submissions/demo/submission.csv" ;;
   demo-gates)
     # After `demo`: OOF CV and test Dice of the demo's DeepLabV3 (with its head), a Unet
     # (trained here) and both averaged, each with no gate, the head's gates, the classifier's gates and the
@@ -216,8 +229,8 @@ PYEOF
     setup
     "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup doctor demo demo-gates demo-levers test folds fold<K> oof predict kernel train search score validate check synth bench runs (python -m competition --help)" ;;
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    echo "stages: setup doctor demo demo-pipeline demo-gates demo-levers test folds fold<K> oof predict kernel pipeline train search score validate check synth bench runs (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

@@ -15,6 +15,7 @@ import competition.cli.dataset as dataset
 import competition.cli.doctor as doctor
 import competition.cli.kernel as kernel
 import competition.cli.oof as oof
+import competition.cli.pipeline as pipeline
 import competition.cli.predict as predict
 import competition.cli.runs as runs
 import competition.cli.submission as submission
@@ -22,7 +23,7 @@ import competition.cli.train as train
 from competition.errors import InputError, one_line
 
 # in the order of the data flow, as `--help` lists them (doctor first: checks the machine)
-STAGES = (doctor, dataset, submission, train, runs, oof, predict, kernel, bench)
+STAGES = (doctor, dataset, submission, train, runs, oof, predict, kernel, pipeline, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

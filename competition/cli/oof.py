@@ -20,9 +20,16 @@ def cmd_oof(args) -> None:
             images, args.compile, args.device)
     result = oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args))
     print_search(result, out)
-    if args.skip_oof_csv:
-        return
-    # the OOF submission with the chosen post-processing, scored from its CSV like any other
+    if not args.skip_oof_csv:
+        write_oof_csv(data, runs, folds_csv, folds, views, out, args.batch_size, args.workers,
+                      result, images, args.compile, args.device)
+
+
+def write_oof_csv(data: Path, runs, folds_csv: Path, folds: list[int], views, out: Path,
+                  batch_size: int, workers: int, result: dict, images=None,
+                  compile: bool = False, device: str = "auto") -> float:
+    """OUT/oof.csv: the OOF submission with the chosen post-processing (OUT/postprocess.json),
+    scored from its CSV like any other -> its mean Dice."""
     from competition.data.labels import read_table
     from competition.data.metric import score_tables
     from competition.infer.predict import predict_oof
@@ -30,11 +37,12 @@ def cmd_oof(args) -> None:
 
     oof_csv = out / "oof.csv"
     predict_oof(data, runs, folds_csv, folds, read_params(out / "postprocess.json"), views,
-                oof_csv, args.batch_size, args.workers, str(out / "postprocess.json"), images,
-                args.compile, args.device)
+                oof_csv, batch_size, workers, str(out / "postprocess.json"), images, compile,
+                device)
     scored = score_tables(read_table(oof_csv)[0], read_table(data / "train.csv")[0])
     print(f"wrote {oof_csv}; scored from the CSV against {data / 'train.csv'}: mean Dice "
           f"{scored['mean_dice']:.5f} (the search: {result['oof_mean_dice']:.5f})")
+    return scored["mean_dice"]
 
 
 def cmd_search(args) -> None:

@@ -20,7 +20,7 @@ def fits(monkeypatch):
     """The (config, explicit) of every fit cmd_train calls; nothing is trained."""
     calls = []
 
-    def record(config, data, fold, out, folds_csv, resume, overwrite, explicit):
+    def record(config, data, fold, out, folds_csv, resume, overwrite, explicit, device):
         calls.append((config, explicit))
         return {}
     monkeypatch.setattr(train_lib, "fit", record)

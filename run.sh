@@ -2,7 +2,7 @@
 # Thin front door over `python -m competition <stage>`; see README.md and docs/ for every stage.
 #   bash run.sh setup | demo | test [pytest args] | folds | fold0..foldN [options] | oof | predict
 #   | kernel --owner USER [--check DATA] [--push] | score ... | bench rle|score|train|predict
-#   (DATA=dataset folder, NPROC=GPUs for torchrun)
+#   (--data DIR or DATA=DIR: the dataset folder, for every stage; NPROC=GPUs for torchrun)
 # Any other stage is passed through: `bash run.sh synth --out input/x` = python -m competition synth ...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,9 +31,24 @@ test_dice() {
     tail -1 | "$PY" -c 'import json, sys; print("%.5f" % json.load(sys.stdin)["mean_dice"])'
 }
 
+# A stage's `--data DIR` (or `--data=DIR`) sets DATA (default: $DATA, else the Kaggle
+# download); the other options are left in ARGS, passed on after `--data "$DATA"`.
+ARGS=()
+take_data() {
+  ARGS=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --data) [ $# -ge 2 ] || { echo "error: --data needs a dataset folder" >&2; exit 2; }
+              DATA=$2; shift 2 ;;
+      --data=*) DATA=${1#--data=}; shift ;;
+      *) ARGS+=("$1"); shift ;;
+    esac
+  done
+}
+
 need_data() {
   if [ ! -f "$DATA/train.csv" ]; then
-    echo "error: no Kaggle data in $DATA: run 'kaggle competitions download -c severstal-steel-defect-detection' and unzip it there, set DATA=..., or try everything now on synthetic data with 'bash run.sh demo'" >&2
+    echo "error: no Kaggle data in $DATA (no train.csv): run 'kaggle competitions download -c severstal-steel-defect-detection' and unzip it there, pass --data DIR (or set DATA=DIR), or try everything now on synthetic data with 'bash run.sh demo'" >&2
     exit 2
   fi
 }
@@ -188,11 +203,13 @@ PYEOF
     # bash run.sh folds [--n-folds N ...] on $DATA, or --labels CSV (image-level labels)
     setup
     if [[ " $* " == *" --labels"* ]]; then "$PY" -m competition folds "$@"
-    else need_data; "$PY" -m competition folds --data "$DATA" "$@"; fi ;;
+    else take_data "$@"; set -- ${ARGS[@]+"${ARGS[@]}"}
+         need_data; "$PY" -m competition folds --data "$DATA" "$@"; fi ;;
   fold[0-9]*)
     # bash run.sh fold<K> [train options]; NPROC=<GPUs> trains with torchrun (DDP).
     k=${stage#fold}
     [[ $k =~ ^[0-9]+$ ]] || { echo "error: $stage: expected fold<number>, e.g. fold0" >&2; exit 2; }
+    take_data "$@"; set -- ${ARGS[@]+"${ARGS[@]}"}
     setup; need_data
     [ -f folds/folds.csv ] || "$PY" -m competition folds --data "$DATA" --out folds/folds.csv
     if [ "${NPROC:-1}" -gt 1 ]; then
@@ -204,10 +221,12 @@ PYEOF
   oof)
     # OOF statistics of folds/fold*/best.pt, the post-processing search
     # (submissions/postprocess.json, submissions/cv_report/), the OOF submission and its score
+    take_data "$@"; set -- ${ARGS[@]+"${ARGS[@]}"}
     setup; need_data
     "$PY" -m competition oof --data "$DATA" "$@" ;;
   predict)
     # fold ensemble + TTA + post-processing -> submissions/submission.csv (validated)
+    take_data "$@"; set -- ${ARGS[@]+"${ARGS[@]}"}
     setup
     "$PY" -m competition predict --data "$DATA" "$@" ;;
   kernel)

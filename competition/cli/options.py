@@ -88,7 +88,8 @@ def fold_options(p) -> None:
     p.add_argument("--classifier-weights", default=None,
                    help="one weight per classifier run (default equal)")
     p.add_argument("--folds-csv", default=None,
-                   help="folds file (default: the first run's folds.csv)")
+                   help="folds file (default: the one the runs were trained on, recorded in "
+                   "each fold<K>/config.json and checked to be unchanged)")
     p.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     p.add_argument("--checkpoint-name", default="best.pt", type=checkpoint_name,
                    help="the segmenter runs' file in fold<K>/: best.pt, or averaged.pt "
@@ -160,7 +161,8 @@ def search_options(p) -> None:
 
 def fold_args(args) -> tuple:
     """--runs, --weights, --classifiers, --classifier-weights (an oof.Runs), --folds-csv
-    (default: the first run's folds.csv), --folds (default: all of folds.csv)."""
+    (default: the folds file the runs record, provenance.trained_folds), --folds (default:
+    all of the folds file)."""
     from competition.infer.oof import Runs, parse_folds
 
     segmenters = run_list(args.runs, "--runs")
@@ -169,7 +171,17 @@ def fold_args(args) -> tuple:
     runs = Runs(segmenters, run_weights(args.weights, segmenters, "--weights"), classifiers,
                 run_weights(args.classifier_weights, classifiers, "--classifier-weights"),
                 args.checkpoint_name)
-    folds_csv = Path(args.folds_csv or segmenters[0] / "folds.csv")
+    if args.folds_csv:
+        folds_csv = Path(args.folds_csv)
+        if not folds_csv.is_file():
+            raise InputError(f"--folds-csv {folds_csv}: no such file (the folds file the runs "
+                             "trained on; without --folds-csv, the one they record)")
+    else:
+        from competition.data.provenance import trained_folds
+
+        wanted = parse_folds(args.folds, None) if args.folds else None
+        folds_csv, source = trained_folds(segmenters + classifiers, wanted)
+        print(f"folds: {folds_csv} (recorded by {source})")
     return runs, folds_csv, parse_folds(args.folds, folds_csv)
 
 

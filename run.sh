@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Thin front door over `python -m competition <stage>`; see README.md and docs/ for every stage.
 #   bash run.sh setup | demo | test [pytest args] | folds | fold0..foldN [options] | oof | predict
-#   | kernel --owner USER [--check DATA] [--push] | score ... | bench rle|score|train|predict
+#   | kernel --owner USER --check DATA | kernel --push (the rehearsed bundle) | score ... | bench ...
 #   (--data DIR or DATA=DIR: the dataset folder, for every stage; NPROC=GPUs for torchrun)
 # Any other stage is passed through: `bash run.sh synth --out input/x` = python -m competition synth ...
 set -euo pipefail
@@ -231,7 +231,8 @@ PYEOF
     "$PY" -m competition predict --data "$DATA" "$@" ;;
   kernel)
     # Kaggle bundle (kaggle/weights, kaggle/code, kaggle/kernel) from folds/fold*/best.pt and
-    # submissions/postprocess.json; --check DATA rehearses the kernel offline; --push uploads
+    # submissions/postprocess.json; --check DATA rehearses the kernel offline; --push uploads the
+    # rehearsed bundle (without --owner: the bundle in --out as it is)
     setup
     "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)

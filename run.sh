@@ -73,10 +73,10 @@ case "$stage" in
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
     # two runs on fold 0 (a CPU budget; a real run has five folds: bash run.sh fold0..fold4):
     # DeepLabV3 with an image-level head, and a separate image-level classifier
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --cls-weight 0.2 \
-      --folds folds/demo/folds.csv --out folds/demo/fold0 --overwrite
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu_cls \
-      --folds folds/demo/folds.csv --out folds/demo-cls/fold0 --overwrite
+    "$PY" -m competition train --data "$syn" --fold 0 --preset demo_cpu --cls-weight 0.2 \
+      --folds-csv folds/demo/folds.csv --out folds/demo/fold0 --overwrite
+    "$PY" -m competition train --data "$syn" --fold 0 --preset demo_cpu_cls \
+      --folds-csv folds/demo/folds.csv --out folds/demo-cls/fold0 --overwrite
     # OOF with the classifier beside the segmenter: the search picks threshold, min sizes and
     # an image-level gate per class (docs/gates-and-ensembles.md; `bash run.sh demo-gates`
     # adds a Unet and compares the ensemble and every gate kind)
@@ -104,8 +104,8 @@ case "$stage" in
     [ -f folds/demo-cls/fold0/best.pt ] || { echo "error: run 'bash run.sh demo' first" >&2; exit 2; }
     # the second architecture of the ensemble (once; delete folds/demo-unet to retrain it)
     [ -f folds/demo-unet/fold0/best.pt ] ||
-      "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --arch unet \
-        --folds folds/demo/folds.csv --out folds/demo-unet/fold0 --overwrite
+      "$PY" -m competition train --data "$syn" --fold 0 --preset demo_cpu --arch unet \
+        --folds-csv folds/demo/folds.csv --out folds/demo-unet/fold0 --overwrite
     rows=() seen=()
     for models in deeplab unet ensemble; do
       case $models in
@@ -161,7 +161,7 @@ PYEOF
     setup
     syn=input/synthetic f=folds/demo-levers m=submissions/demo-levers
     [ -f folds/demo-cls/fold0/best.pt ] || { echo "error: run 'bash run.sh demo' first" >&2; exit 2; }
-    common=(--data "$syn" --fold 0 --folds folds/demo/folds.csv --overwrite --config demo_cpu)
+    common=(--data "$syn" --fold 0 --folds-csv folds/demo/folds.csv --overwrite --preset demo_cpu)
     tune=(--lr 1e-4 --encoder-lr 1e-4 --epochs 3 --warmup-epochs 0)
     "$PY" -m competition train "${common[@]}" --loss bce --keep-top 5 --keep-last 5 --out $f/bce/fold0
     "$PY" -m competition train "${common[@]}" "${tune[@]}" --loss lovasz \

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from competition.cli.options import checkpoint_options, tuned_models
+from competition.cli.options import Switch, checkpoint_options, tuned_models
 from competition.errors import InputError
 
 
@@ -95,7 +95,7 @@ def add(sub) -> None:
     p.add_argument("--layout", choices=["new", "classic"], default="new",
                    help="--check: /kaggle/input as competitions/<slug> and datasets/<owner>/"
                    "<slug> (new) or <slug> for each (classic)")
-    p.add_argument("--push", action="store_true",
+    p.add_argument("--push", action=Switch,
                    help="upload the bundle with the kaggle CLI (datasets create/version, "
                    "kernels push --accelerator), exactly as rehearsed: one not rehearsed, or "
                    "changed since, is refused")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from competition.errors import InputError
@@ -50,6 +51,54 @@ def parse_bool(text: str) -> bool:
     return text.lower() in ("true", "1", "yes")
 
 
+class Switch(argparse.Action):
+    """A boolean option: `--x` (true), `--no-x` (false), and `--x true|false` as before."""
+
+    def __init__(self, option_strings, dest, default=False, help=None, **_):
+        names = [n for name in option_strings for n in (name, "--no-" + name[2:])]
+        super().__init__(names, dest, nargs="?", type=parse_bool, default=default, help=help,
+                         metavar="true|false")
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if option_string.startswith("--no-") and value is not None:
+            parser.error(f"{option_string} takes no value")
+        setattr(namespace, self.dest, not option_string.startswith("--no-") and
+                (True if value is None else value))
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+def flag(p, name: str, help: str, default=False) -> None:
+    """A Switch option (default False; None: the preset's, for config fields)."""
+    p.add_argument(name, action=Switch, default=default, help=help)
+
+
+class Alias(argparse.Action):
+    """An old spelling of another option (`target`): parses as it does, after one line on
+    stderr naming the new spelling; hidden from --help."""
+
+    def __init__(self, option_strings, dest, target=None, **_):
+        self.target = target
+        super().__init__(option_strings, dest, nargs=target.nargs, type=target.type,
+                         choices=target.choices, default=argparse.SUPPRESS,
+                         metavar=target.metavar, help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        warned = namespace.__dict__.setdefault("_deprecated", set())
+        if option_string not in warned:
+            warned.add(option_string)
+            print(f"warning: {option_string} is deprecated; use {self.target.option_strings[0]}",
+                  file=sys.stderr)
+        self.target(parser, namespace, value, self.target.option_strings[0])
+
+
+def alias(p, old: str, new: str) -> None:
+    """Keep `old` as a deprecated spelling of p's option `new`."""
+    p.add_argument(old, action=Alias, dest=p._option_string_actions[new].dest,
+                   target=p._option_string_actions[new])
+
+
 def tuple_of(parse):
     def parse_tuple(text: str) -> tuple:
         try:
@@ -74,8 +123,7 @@ def speed_options(p) -> None:
                    help="decode each image once: ram (this run, in /dev/shm) or disk "
                    "(kept in --cache-dir, reused while the images are unchanged)")
     p.add_argument("--cache-dir", default="cache", help="where --cache disk keeps its files")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the models (the first batch pays the compile time)")
+    flag(p, "--compile", "torch.compile the models (the first batch pays the compile time)")
 
 
 def fold_options(p) -> None:
@@ -107,9 +155,9 @@ def checkpoint_options(p) -> None:
     p.add_argument("--classifiers", default=None,
                    help="glob(s) of classifier checkpoints (train --task classify), "
                    "averaged apart; needed when postprocess.json gates on them")
-    p.add_argument("--allow-other-models", action="store_true",
-                   help="apply postprocess.json to models, weights or TTA other than those it "
-                   "was tuned on (a warning line instead of a refusal)")
+    flag(p, "--allow-other-models",
+         help="apply postprocess.json to models, weights or TTA other than those it "
+         "was tuned on (a warning line instead of a refusal)")
 
 
 def tuned_models(args, where: Path, views, needs_cls: bool) -> tuple:

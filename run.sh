@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Thin front door over `python -m competition <stage>`; see README.md and docs/ for every stage.
-#   bash run.sh setup | doctor | demo | demo-pipeline | test [pytest args] | folds | fold0..foldN [options] | oof | predict
-#   | kernel --owner USER [--check DATA] [--push] | score ... | bench rle|score|train|predict
-#   | pipeline RECIPE [--gpus 0,1] [--ddp N]
-#   (DATA=dataset folder, NPROC=GPUs for torchrun)
+#   bash run.sh setup | doctor | demo | demo-pipeline | test [pytest args] | folds | fold0..foldN [options]
+#   | oof | predict | kernel --owner USER --check DATA | kernel --push (the rehearsed bundle) | score ...
+#   | bench ... | pipeline RECIPE [--gpus 0,1] [--ddp N]
+#   (--data DIR or DATA=DIR: the dataset folder, for every stage; NPROC=GPUs for torchrun)
 # Any other stage is passed through: `bash run.sh synth --out input/x` = python -m competition synth ...
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -32,9 +32,24 @@ test_dice() {
     tail -1 | "$PY" -c 'import json, sys; print("%.5f" % json.load(sys.stdin)["mean_dice"])'
 }
 
+# A stage's `--data DIR` (or `--data=DIR`) sets DATA (default: $DATA, else the Kaggle
+# download); the other options are left in ARGS, passed on after `--data "$DATA"`.
+ARGS=()
+take_data() {
+  ARGS=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --data) [ $# -ge 2 ] || { echo "error: --data needs a dataset folder" >&2; exit 2; }
+              DATA=$2; shift 2 ;;
+      --data=*) DATA=${1#--data=}; shift ;;
+      *) ARGS+=("$1"); shift ;;
+    esac
+  done
+}
+
 need_data() {
   if [ ! -f "$DATA/train.csv" ]; then
-    echo "error: no Kaggle data in $DATA: run 'kaggle competitions download -c severstal-steel-defect-detection' and unzip it there, set DATA=..., or try everything now on synthetic data with 'bash run.sh demo'" >&2
+    echo "error: no Kaggle data in $DATA (no train.csv): run 'kaggle competitions download -c severstal-steel-defect-detection' and unzip it there, pass --data DIR (or set DATA=DIR), or try everything now on synthetic data with 'bash run.sh demo'" >&2
     exit 2
   fi
 }
@@ -59,10 +74,10 @@ case "$stage" in
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
     # two runs on fold 0 (a CPU budget; a real run has five folds: bash run.sh fold0..fold4):
     # DeepLabV3 with an image-level head, and a separate image-level classifier
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --cls-weight 0.2 \
-      --folds folds/demo/folds.csv --out folds/demo/fold0 --overwrite
-    "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu_cls \
-      --folds folds/demo/folds.csv --out folds/demo-cls/fold0 --overwrite
+    "$PY" -m competition train --data "$syn" --fold 0 --preset demo_cpu --cls-weight 0.2 \
+      --folds-csv folds/demo/folds.csv --out folds/demo/fold0 --overwrite
+    "$PY" -m competition train --data "$syn" --fold 0 --preset demo_cpu_cls \
+      --folds-csv folds/demo/folds.csv --out folds/demo-cls/fold0 --overwrite
     # OOF with the classifier beside the segmenter: the search picks threshold, min sizes and
     # an image-level gate per class (docs/gates-and-ensembles.md; `bash run.sh demo-gates`
     # adds a Unet and compares the ensemble and every gate kind)
@@ -102,8 +117,8 @@ case "$stage" in
     [ -f folds/demo-cls/fold0/best.pt ] || { echo "error: run 'bash run.sh demo' first" >&2; exit 2; }
     # the second architecture of the ensemble (once; delete folds/demo-unet to retrain it)
     [ -f folds/demo-unet/fold0/best.pt ] ||
-      "$PY" -m competition train --data "$syn" --fold 0 --config demo_cpu --arch unet \
-        --folds folds/demo/folds.csv --out folds/demo-unet/fold0 --overwrite
+      "$PY" -m competition train --data "$syn" --fold 0 --preset demo_cpu --arch unet \
+        --folds-csv folds/demo/folds.csv --out folds/demo-unet/fold0 --overwrite
     rows=() seen=()
     for models in deeplab unet ensemble; do
       case $models in
@@ -159,7 +174,7 @@ PYEOF
     setup
     syn=input/synthetic f=folds/demo-levers m=submissions/demo-levers
     [ -f folds/demo-cls/fold0/best.pt ] || { echo "error: run 'bash run.sh demo' first" >&2; exit 2; }
-    common=(--data "$syn" --fold 0 --folds folds/demo/folds.csv --overwrite --config demo_cpu)
+    common=(--data "$syn" --fold 0 --folds-csv folds/demo/folds.csv --overwrite --preset demo_cpu)
     tune=(--lr 1e-4 --encoder-lr 1e-4 --epochs 3 --warmup-epochs 0)
     "$PY" -m competition train "${common[@]}" --loss bce --keep-top 5 --keep-last 5 --out $f/bce/fold0
     "$PY" -m competition train "${common[@]}" "${tune[@]}" --loss lovasz \
@@ -201,11 +216,13 @@ PYEOF
     # bash run.sh folds [--n-folds N ...] on $DATA, or --labels CSV (image-level labels)
     setup
     if [[ " $* " == *" --labels"* ]]; then "$PY" -m competition folds "$@"
-    else need_data; "$PY" -m competition folds --data "$DATA" "$@"; fi ;;
+    else take_data "$@"; set -- ${ARGS[@]+"${ARGS[@]}"}
+         need_data; "$PY" -m competition folds --data "$DATA" "$@"; fi ;;
   fold[0-9]*)
     # bash run.sh fold<K> [train options]; NPROC=<GPUs> trains with torchrun (DDP).
     k=${stage#fold}
     [[ $k =~ ^[0-9]+$ ]] || { echo "error: $stage: expected fold<number>, e.g. fold0" >&2; exit 2; }
+    take_data "$@"; set -- ${ARGS[@]+"${ARGS[@]}"}
     setup; need_data
     [ -f folds/folds.csv ] || "$PY" -m competition folds --data "$DATA" --out folds/folds.csv
     if [ "${NPROC:-1}" -gt 1 ]; then
@@ -217,15 +234,18 @@ PYEOF
   oof)
     # OOF statistics of folds/fold*/best.pt, the post-processing search
     # (submissions/postprocess.json, submissions/cv_report/), the OOF submission and its score
+    take_data "$@"; set -- ${ARGS[@]+"${ARGS[@]}"}
     setup; need_data
     "$PY" -m competition oof --data "$DATA" "$@" ;;
   predict)
     # fold ensemble + TTA + post-processing -> submissions/submission.csv (validated)
+    take_data "$@"; set -- ${ARGS[@]+"${ARGS[@]}"}
     setup
     "$PY" -m competition predict --data "$DATA" "$@" ;;
   kernel)
     # Kaggle bundle (kaggle/weights, kaggle/code, kaggle/kernel) from folds/fold*/best.pt and
-    # submissions/postprocess.json; --check DATA rehearses the kernel offline; --push uploads
+    # submissions/postprocess.json; --check DATA rehearses the kernel offline; --push uploads the
+    # rehearsed bundle (without --owner: the bundle in --out as it is)
     setup
     "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)

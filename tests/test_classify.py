@@ -226,8 +226,8 @@ def test_a_segmenter_with_cls_weight_trains_its_head_and_reports_its_auc(
 
 def test_the_classifier_presets_bad_inputs_are_one_line(synthetic, folds_csv, tmp_path):
     out = tmp_path / "cli"
-    base = ["train", "--data", synthetic, "--fold", 0, "--folds", folds_csv, "--out", out,
-            "--config", "demo_cpu_cls"]
+    base = ["train", "--data", synthetic, "--fold", 0, "--folds-csv", folds_csv, "--out", out,
+            "--preset", "demo_cpu_cls"]
     one_line_error(run(*base, "--mask-dropout-p", 1.5), "mask_dropout_p 1.5", "[0, 1]")
     one_line_error(run(*base, "--cls-weight", 0.2), "cls_weight 0.2", "classifier")
     assert not out.exists()

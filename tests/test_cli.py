@@ -141,7 +141,7 @@ def test_benches_run_small():
     out = run("bench", "score", "--images", "30")
     assert out.returncode == 0, out.stderr
     assert "120 pairs (30 images x 4 classes)" in out.stdout
-    out = run("bench", "train", "--config", "demo_cpu", "--batch-size", "2", "--steps", "1",
+    out = run("bench", "train", "--preset", "demo_cpu", "--batch-size", "2", "--steps", "1",
               "--warmup", "0", "--images", "16")
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if line.startswith(("pipeline", "plain"))]
@@ -150,7 +150,7 @@ def test_benches_run_small():
                                                                            "disk"))]
     assert "loader alone, best of 3" in out.stdout and len(loader) == 3
     assert loader[0].split()[-2:] == ["1.00", "-"]  # no cache: the base, nothing to fill
-    out = run("bench", "predict", "--config", "demo_cpu", "--images", "2", "--folds", "2",
+    out = run("bench", "predict", "--preset", "demo_cpu", "--images", "2", "--models", "2",
               "--batch-size", "1", "--workers", "0", "--masks-pp", "16")
     assert out.returncode == 0, out.stderr
     assert "one model, one view" in out.stdout and "2 folds x 3 views" in out.stdout

@@ -144,7 +144,7 @@ def test_no_compiler_is_one_line_before_anything_runs(monkeypatch, little, tmp_p
 
 def test_no_compiler_at_the_command_line_is_one_line(little, tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/g++")  # inductor reads it at import
-    out = run("train", "--data", little, "--fold", "0", "--folds", little / "folds.csv", "--config",
-              "demo_cpu", "--out", tmp_path / "run", "--compile", "true", "--num-workers", "0")
+    out = run("train", "--data", little, "--fold", "0", "--folds-csv", little / "folds.csv", "--preset",
+              "demo_cpu", "--out", tmp_path / "run", "--compile", "true", "--workers", "0")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert out.stderr.startswith("error: --compile: ") and "no C++ compiler" in out.stderr

@@ -73,7 +73,7 @@ def test_train_stops_before_reading_anything(monkeypatch, tmp_path, capsys):
         device_files=("/dev/nvidia0",), smi_found=True, smi=A10G, torch_cuda="13.0",
         torch_version="2.14.1"))
     monkeypatch.delenv("RANK", raising=False)
-    args = ["train", "--data", str(tmp_path / "none"), "--fold", "0", "--config", "demo_cpu",
+    args = ["train", "--data", str(tmp_path / "none"), "--fold", "0", "--preset", "demo_cpu",
             "--out", str(tmp_path / "run")]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

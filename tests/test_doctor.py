@@ -54,7 +54,7 @@ def test_usable_gpus_and_bf16():
 def test_small_shm_and_memory():
     said = problems(shm_free=64 * 2**20)  # Docker's default
     assert len(said) == 2
-    assert "--shm-size" in said[0] and "--num-workers 0" in said[0]
+    assert "--shm-size" in said[0] and "--workers 0" in said[0]
     assert "--cache ram needs 4.79 GiB" in said[1] and "64.0 MiB" in said[1]
     (only,) = problems(shm_free=3 * GIB)  # loaders fine, the ram cache not
     assert "--cache disk" in only

@@ -49,8 +49,8 @@ def test_defaults_then_preset_then_file_then_command_line(tmp_path, capsys, fits
     assert explicit == {"lr": 0.001, "epochs": 2, "crop_width": 512,
                         "pos_weight": (1.0, 2.0, 1.0, 3.0), "name": "demo_cpu"}
 
-    # --config on the command line replaces the file's preset; the file still wins over it
-    assert train(capsys, "--config-file", path, "--config", "deeplabv3_r34").returncode == 0
+    # --preset on the command line replaces the file's preset; the file still wins over it
+    assert train(capsys, "--config-file", path, "--preset", "deeplabv3_r34").returncode == 0
     config, explicit = fits[-1]
     assert (config.name, config.encoder, config.crop_height) == ("deeplabv3_r34", "resnet34", 256)
     assert (config.lr, config.epochs, explicit["name"]) == (0.001, 3, "deeplabv3_r34")

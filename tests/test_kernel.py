@@ -14,7 +14,7 @@ import torch
 
 from competition.model import checkpoint
 from competition.kaggle import bundle as kernel
-from competition.kaggle import kernel_script
+from competition.kaggle import kernel_script, upload
 from competition.train import fit as train_lib
 from competition.errors import InputError
 from competition.files import write_csv
@@ -24,7 +24,7 @@ from competition.infer.predict import predict_test
 from competition.infer.search import Params
 from competition.data.submission import validate
 from conftest import needs_real, random_checkpoint, real_format_test_set, small_test_set
-from test_cli import one_line_error, run
+from test_cli import one_line_error, run, run_here
 from test_train import tiny
 
 OWNER, NAME = "alice", "sev-test"
@@ -219,6 +219,12 @@ def test_kernel_runs_offline_on_a_simulated_kaggle_input(bundle, models, classif
     assert result == tmp_path / "rehearsal" / "working" / "submission.csv"
     assert sorted(p.name for p in result.parent.iterdir()) == ["submission.csv"]
     validate(result, test_data / "sample_submission.csv")
+    record = json.loads((bundle / kernel.REHEARSED).read_text())  # what upload.push checks
+    assert record["files"] == {str(p.relative_to(bundle)): sha256(p)
+                               for kind in ("weights", "code", "kernel")
+                               for p in (bundle / kind).rglob("*") if p.is_file()}
+    assert "kernel/sev-test-inference.py" in record["files"]
+    assert record["submission_sha256"] == sha256(result)
 
     # the kernel runs `predict` with its default --batch-size 8 (these 4 images in one batch):
     # the local run must see the same forwards, since another batch size may change the last
@@ -327,12 +333,25 @@ def fake_kaggle(statuses, accelerator=True):
     return run, calls
 
 
-def test_push_creates_or_versions_the_datasets_then_pushes_the_kernel(bundle, monkeypatch):
-    monkeypatch.setattr(kernel, "kaggle_cli", lambda: "kaggle")
-    monkeypatch.setattr(kernel, "credentials", lambda: "KAGGLE_API_TOKEN")
+@pytest.fixture
+def rehearsed(bundle, tmp_path):
+    """A copy of the bundle with a rehearsal record of its files as they are (a stand-in for
+    rehearse's, which test_kernel_runs_offline_... checks), and no upload yet."""
+    out = shutil.copytree(bundle, tmp_path / "kaggle")
+    for name in (kernel.REHEARSED, kernel.PUSHED):
+        (out / name).unlink(missing_ok=True)
+    (out / kernel.REHEARSED).write_text(json.dumps({"data": "DATA", "layout": "new",
+                                                    "files": kernel.bundle_files(out)}))
+    return out
+
+
+def test_push_creates_or_versions_the_datasets_then_pushes_the_kernel(rehearsed, monkeypatch):
+    bundle = rehearsed
+    monkeypatch.setattr(upload, "kaggle_cli", lambda: "kaggle")
+    monkeypatch.setattr(upload, "credentials", lambda: "KAGGLE_API_TOKEN")
     run, calls = fake_kaggle([(1, "404 Not Found"), (0, "ready"), (0, "running"), (0, "ready"),
                               (0, "ready")])
-    kernel.push(bundle, poll_s=0, run=run)
+    upload.push(bundle, poll_s=0, run=run)
     weights, code = f"{OWNER}/{SLUGS['weights']}", f"{OWNER}/{SLUGS['code']}"
     assert [c[:3] for c in calls] == [
         ["datasets", "status", weights], ["datasets", "create", "-p"],
@@ -345,16 +364,19 @@ def test_push_creates_or_versions_the_datasets_then_pushes_the_kernel(bundle, mo
                          "NvidiaTeslaT4"]
 
     run, calls = fake_kaggle([(1, ""), (1, ""), (0, "pending")])
-    with pytest.raises(InputError, match=r"still 'pending' after 0 s; push the kernel"):
-        kernel.push(bundle, wait_s=0, poll_s=0, run=run)
+    with pytest.raises(InputError, match=r"still 'pending' after 0 s; push the kernel when it "
+                                         r"is ready: kaggle kernels push -p .*kernel "
+                                         r"--accelerator NvidiaTeslaT4$"):
+        upload.push(bundle, wait_s=0, poll_s=0, run=run)
     assert not any(c[0] == "kernels" for c in calls)
 
 
-def test_push_without_the_accelerator_option_on_an_old_cli(bundle, monkeypatch, capsys):
-    monkeypatch.setattr(kernel, "kaggle_cli", lambda: "kaggle")
-    monkeypatch.setattr(kernel, "credentials", lambda: "KAGGLE_API_TOKEN")
+def test_push_without_the_accelerator_option_on_an_old_cli(rehearsed, monkeypatch, capsys):
+    bundle = rehearsed
+    monkeypatch.setattr(upload, "kaggle_cli", lambda: "kaggle")
+    monkeypatch.setattr(upload, "credentials", lambda: "KAGGLE_API_TOKEN")
     run, calls = fake_kaggle([(0, "ready")] * 4, accelerator=False)
-    kernel.push(bundle, poll_s=0, run=run)
+    upload.push(bundle, poll_s=0, run=run)
     assert calls[-2:] == [["kernels", "push", "--help"],
                           ["kernels", "push", "-p", str(bundle / "kernel")]]
     assert ("note: this kaggle CLI has no `kernels push --accelerator` and may ignore "
@@ -476,19 +498,117 @@ def test_the_kernel_stops_with_one_line_on_a_gpu_torch_cannot_run(monkeypatch):
     assert str(stop.value).startswith(f"error: no GPU visible to torch {torch.__version__}: ")
 
 
-def test_push_says_what_is_missing(bundle, monkeypatch, tmp_path):
-    monkeypatch.setattr(kernel, "kaggle_cli", lambda: None)
+def test_push_says_what_is_missing(rehearsed, monkeypatch, tmp_path):
+    bundle = rehearsed
+    monkeypatch.setattr(upload, "kaggle_cli", lambda: None)
     with pytest.raises(InputError, match=r"kaggle CLI is not installed \(pip install kaggle\)"):
-        kernel.push(bundle)
-    monkeypatch.setattr(kernel, "kaggle_cli", lambda: "kaggle")
+        upload.push(bundle)
+    monkeypatch.setattr(upload, "kaggle_cli", lambda: "kaggle")
     for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(InputError, match="no Kaggle credentials: run `kaggle auth login`"):
-        kernel.push(bundle)
+        upload.push(bundle)
     (tmp_path / ".kaggle").mkdir()
     (tmp_path / ".kaggle" / "kaggle.json").write_text("{}")
-    assert kernel.credentials() == str(tmp_path / ".kaggle" / "kaggle.json")
+    assert upload.credentials() == str(tmp_path / ".kaggle" / "kaggle.json")
+
+
+def test_push_refuses_a_bundle_not_rehearsed_or_changed_since(rehearsed, monkeypatch):
+    """Only the files a rehearsal ran are uploaded: no record, or a file changed, added or
+    removed since, is one line naming it, before the kaggle CLI is called."""
+    run, calls = fake_kaggle([(0, "ready")] * 4)
+    monkeypatch.setattr(upload, "kaggle_cli", lambda: "kaggle")
+    monkeypatch.setattr(upload, "credentials", lambda: "KAGGLE_API_TOKEN")
+    script = rehearsed / "kernel" / "sev-test-inference.py"
+    cases = [(lambda: script.write_text(script.read_text() + "# edited\n"), script),
+             (lambda: (rehearsed / "weights" / "extra.pt").write_bytes(b"x"),
+              rehearsed / "weights" / "extra.pt"),
+             (lambda: (rehearsed / "code" / "dataset-metadata.json").unlink(),
+              rehearsed / "code" / "dataset-metadata.json")]
+    record = (rehearsed / kernel.REHEARSED).read_text()
+    for change, named in cases:
+        change()
+        with pytest.raises(InputError, match=rf"^{named}: changed, added or removed since the "
+                                             r"bundle's rehearsal on DATA: rehearse it again"):
+            upload.push(rehearsed, poll_s=0, run=run)
+        (rehearsed / kernel.REHEARSED).write_text(json.dumps(
+            {**json.loads(record), "files": kernel.bundle_files(rehearsed)}))
+    (rehearsed / kernel.REHEARSED).unlink()
+    with pytest.raises(InputError, match=rf"^{rehearsed}: this bundle was not rehearsed, so it "
+                                         r"is not pushed: .* --check DATA rehearses it"):
+        upload.push(rehearsed, poll_s=0, run=run)
+    assert calls == []
+
+
+def kaggle_parses(command: str, monkeypatch) -> tuple:
+    """`command` (a kaggle CLI line) through the real kaggle CLI's parser: (the API method it
+    calls, its arguments); nothing is sent."""
+    import shlex
+
+    import kaggle.cli as cli
+
+    got = []
+    for name in ("dataset_create_new_cli", "dataset_create_version_cli", "kernels_push_cli"):
+        monkeypatch.setattr(cli.api, name, lambda name=name, **kw: got.append((name, kw)))
+    monkeypatch.setattr(cli.api, "_authenticated", True)
+    words = shlex.split(command)
+    assert words[0] == "kaggle"
+    monkeypatch.setattr(sys, "argv", words)
+    cli.main()
+    return got[0]
+
+
+def test_by_hand_creates_the_datasets_first_then_versions_them(rehearsed, monkeypatch):
+    """The commands printed for a manual upload, each read by the real kaggle CLI's parser:
+    `datasets create` before any upload from this folder (and how to tell the dataset exists
+    after all), `datasets version -m` after one (--push records it, and a rebuild keeps the
+    record), `kernels push --accelerator` the kernel's machine_shape either way."""
+    first = upload.by_hand(rehearsed)
+    commands, note = first.split(" (create: ")
+    weights, code, push = commands.split("; ")
+    assert kaggle_parses(weights, monkeypatch) == ("dataset_create_new_cli", {
+        "folder": str(rehearsed / "weights"), "public": False, "quiet": False,
+        "convert_to_csv": True, "dir_mode": "zip", "ignore_patterns": None})
+    assert kaggle_parses(code, monkeypatch)[1]["folder"] == str(rehearsed / "code")
+    assert kaggle_parses(push, monkeypatch) == ("kernels_push_cli", {
+        "folder": str(rehearsed / "kernel"), "timeout": None, "acc": "NvidiaTeslaT4"})
+    assert f"kaggle datasets status {OWNER}/{SLUGS['weights']}` finds" in note
+
+    monkeypatch.setattr(upload, "kaggle_cli", lambda: "kaggle")
+    monkeypatch.setattr(upload, "credentials", lambda: "KAGGLE_API_TOKEN")
+    run, _ = fake_kaggle([(1, ""), (1, ""), (0, "ready"), (0, "ready")])
+    upload.push(rehearsed, poll_s=0, run=run)  # created both
+    again = upload.by_hand(rehearsed)
+    assert "datasets create" not in again and "(create:" not in again
+    weights, code, push = again.split("; ")
+    name, parsed = kaggle_parses(weights, monkeypatch)
+    assert name == "dataset_create_version_cli" and parsed["folder"] == str(rehearsed / "weights")
+    assert parsed["version_notes"] and parsed["dir_mode"] == "zip"
+    assert kaggle_parses(code, monkeypatch)[0] == "dataset_create_version_cli"
+    assert kaggle_parses(push, monkeypatch)[1]["acc"] == "NvidiaTeslaT4"
+
+
+def test_cli_push_takes_the_bundle_as_it_is(rehearsed, capsys, monkeypatch, tmp_path):
+    """`kernel --push` without --owner builds nothing: it pushes the rehearsed bundle in
+    --out (here it gets as far as the credentials); with --owner it needs --check."""
+    before = {p: sha256(p) for p in rehearsed.rglob("*") if p.is_file()}
+    monkeypatch.setattr(upload, "kaggle_cli", lambda: "kaggle")
+    monkeypatch.setattr(upload, "credentials", lambda: None)
+    one_line_error(run_here(capsys, "kernel", "--out", rehearsed, "--push"),
+                   "--push: no Kaggle credentials")
+    one_line_error(run_here(capsys, "kernel", "--owner", OWNER, "--out", rehearsed, "--push"),
+                   "--push uploads only a rehearsed bundle: add --check DATA")
+    one_line_error(run_here(capsys, "kernel", "--out", rehearsed, "--checkpoints", "a.pt",
+                            "--push"), "--checkpoints builds a bundle: give --owner USER too")
+    one_line_error(run_here(capsys, "kernel", "--out", rehearsed),
+                   "kernel: --owner USER builds a bundle; without it, --check DATA")
+    assert {p: sha256(p) for p in rehearsed.rglob("*") if p.is_file()} == before
+    (rehearsed / kernel.REHEARSED).unlink()
+    one_line_error(run_here(capsys, "kernel", "--out", rehearsed, "--push"),
+                   "this bundle was not rehearsed")
+    one_line_error(run_here(capsys, "kernel", "--out", tmp_path / "none", "--push"),
+                   "no bundle here (kernel/kernel-metadata.json)")
 
 
 def test_bad_input_is_one_line_and_keeps_the_previous_bundle(bundle, models, classifier,
@@ -529,7 +649,10 @@ def test_cli_builds_prints_the_sizes_and_rehearses_the_classic_layout(
               wheelhouse, "--check", test_data, "--layout", "classic")
     assert out.returncode == 0, out.stderr
     assert f"{tmp_path / 'kaggle' / 'weights'}: " in out.stdout
-    assert "kaggle kernels push -p" in out.stdout
+    assert f"kaggle kernels push -p {tmp_path / 'kaggle' / 'kernel'} --accelerator " \
+        "NvidiaTeslaT4" in out.stdout
+    assert f"upload: python -m competition kernel --out {tmp_path / 'kaggle'} --push" in out.stdout
+    assert (tmp_path / "kaggle" / kernel.REHEARSED).is_file()
     root = tmp_path / "kaggle" / "rehearsal" / "input"
     assert f"data: {root / 'severstal-steel-defect-detection'}\n" in out.stdout
     assert f"weights: {root / 'severstal-deeplabv3-weights'}\n" in out.stdout

@@ -218,7 +218,7 @@ def job(fold=0, resume=False):
 def test_command_lines_of_one_gpu_and_of_torchrun():
     argv, env = launch.command(job(1), Path("d"), Path("f.csv"), (3,), python="py")
     assert argv == ["py", "-m", "competition", "train", "--data", "d", "--fold", "1",
-                    "--folds", "f.csv", "--out", "r/fold1", "--config-file",
+                    "--folds-csv", "f.csv", "--out", "r/fold1", "--config-file",
                     "r/pipeline-config.json", "--overwrite"]
     assert env == {"CUDA_VISIBLE_DEVICES": "3"}
     argv, env = launch.command(job(0, resume=True), Path("d"), Path("f.csv"), (2, 5), "py")

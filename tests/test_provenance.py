@@ -164,3 +164,73 @@ def test_pseudo_refuses_an_ensemble_of_two_splits(synthetic, folds, tmp_path):
         pseudo.predict(data, [a, b], params, ("none",), 2, 0)
     pred = pseudo.predict(data, [a], params, ("none",), 2, 0)
     assert pred.models["split"]["folds_sha256"] == record(synthetic, folds[0], 0)["folds_sha256"]
+
+
+def trained_run(synthetic, root, folds_csv, folds=(0,)):
+    """A run folder whose fold<k>/ hold a config.json and a best.pt recording fold k of
+    `folds_csv` (as `train --folds-csv FILE --out ROOT/fold<k>` leaves them), and no
+    ROOT/folds.csv."""
+    import json
+
+    from competition.model.config import to_dict
+
+    for k in folds:
+        (root / f"fold{k}").mkdir(parents=True)
+        split_of = record(synthetic, folds_csv, k)
+        random_checkpoint(root / f"fold{k}" / "best.pt", split=split_of)
+        (root / f"fold{k}" / "config.json").write_text(json.dumps(
+            {**to_dict(build_config("demo_cpu")), "split": split_of}))
+    return root
+
+
+def test_the_folds_file_of_runs_is_the_one_they_record(synthetic, folds, tmp_path):
+    shared = tmp_path / "folds.csv"
+    shutil.copy(folds[0], shared)
+    a = trained_run(synthetic, tmp_path / "a", shared, folds=(0, 1))
+    b = trained_run(synthetic, tmp_path / "b", shared)
+    assert provenance.trained_folds([a, b]) == (shared, str(a / "fold0" / "config.json"))
+    assert provenance.trained_folds([b], [0])[0] == shared
+    # another split among the runs: refused, naming both
+    c = trained_run(synthetic, tmp_path / "c", folds[1])
+    with pytest.raises(InputError, match=rf"^{c / 'fold0' / 'config.json'}: trained on another "
+                                         rf"split \({folds[1]}\) than {a / 'fold0'}"):
+        provenance.trained_folds([a, c])
+    # the file regenerated since (another seed): refused; the hint names no file to make
+    shutil.copy(folds[1], shared)
+    with pytest.raises(InputError, match=rf"^{shared}: changed since {a / 'fold0'}.*was "
+                                         r"trained on it \(assignment digest [0-9a-f]{16}, "
+                                         r"recorded [0-9a-f]{16}\).*pass --folds-csv") as e:
+        provenance.trained_folds([a])
+    assert "run.sh folds" not in str(e.value)
+    shared.unlink()
+    with pytest.raises(InputError, match=rf"trained on the folds file {shared}, which is not "
+                                         r"found .*pass --folds-csv FILE") as e:
+        provenance.trained_folds([a])
+    assert "run.sh folds" not in str(e.value)
+    # runs saved before records: their folder's folds.csv, as before
+    old = tmp_path / "old"
+    (old / "fold0").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"record no folds file .* pass --folds-csv FILE"):
+        provenance.trained_folds([old])
+    shutil.copy(folds[0], old / "folds.csv")
+    assert provenance.trained_folds([old])[0] == old / "folds.csv"
+
+
+def test_oof_of_runs_trained_on_a_folds_file_elsewhere(synthetic, tmp_path, capsys):
+    """`train --folds-csv folds/folds.csv --out folds/X/fold0` writes no folds/X/folds.csv:
+    `oof --runs folds/X` reads the folds file the run records (and --folds-csv still wins)."""
+    from test_cli import one_line_error, run_here
+
+    image_ids, _ = load_train(synthetic, check_images=False)
+    folds_csv = tmp_path / "folds.csv"
+    pd.DataFrame({"ImageId": image_ids[:8], "fold": [0, 1] * 4}).to_csv(folds_csv, index=False)
+    runs = trained_run(synthetic, tmp_path / "X", folds_csv)
+    args = ["oof", "--data", synthetic, "--runs", runs, "--folds", "0", "--tta", "none",
+            "--workers", "0", "--batch-size", "4", "--skip-oof-csv", "--out", tmp_path / "out"]
+    out = run_here(capsys, *args)
+    assert out.returncode == 0, out.stderr
+    assert f"folds: {folds_csv} (recorded by {runs / 'fold0' / 'config.json'})" in out.stdout
+    meta = pd.read_json(tmp_path / "out" / "oof" / "fold0" / "meta.json", typ="series")
+    assert meta["split"]["folds_csv"] == str(folds_csv) and len(meta["image_ids"]) == 4
+    one_line_error(run_here(capsys, *args, "--folds-csv", tmp_path / "none.csv"),
+                   f"--folds-csv {tmp_path / 'none.csv'}: no such file")

@@ -399,8 +399,8 @@ def test_a_run_with_pseudo_labels_validates_and_scores_oof_on_the_fold_alone(
 
 
 def test_training_refusals_are_one_line(synthetic, folds_csv, fake, tmp_path, capsys):
-    base = ("train", "--data", synthetic, "--fold", 0, "--folds", folds_csv, "--config",
-            "demo_cpu", "--num-workers", 0, "--out", tmp_path / "run")
+    base = ("train", "--data", synthetic, "--fold", 0, "--folds-csv", folds_csv, "--preset",
+            "demo_cpu", "--workers", 0, "--out", tmp_path / "run")
 
     def refused(*args, match):
         one_line_error(run_here(capsys, *base, *args), match)

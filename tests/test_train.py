@@ -263,15 +263,15 @@ def test_split_errors(tmp_path, synthetic):
 
 
 def cli_args(synthetic, folds_csv, out, *extra):
-    return ["train", "--data", synthetic, "--fold", 0, "--folds", folds_csv, "--out", out,
-            "--config", "demo_cpu", "--crop-height", 64, "--crop-width", 128,
-            "--batch-size", 4, "--num-workers", 0, "--val-batch-size", 6, *extra]
+    return ["train", "--data", synthetic, "--fold", 0, "--folds-csv", folds_csv, "--out", out,
+            "--preset", "demo_cpu", "--crop-height", 64, "--crop-width", 128,
+            "--batch-size", 4, "--workers", 0, "--val-batch-size", 6, *extra]
 
 
 def test_cli_errors_are_one_line(synthetic, folds_csv, tmp_path):
     out = tmp_path / "cli"
-    one_line_error(run("train", "--data", synthetic, "--fold", 0, "--folds", folds_csv,
-                       "--config", "nope", "--out", out), "unknown preset 'nope'", "demo_cpu")
+    one_line_error(run("train", "--data", synthetic, "--fold", 0, "--folds-csv", folds_csv,
+                       "--preset", "nope", "--out", out), "unknown preset 'nope'", "demo_cpu")
     one_line_error(run(*cli_args(synthetic, folds_csv, out, "--arch", "segformer")),
                    "segformer", "deeplabv3plus")
     one_line_error(run(*cli_args(synthetic, folds_csv, out, "--encoder-weights",
@@ -286,7 +286,7 @@ def test_an_image_that_fails_to_decode_in_a_worker_is_one_line(synthetic, folds_
     victim = data / "train_images" / folds.ImageId[folds.fold == 1].iloc[0]
     jpeg = victim.read_bytes()
     victim.write_bytes(jpeg[:jpeg.find(b"\xff\xda")])  # header intact, no image data
-    out = run(*cli_args(data, folds_csv, tmp_path / "out", "--num-workers", 2))
+    out = run(*cli_args(data, folds_csv, tmp_path / "out", "--workers", 2))
     one_line_error(out, victim, "unreadable image")
 
 

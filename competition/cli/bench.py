@@ -1,7 +1,7 @@
 """`bench`: timings measured side by side in one run."""
 from __future__ import annotations
 
-from competition.cli.options import default_workers
+from competition.cli.options import Switch, alias, default_workers
 
 
 def cmd_bench(args) -> None:
@@ -21,13 +21,15 @@ def add(sub) -> None:
     p.add_argument("--images", type=int, default=None,
                    help="score: test images to score (5506); predict: images to predict "
                    "(5506 on CUDA, 8 on CPU); train: images of a timed loader epoch (256)")
-    p.add_argument("--folds", type=int, default=5, help="predict: models in the ensemble")
+    p.add_argument("--models", dest="folds", type=int, default=5,
+                   help="predict: models in the ensemble")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="predict: loader processes decoding JPEGs")
     p.add_argument("--masks-pp", type=int, default=22024,
                    help="predict, postprocess: masks post-processed and encoded on one core")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default="deeplabv3_r34", help="train: preset to measure")
+    p.add_argument("--preset", dest="config", default="deeplabv3_r34",
+                   help="train, predict: preset to measure")
     p.add_argument("--batch-size", type=int, default=None,
                    help="train: per-step batch (default: the preset's on CUDA, 4 on CPU); "
                    "predict: images per batch (default 8)")
@@ -35,10 +37,12 @@ def add(sub) -> None:
                    help="train: timed optimizer updates (default 30 on CUDA, 2 on CPU)")
     p.add_argument("--warmup", type=int, default=None,
                    help="train: untimed updates first (default 5 on CUDA, 1 on CPU)")
-    p.add_argument("--seeds", action="store_true",
+    p.add_argument("--seeds", action=Switch,
                    help="train: add the seeds' model (torchvision DeepLabV3-R101, stride 8)")
-    p.add_argument("--compile", action="store_true",
+    p.add_argument("--compile", action=Switch,
                    help="train, predict: add a row with the model torch.compile'd")
-    p.add_argument("--loader", action="store_true",
+    p.add_argument("--loader", action=Switch,
                    help="train: time the loader alone, without and with an image cache")
+    alias(p, "--config", "--preset")
+    alias(p, "--folds", "--models")
     p.set_defaults(func=cmd_bench)

@@ -150,14 +150,14 @@ def space_lines(m: Machine) -> list[str]:
     lines = [f"dataset: {counted}"]
     if m.shm_free is None:
         lines.append("problem: no /dev/shm: --cache ram cannot work (use --cache disk) and "
-                     "loader workers may fail (use --num-workers 0)")
+                     "loader workers may fail (use --workers 0)")
     else:
         lines.append(f"/dev/shm: {size(m.shm_free)} free, memory {size(m.memory)} available; "
                      f"--cache ram needs {size(ram)} ({train:,} x {PLANE:,} B) per process")
         if m.shm_free < SHM_LOADER:
             lines.append(f"problem: /dev/shm has {size(m.shm_free)} free: loader workers "
                          "pass batches through it and fail (bus error); give the container "
-                         "more (docker run --shm-size=8g, or --ipc=host) or use --num-workers 0")
+                         "more (docker run --shm-size=8g, or --ipc=host) or use --workers 0")
         if min(m.shm_free, m.memory) < ram:
             lines.append(f"problem: --cache ram needs {size(ram)} and this machine has "
                          f"{size(min(m.shm_free, m.memory))} (the smaller of /dev/shm and "
@@ -227,7 +227,7 @@ def gather(data: str, workdir: str = ".") -> Machine:
     import torch
 
     from competition.data.cache import available_memory
-    from competition.kaggle.bundle import credentials, kaggle_cli
+    from competition.kaggle.upload import credentials, kaggle_cli
     from competition.model import devices, weights
 
     gpu = devices.gather()

@@ -3,14 +3,53 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from competition.cli.options import checkpoint_options, tuned_models
+from competition.cli.options import Switch, checkpoint_options, tuned_models
+from competition.errors import InputError
+
+
+# the options that say what to build: given without --owner (no build), they are refused
+BUILD_OPTIONS = ("checkpoints", "classifiers", "weights", "classifier_weights", "postprocess",
+                 "name", "wheels", "wheelhouse", "time_limit", "accelerator",
+                 "allow_other_models")
 
 
 def cmd_kernel(args) -> None:
     from competition.kaggle import bundle as kernel
-    from competition.infer.search import read_params
+    from competition.kaggle import upload
 
     out = Path(args.out)
+    if args.owner is None:
+        given = [name for name in BUILD_OPTIONS if getattr(args, name) != args.build_defaults[name]]
+        if given:
+            raise InputError(f"--{given[0].replace('_', '-')} builds a bundle: give --owner "
+                             "USER too (without it, --check and --push act on the bundle in "
+                             f"{out} as it is)")
+        if not (args.check or args.push):
+            raise InputError("kernel: --owner USER builds a bundle; without it, --check DATA "
+                             f"rehearses and --push uploads the bundle in {out} as it is")
+    elif args.push and not args.check:
+        raise InputError("--push uploads only a rehearsed bundle: add --check DATA (it "
+                         f"rehearses the new bundle first), or push the bundle in {out} as it "
+                         "is with `kernel --push` (no --owner)")
+    else:
+        build(args, out, kernel)
+    if args.check:
+        result = kernel.rehearse(out, Path(args.check), out / "rehearsal", args.layout)
+        print(f"rehearsal: ok: {result} validated against {args.check}/sample_submission.csv; "
+              f"recorded in {out / kernel.REHEARSED}")
+    if args.push:
+        upload.push(out, args.wait)
+    elif (out / kernel.REHEARSED).is_file():
+        print(f"upload: python -m competition kernel --out {out} --push (this bundle, as "
+              f"rehearsed), or by hand: {upload.by_hand(out)}")
+    else:
+        print(f"upload: rehearse first (python -m competition kernel --out {out} --check DATA),"
+              f" then --push; or by hand: {upload.by_hand(out)}")
+
+
+def build(args, out: Path, kernel) -> None:
+    from competition.infer.search import read_params
+
     wheels = [w.strip() for w in args.wheels.split(",") if w.strip()]
     params = read_params(args.postprocess)  # the kernel predicts with the views it records
     seg, weights, cls, cls_weights = tuned_models(args, Path(args.postprocess),
@@ -21,20 +60,15 @@ def cmd_kernel(args) -> None:
     for kind, (folder, size) in sizes.items():
         files = sorted(p.name for p in folder.iterdir())
         print(f"{folder}: {size / 2**20:.1f} MiB: {', '.join(files)}")
-    if args.check:
-        result = kernel.rehearse(out, Path(args.check), out / "rehearsal", args.layout)
-        print(f"rehearsal: ok: {result} validated against {args.check}/sample_submission.csv")
-    if args.push:
-        kernel.push(out, args.wait)
-    else:
-        print(f"upload: python -m competition kernel ... --push, or by hand: {kernel.by_hand(out)}")
 
 
 def add(sub) -> None:
     """The parsers of kernel."""
     p = sub.add_parser("kernel", help="Kaggle bundle: weights and code datasets, offline "
                        "inference kernel (--push uploads them)")
-    p.add_argument("--owner", required=True, help="your Kaggle user name (owns the datasets)")
+    p.add_argument("--owner", default=None, help="your Kaggle user name (owns the datasets): "
+                   "builds the bundle in --out; without it, --check and --push act on the "
+                   "bundle there as it is")
     checkpoint_options(p)
     p.add_argument("--weights", default=None, help="one weight per comma-separated part of "
                    "--checkpoints (default equal)")
@@ -61,8 +95,11 @@ def add(sub) -> None:
     p.add_argument("--layout", choices=["new", "classic"], default="new",
                    help="--check: /kaggle/input as competitions/<slug> and datasets/<owner>/"
                    "<slug> (new) or <slug> for each (classic)")
-    p.add_argument("--push", action="store_true",
-                   help="upload with the kaggle CLI (datasets create/version, kernels push)")
+    p.add_argument("--push", action=Switch,
+                   help="upload the bundle with the kaggle CLI (datasets create/version, "
+                   "kernels push --accelerator), exactly as rehearsed: one not rehearsed, or "
+                   "changed since, is refused")
     p.add_argument("--wait", type=float, default=1200,
                    help="--push: seconds to wait for Kaggle to process the datasets")
-    p.set_defaults(func=cmd_kernel)
+    build_defaults = {a.dest: a.default for a in p._actions if a.dest in BUILD_OPTIONS}
+    p.set_defaults(func=cmd_kernel, build_defaults=build_defaults)

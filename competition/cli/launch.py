@@ -70,7 +70,7 @@ def command(job: Job, data: Path, folds_csv: Path, group: tuple[int, ...],
     """(argv, environment additions) training `job` on GPU `group`: torchrun over the group
     when it holds several GPUs, else one process."""
     train = ["-m", "competition", "train", "--data", str(data), "--fold", str(job.fold),
-             "--folds", str(folds_csv), "--out", str(job.out),
+             "--folds-csv", str(folds_csv), "--out", str(job.out),
              "--config-file", str(job.config_file), "--resume" if job.resume else "--overwrite"]
     head = ([python, "-m", "torch.distributed.run", "--standalone",
              f"--nproc_per_node={len(group)}"] if len(group) > 1 else [python])

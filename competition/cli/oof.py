@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from competition.cli.options import (TTA_HELP, fold_args, fold_options, inference_options,
-                                     open_images, search_options, speed_options)
+from competition.cli.options import (Switch, TTA_HELP, fold_args, fold_options,
+                                     inference_options, open_images, search_options,
+                                     speed_options)
 from competition.errors import InputError
 
 
@@ -108,7 +109,7 @@ def add(sub) -> None:
     p.add_argument("--tta", default="none,hflip,vflip",
                    help=f"views averaged, comma-separated: {TTA_HELP}")
     search_options(p)
-    p.add_argument("--skip-oof-csv", action="store_true",
+    p.add_argument("--skip-oof-csv", action=Switch,
                    help="do not write OUT/oof.csv (the OOF submission, predicted again)")
     speed_options(p)
     p.set_defaults(func=cmd_oof)

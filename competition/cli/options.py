@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from competition.errors import InputError
@@ -50,6 +51,54 @@ def parse_bool(text: str) -> bool:
     return text.lower() in ("true", "1", "yes")
 
 
+class Switch(argparse.Action):
+    """A boolean option: `--x` (true), `--no-x` (false), and `--x true|false` as before."""
+
+    def __init__(self, option_strings, dest, default=False, help=None, **_):
+        names = [n for name in option_strings for n in (name, "--no-" + name[2:])]
+        super().__init__(names, dest, nargs="?", type=parse_bool, default=default, help=help,
+                         metavar="true|false")
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if option_string.startswith("--no-") and value is not None:
+            parser.error(f"{option_string} takes no value")
+        setattr(namespace, self.dest, not option_string.startswith("--no-") and
+                (True if value is None else value))
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+def flag(p, name: str, help: str, default=False) -> None:
+    """A Switch option (default False; None: the preset's, for config fields)."""
+    p.add_argument(name, action=Switch, default=default, help=help)
+
+
+class Alias(argparse.Action):
+    """An old spelling of another option (`target`): parses as it does, after one line on
+    stderr naming the new spelling; hidden from --help."""
+
+    def __init__(self, option_strings, dest, target=None, **_):
+        self.target = target
+        super().__init__(option_strings, dest, nargs=target.nargs, type=target.type,
+                         choices=target.choices, default=argparse.SUPPRESS,
+                         metavar=target.metavar, help=argparse.SUPPRESS)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        warned = namespace.__dict__.setdefault("_deprecated", set())
+        if option_string not in warned:
+            warned.add(option_string)
+            print(f"warning: {option_string} is deprecated; use {self.target.option_strings[0]}",
+                  file=sys.stderr)
+        self.target(parser, namespace, value, self.target.option_strings[0])
+
+
+def alias(p, old: str, new: str) -> None:
+    """Keep `old` as a deprecated spelling of p's option `new`."""
+    p.add_argument(old, action=Alias, dest=p._option_string_actions[new].dest,
+                   target=p._option_string_actions[new])
+
+
 def tuple_of(parse):
     def parse_tuple(text: str) -> tuple:
         try:
@@ -83,8 +132,7 @@ def speed_options(p) -> None:
                    help="decode each image once: ram (this run, in /dev/shm) or disk "
                    "(kept in --cache-dir, reused while the images are unchanged)")
     p.add_argument("--cache-dir", default="cache", help="where --cache disk keeps its files")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the models (the first batch pays the compile time)")
+    flag(p, "--compile", "torch.compile the models (the first batch pays the compile time)")
 
 
 def fold_options(p) -> None:
@@ -97,7 +145,8 @@ def fold_options(p) -> None:
     p.add_argument("--classifier-weights", default=None,
                    help="one weight per classifier run (default equal)")
     p.add_argument("--folds-csv", default=None,
-                   help="folds file (default: the first run's folds.csv)")
+                   help="folds file (default: the one the runs were trained on, recorded in "
+                   "each fold<K>/config.json and checked to be unchanged)")
     p.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     p.add_argument("--checkpoint-name", default="best.pt", type=checkpoint_name,
                    help="the segmenter runs' file in fold<K>/: best.pt, or averaged.pt "
@@ -115,9 +164,9 @@ def checkpoint_options(p) -> None:
     p.add_argument("--classifiers", default=None,
                    help="glob(s) of classifier checkpoints (train --task classify), "
                    "averaged apart; needed when postprocess.json gates on them")
-    p.add_argument("--allow-other-models", action="store_true",
-                   help="apply postprocess.json to models, weights or TTA other than those it "
-                   "was tuned on (a warning line instead of a refusal)")
+    flag(p, "--allow-other-models",
+         help="apply postprocess.json to models, weights or TTA other than those it "
+         "was tuned on (a warning line instead of a refusal)")
 
 
 def tuned_models(args, where: Path, views, needs_cls: bool) -> tuple:
@@ -169,7 +218,8 @@ def search_options(p) -> None:
 
 def fold_args(args) -> tuple:
     """--runs, --weights, --classifiers, --classifier-weights (an oof.Runs), --folds-csv
-    (default: the first run's folds.csv), --folds (default: all of folds.csv)."""
+    (default: the folds file the runs record, provenance.trained_folds), --folds (default:
+    all of the folds file)."""
     from competition.infer.oof import Runs, parse_folds
 
     segmenters = run_list(args.runs, "--runs")
@@ -178,7 +228,17 @@ def fold_args(args) -> tuple:
     runs = Runs(segmenters, run_weights(args.weights, segmenters, "--weights"), classifiers,
                 run_weights(args.classifier_weights, classifiers, "--classifier-weights"),
                 args.checkpoint_name)
-    folds_csv = Path(args.folds_csv or segmenters[0] / "folds.csv")
+    if args.folds_csv:
+        folds_csv = Path(args.folds_csv)
+        if not folds_csv.is_file():
+            raise InputError(f"--folds-csv {folds_csv}: no such file (the folds file the runs "
+                             "trained on; without --folds-csv, the one they record)")
+    else:
+        from competition.data.provenance import trained_folds
+
+        wanted = parse_folds(args.folds, None) if args.folds else None
+        folds_csv, source = trained_folds(segmenters + classifiers, wanted)
+        print(f"folds: {folds_csv} (recorded by {source})")
     return runs, folds_csv, parse_folds(args.folds, folds_csv)
 
 

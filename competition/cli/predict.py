@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from competition.cli.options import (TTA_HELP, checkpoint_options, fold_args, fold_options,
-                                     inference_options, open_images, speed_options,
-                                     tuned_models)
+from competition.cli.options import (Switch, TTA_HELP, checkpoint_options, fold_args,
+                                     fold_options, inference_options, open_images,
+                                     speed_options, tuned_models)
 from competition.errors import InputError
 
 
@@ -82,7 +82,7 @@ def add(sub) -> None:
                    help="stop with one line, writing nothing, as soon as the measured rate "
                         "projects the whole prediction past this (the kernel passes what is "
                         "left of its hour)")
-    p.add_argument("--oof", action="store_true", help="predict each fold's validation images "
+    p.add_argument("--oof", action=Switch, help="predict each fold's validation images "
                    "with its own model (train layout, for `score --truth train.csv`)")
     fold_options(p)
     speed_options(p)

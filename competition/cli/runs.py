@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from competition.cli.options import Switch
 from competition.errors import InputError
 
 
@@ -66,7 +67,7 @@ def add(sub) -> None:
     p.add_argument("--sort", default="run", metavar="COLUMN",
                    help="sort by a column (scores descending); default run")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--markdown", action=Switch, help="print a Markdown table")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("curves", help="redraw RUN/curves.png from RUN/history.csv (loss, LR, "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from competition.cli.options import Switch
 from competition.errors import InputError
 
 
@@ -66,5 +67,5 @@ def add(sub) -> None:
     p = sub.add_parser("score", help="score a submission against a truth CSV (mean Dice)")
     p.add_argument("--truth", required=True, help="truth CSV, either layout")
     p.add_argument("--submission", required=True, help="submission CSV, either layout")
-    p.add_argument("--json", action="store_true", help="end with one JSON line of the scores")
+    p.add_argument("--json", action=Switch, help="end with one JSON line of the scores")
     p.set_defaults(func=cmd_score)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from competition.cli.options import device_option, parse_bool, tuple_of
+from competition.cli.options import Switch, alias, device_option, tuple_of
 
 
 def cmd_train(args) -> None:
@@ -15,10 +15,10 @@ def cmd_train(args) -> None:
     from competition.train.history import summary
 
     options = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if f != "name"}
-    config, explicit = resolve(args.config_file, args.config, options)
+    config, explicit = resolve(args.config_file, args.preset, options)
     out = args.out or f"folds/fold{args.fold}"
     try:
-        row = fit(config, args.data, args.fold, out, args.folds, args.resume, args.overwrite,
+        row = fit(config, args.data, args.fold, out, args.folds_csv, args.resume, args.overwrite,
                   explicit, args.device)
         if row and os.environ.get("RANK", "0") == "0":
             print(f"fold {args.fold}: {summary(row)}; wrote {out}/best.pt, last.pt, "
@@ -28,21 +28,31 @@ def cmd_train(args) -> None:
             dist.destroy_process_group()
 
 
+# config fields whose option has another name: the one every stage uses for that meaning
+OPTION_NAMES = {"num_workers": "--workers"}
+
+
 def config_options(parser) -> None:
-    """One --option per TrainConfig field (default: the preset's value)."""
+    """One --option per TrainConfig field (default: the preset's value); booleans are
+    --x/--no-x (or --x true|false)."""
     from competition.model.config import TrainConfig, field_kinds
 
     for name, (kind, length) in field_kinds().items():
         if name == "name":
             continue
         default = getattr(TrainConfig, name)
-        parse = {bool: parse_bool, int: int, float: float, str: str}[kind]
+        option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+        helped = f"(default {default!r}, or the preset's)"
+        if kind is bool:
+            parser.add_argument(option, dest=name, action=Switch, default=None, help=helped)
+            continue
+        parse = {int: int, float: float, str: str}[kind]
         if length:
             parse = tuple_of(parse)
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=parse,
-                            default=None, metavar=kind.__name__.upper(),
-                            help=f"(default {default!r}" + (", comma-separated" if length
-                                                            else "") + ", or the preset's)")
+        parser.add_argument(option, dest=name, type=parse, default=None,
+                            metavar=kind.__name__.upper(),
+                            help=helped[:-1] + (", comma-separated)" if length else ")"))
+    alias(parser, "--num-workers", "--workers")
 
 
 def add(sub) -> None:
@@ -51,7 +61,7 @@ def add(sub) -> None:
     p.add_argument("--data", default="input/severstal-steel-defect-detection",
                    help="dataset folder in Kaggle layout")
     p.add_argument("--fold", type=int, required=True, help="the fold to validate on")
-    p.add_argument("--config", default=None,
+    p.add_argument("--preset", default=None,
                    help="preset: deeplabv3_r34 (default), deeplabv3_r101, demo_cpu "
                         "(segmenters; --cls-weight W adds an image-level head), "
                         "classifier_r34, demo_cpu_cls (image-level classifiers)")
@@ -59,11 +69,14 @@ def add(sub) -> None:
                    help="an experiment file: YAML (or a run's config.json) setting config "
                         "fields and maybe `preset:`; the options given here still win "
                         "(docs/experiments.md)")
-    p.add_argument("--folds", default="folds/folds.csv", help="folds file (`folds` stage)")
+    p.add_argument("--folds-csv", default="folds/folds.csv", metavar="FILE",
+                   help="folds file (`folds` stage)")
     p.add_argument("--out", default=None, help="output folder (default folds/fold<K>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--overwrite", action="store_true",
+    p.add_argument("--resume", action=Switch, help="continue the run in --out")
+    p.add_argument("--overwrite", action=Switch,
                    help="start again in an --out that holds a run")
     device_option(p)
     config_options(p)
+    alias(p, "--config", "--preset")
+    alias(p, "--folds", "--folds-csv")
     p.set_defaults(func=cmd_train)

@@ -51,14 +51,18 @@ def dataset_identity(data: str | Path, image_ids: list[str]) -> dict:
     return {"train_csv_sha256": file_digest(Path(data) / "train.csv"), "images": len(image_ids)}
 
 
+def assignment_digest(folds_csv: str | Path) -> str:
+    """The digest of a folds file's whole assignment: its sorted "ImageId,fold" lines."""
+    folds = pd.read_csv(folds_csv, usecols=["ImageId", "fold"])
+    return digest_lines(sorted(f"{i},{int(k)}" for i, k in zip(folds.ImageId, folds.fold)))
+
+
 def split_record(data: str | Path, folds_csv: str | Path, fold: int, image_ids: list[str],
                  val_ids: list[str]) -> dict:
     """The record of fold `fold` of `folds_csv` (already checked by folds.split) on dataset
     `data` whose train images are `image_ids`."""
-    folds = pd.read_csv(folds_csv, usecols=["ImageId", "fold"])
-    assignment = sorted(f"{i},{int(k)}" for i, k in zip(folds.ImageId, folds.fold))
     return {"fold": int(fold), "folds_csv": str(folds_csv),
-            "folds_sha256": digest_lines(assignment),
+            "folds_sha256": assignment_digest(folds_csv),
             "val_sha256": digest_lines(sorted(val_ids)), "val_images": len(val_ids),
             "dataset": dataset_identity(data, image_ids)}
 
@@ -122,3 +126,47 @@ def common(models: list[tuple]) -> tuple[dict | None, str | None]:
     shared = ({"folds_sha256": known[0][1]["folds_sha256"], "dataset": known[0][1]["dataset"]}
               if known else None)
     return shared, warning
+
+
+def trained_folds(runs, folds=None) -> tuple[Path, str]:
+    """The folds file that the runs (folders of fold<k>/) were trained on, read from the
+    record in each fold's config.json (`folds`: those folds only; None: every fold<k>/), and
+    where it was read. The runs must agree (one split: the same assignment digest) and the
+    file must still hold that assignment; otherwise one line naming both files. Runs that
+    record none (saved before records were kept) fall back to RUN/folds.csv, the old default.
+    """
+    import json
+
+    records = []
+    for run in map(Path, runs):
+        folders = ([run / f"fold{k}" for k in folds] if folds is not None
+                   else sorted(p for p in run.glob("fold*") if p.is_dir()))
+        for config in (folder / "config.json" for folder in folders):
+            if config.is_file():
+                record = json.loads(config.read_text()).get(KEY)
+                if record:
+                    records.append((config, record))
+    if not records:
+        legacy = Path(runs[0]) / "folds.csv"
+        if legacy.is_file():
+            return legacy, f"{legacy.parent} (its runs record no folds file)"
+        raise InputError(f"{runs[0]}: its runs record no folds file (no fold<K>/config.json "
+                         "with a split, saved before records were kept) and there is no "
+                         f"{legacy}: pass --folds-csv FILE, the folds file they trained on")
+    (first, record), digest = records[0], records[0][1]["folds_sha256"]
+    for config, other in records[1:]:
+        if other["folds_sha256"] != digest:
+            raise InputError(f"{config}: trained on another split ({other['folds_csv']}) than "
+                             f"{first} ({record['folds_csv']}): the runs of one OOF must "
+                             "share their folds")
+    path = Path(record["folds_csv"])
+    if not path.is_file():
+        raise InputError(f"{first}: trained on the folds file {path}, which is not found "
+                         f"(from another folder?): pass --folds-csv FILE, that file or a copy "
+                         f"of it (its assignment digest is {digest})")
+    now = assignment_digest(path)
+    if now != digest:
+        raise InputError(f"{path}: changed since {first} was trained on it (assignment digest "
+                         f"{now}, recorded {digest}): regenerated? pass --folds-csv FILE, the "
+                         "folds file the runs trained on")
+    return path, str(first)

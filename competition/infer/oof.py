@@ -151,7 +151,7 @@ def parse_folds(text: str | None, folds_csv: Path) -> list[int]:
     """'0,2' -> [0, 2]; None -> every fold of folds.csv."""
     if text is None:
         if not folds_csv.is_file():
-            raise InputError(f"{folds_csv}: folds file not found; make it with `bash run.sh folds`")
+            raise InputError(f"{folds_csv}: folds file not found")
         return sorted(set(pd.read_csv(folds_csv).fold.astype(int)))
     try:
         return [int(x) for x in text.split(",")]

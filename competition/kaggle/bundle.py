@@ -14,10 +14,10 @@ temporary name and renamed into place, so a failed build leaves the previous bun
             asked for: a T4 by default)
 
 `rehearse` runs the kernel script here as Kaggle would, on a simulated /kaggle/input made of
-links to a local dataset and the bundle, with the network cut off, and validates its output.
-
-`push` uploads them with the kaggle CLI: `datasets create` (or `version`) with `-r zip`, then
-`kernels push` once both datasets are ready (with --accelerator where the CLI has it).
+links to a local dataset and the bundle, with the network cut off, validates its output and
+records in OUT/rehearsed.json the digest of every file of the three folders it ran: upload.py
+pushes only a bundle whose files are still those. A rebuilt bundle is not rehearsed (the
+record goes with the old folder); the record of its last upload (OUT/pushed.json) is kept.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -58,6 +57,8 @@ OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 ACCELERATORS = ("NvidiaTeslaT4", "NvidiaL4", "NvidiaL4X1", "NvidiaTeslaA100", "NvidiaH100",
                 "NvidiaRtxPro6000")
 DEFAULT_ACCELERATOR = ACCELERATORS[0]
+REHEARSED = "rehearsed.json"  # OUT/: the files a rehearsal ran, by digest (rehearse)
+PUSHED = "pushed.json"  # OUT/: the datasets an upload created (upload.push), kept by build
 
 
 def slugs(name: str) -> dict[str, str]:
@@ -280,7 +281,10 @@ def build(owner: str, checkpoints: list[Path], postprocess: Path, out: Path,
                          "another --out (the folder is replaced as a whole)")
     if wheelhouse is not None and not wheelhouse.is_dir():
         raise InputError(f"--wheelhouse {wheelhouse}: no such folder")
+    pushed = (out / PUSHED).read_bytes() if (out / PUSHED).is_file() else None
     with atomic_dir(out) as tmp:
+        if pushed is not None:  # which datasets exist on Kaggle: `version`, not `create`
+            (tmp / PUSHED).write_bytes(pushed)
         for kind in ("weights", "code", "kernel"):
             (tmp / kind).mkdir()
         write_weights(tmp / "weights", checkpoints, postprocess, owner, names["weights"],
@@ -322,6 +326,8 @@ def rehearse(out: Path, data: Path, folder: Path, layout: str = "new") -> Path:
     for name in ("test_images", "sample_submission.csv"):
         if not (data / name).exists():
             raise InputError(f"--check {data}: no {name} (a dataset folder in Kaggle layout)")
+    (out / REHEARSED).unlink(missing_ok=True)  # until this rehearsal passes
+    files = bundle_files(out)
     if folder.exists():
         shutil.rmtree(folder)
     root = folder / "input"
@@ -351,80 +357,23 @@ def rehearse(out: Path, data: Path, folder: Path, layout: str = "new") -> Path:
         raise InputError(f"{script}: the kernel failed in the rehearsal (exit status "
                          f"{done.returncode}); its output is above")
     validate(result, data / "sample_submission.csv")
+    changed = changes(files, out)
+    if changed:
+        raise InputError(f"{changed}: changed while the kernel was rehearsed; build again")
+    write_json(out / REHEARSED, {"data": str(data), "layout": layout,
+                                 "submission_sha256": sha256(str(result)), "files": files})
     return result
 
 
-def credentials() -> str | None:
-    """Where the kaggle CLI (2.x) would find credentials, or None: an API token, a legacy
-    key (environment or kaggle.json), or `kaggle auth login`'s cached OAuth credentials."""
-    for names in (("KAGGLE_API_TOKEN",), ("KAGGLE_USERNAME", "KAGGLE_KEY")):
-        if all(os.environ.get(n) for n in names):
-            return "/".join(names)
-    home = Path.home() / ".kaggle"
-    config = Path(os.environ.get("KAGGLE_CONFIG_DIR") or home)
-    for file in (config / "kaggle.json", Path.home() / ".config" / "kaggle" / "kaggle.json",
-                 home / "access_token", home / "access_token.txt", home / "credentials.json"):
-        if file.is_file():
-            return str(file)
-    return None
+def bundle_files(out: Path) -> dict[str, str]:
+    """{path under out: SHA-256} of every file of weights/, code/ and kernel/."""
+    return {str(p.relative_to(out)): sha256(str(p)) for kind in ("weights", "code", "kernel")
+            for p in sorted((out / kind).rglob("*")) if p.is_file()}
 
 
-def kaggle_cli() -> str | None:
-    return shutil.which("kaggle") or shutil.which("kaggle", path=str(Path(sys.executable).parent))
-
-
-def by_hand(out: Path) -> str:
-    return (f"kaggle datasets create -p {out / 'weights'} -r zip; kaggle datasets create -p "
-            f"{out / 'code'} -r zip; kaggle kernels push -p {out / 'kernel'}")
-
-
-def push(out: Path, wait_s: float = 1200, poll_s: float = 15, run=subprocess.run) -> None:
-    """Create (or version) both datasets, wait until Kaggle has processed them, then push the
-    kernel (which Kaggle runs at once). Anything missing is one clear InputError."""
-    cli = kaggle_cli()
-    if cli is None:
-        raise InputError(f"--push: the kaggle CLI is not installed (pip install kaggle); the "
-                         f"bundle in {out} is complete, upload it by hand: {by_hand(out)}")
-    if credentials() is None:
-        raise InputError("--push: no Kaggle credentials: run `kaggle auth login`, or generate "
-                         "an API token (kaggle.com/settings/api) and export KAGGLE_API_TOKEN or "
-                         "save it to ~/.kaggle/access_token (a legacy kaggle.json in ~/.kaggle "
-                         f"also works); the bundle in {out} is complete")
-
-    def kaggle(*args: str) -> str:
-        done = run([cli, *args], capture_output=True, text=True)
-        text = (done.stdout + done.stderr).strip()
-        if done.returncode != 0 or re.search(r"\berror\b", text, re.I):
-            last = text.splitlines()[-1] if text else f"exit status {done.returncode}"
-            raise InputError(f"kaggle {' '.join(args)}: {last}")
-        print(text)
-        return text
-
-    refs = []
-    for kind in ("weights", "code"):
-        folder = out / kind
-        ref = dataset_ref(folder)
-        exists = run([cli, "datasets", "status", ref], capture_output=True,
-                     text=True).returncode == 0
-        if exists:
-            kaggle("datasets", "version", "-p", str(folder), "-m",
-                   f"competition kernel {time.strftime('%Y-%m-%d %H:%M')}", "-r", "zip")
-        else:
-            kaggle("datasets", "create", "-p", str(folder), "-r", "zip")
-        refs.append(ref)
-    deadline = time.monotonic() + wait_s
-    for ref in refs:
-        while (status := kaggle("datasets", "status", ref).splitlines()[-1].strip()) != "ready":
-            if time.monotonic() > deadline:
-                raise InputError(f"{ref}: still {status!r} after {wait_s:.0f} s; push the "
-                                 f"kernel when it is ready: kaggle kernels push -p {out / 'kernel'}")
-            time.sleep(poll_s)
-    shape = json.loads((out / "kernel" / "kernel-metadata.json").read_text())["machine_shape"]
-    helped = run([cli, "kernels", "push", "--help"], capture_output=True, text=True).stdout
-    accelerator = ["--accelerator", shape] if "--accelerator" in helped else []  # kaggle>=1.8.4
-    if not accelerator:
-        print(f"note: this kaggle CLI has no `kernels push --accelerator` and may ignore "
-              f"machine_shape {shape!r}: if the kernel stops for want of a T4, choose GPU T4 x2 "
-              "in its Settings > Accelerator on kaggle.com and run it again (or pip install -U "
-              "kaggle and push again)")
-    kaggle("kernels", "push", "-p", str(out / "kernel"), *accelerator)
+def changes(files: dict[str, str], out: Path) -> str | None:
+    """The first file of the bundle in `out` that is not as `files` records it (changed,
+    added or removed), as a path, or None."""
+    now = bundle_files(out)
+    return next((str(out / name) for name in sorted(set(files) | set(now))
+                 if files.get(name) != now.get(name)), None)

@@ -7,7 +7,7 @@
     val_min_area: [600, 600, 900, 2000]
 
 `train --config-file FILE` resolves defaults <- preset <- file <- command-line options (the
-options still win; `--config PRESET` on the command line replaces the file's preset). Every key
+options still win; `--preset PRESET` on the command line replaces the file's preset). Every key
 is a TrainConfig field, and every value has the field's type, so a typo or a `yes` where a
 number belongs stops the run before it starts instead of training another config. A file must
 make a valid config by itself over its preset (config.check), so that a file that loads once

@@ -80,7 +80,7 @@ def predicted_masks(model, images: torch.Tensor, config, device, dtype) -> np.nd
 
 class Tracker:
     """Rank 0's outputs of one run: curves.png in `out`, its SummaryWriter (None with
-    --tensorboard false) and the overlay images. OFF (ranks > 0) writes nothing."""
+    --no-tensorboard) and the overlay images. OFF (ranks > 0) writes nothing."""
 
     def __init__(self, out: Path | None = None, writer=None, overlays: dict | None = None):
         self.out, self.writer, self.overlays = out, writer, overlays

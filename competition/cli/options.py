@@ -99,12 +99,17 @@ def alias(p, old: str, new: str) -> None:
                    target=p._option_string_actions[new])
 
 
-def tuple_of(parse):
+def tuple_of(parse, length: int | None = None):
+    """'1,2,3' -> (1, 2, 3), each item parsed; with `length`, exactly that many."""
     def parse_tuple(text: str) -> tuple:
         try:
-            return tuple(parse(x) for x in text.split(","))
+            items = tuple(parse(x) for x in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated values")
+        if length is not None and len(items) != length:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {length} comma-separated "
+                                             f"values, got {len(items)}")
+        return items
     return parse_tuple
 
 

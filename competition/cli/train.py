@@ -28,43 +28,50 @@ def cmd_train(args) -> None:
             dist.destroy_process_group()
 
 
+PRESET_ROLES = {"demo_cpu": "CPU demo segmenter", "classifier_r34": "image-level classifier",
+                "demo_cpu_cls": "CPU demo classifier"}
+
 # config fields whose option has another name: the one every stage uses for that meaning
 OPTION_NAMES = {"num_workers": "--workers"}
 
 
 def config_options(parser) -> None:
-    """One --option per TrainConfig field (default: the preset's value); booleans are
-    --x/--no-x (or --x true|false)."""
+    """One --option per TrainConfig field (default: the preset's value), its help the field's
+    comment (cli/config_help.py); booleans are --x/--no-x (or --x true|false)."""
+    from competition.cli.config_help import field_comments, help_text, metavar
     from competition.model.config import TrainConfig, field_kinds
 
+    comments = field_comments()
     for name, (kind, length) in field_kinds().items():
         if name == "name":
             continue
         default = getattr(TrainConfig, name)
         option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
-        helped = f"(default {default!r}, or the preset's)"
+        helped = help_text(name, default, length, comments[name])
         if kind is bool:
             parser.add_argument(option, dest=name, action=Switch, default=None, help=helped)
             continue
         parse = {int: int, float: float, str: str}[kind]
         if length:
-            parse = tuple_of(parse)
+            parse = tuple_of(parse, length)
         parser.add_argument(option, dest=name, type=parse, default=None,
-                            metavar=kind.__name__.upper(),
-                            help=helped[:-1] + (", comma-separated)" if length else ")"))
+                            metavar=metavar(name, kind, length), help=helped)
     alias(parser, "--num-workers", "--workers")
 
 
 def add(sub) -> None:
     """The parsers of train."""
+    from competition.model.config import PRESETS
+
     p = sub.add_parser("train", help="train one fold (torchrun --nproc_per_node=N for DDP)")
     p.add_argument("--data", default="input/severstal-steel-defect-detection",
                    help="dataset folder in Kaggle layout")
     p.add_argument("--fold", type=int, required=True, help="the fold to validate on")
-    p.add_argument("--preset", default=None,
-                   help="preset: deeplabv3_r34 (default), deeplabv3_r101, demo_cpu "
-                        "(segmenters; --cls-weight W adds an image-level head), "
-                        "classifier_r34, demo_cpu_cls (image-level classifiers)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="the defaults' starting point, one of: " + ", ".join(
+                       f"{name} ({PRESET_ROLES.get(name, 'segmenter')})" for name in PRESETS)
+                   + " (default deeplabv3_r34; --cls-weight W adds a segmenter an image-level "
+                   "head)")
     p.add_argument("--config-file", default=None, metavar="FILE",
                    help="an experiment file: YAML (or a run's config.json) setting config "
                         "fields and maybe `preset:`; the options given here still win "

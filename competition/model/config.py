@@ -13,17 +13,24 @@ from dataclasses import dataclass
 from competition.errors import InputError
 
 
+# Each field's comment is its `train --help` text (cli/config_help.py): the comment on its line
+# and the comment lines right below it; a field with none there takes the comment block right
+# above it. A blank line ends a field's comment, so section titles stand after one.
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "deeplabv3_r34"  # the preset this config started from
     task: str = "segment"  # segment: (N, 4, H, W) mask logits | classify: (N, 4) image-level
     # logits, "class present in the image" (a separate classifier, gating the masks)
+
     # model
-    arch: str = "deeplabv3"  # smp DeepLabV3; see model.ARCHITECTURES
-    encoder: str = "resnet34"  # fast and strong on Severstal; resnet101 for the seeds' size
+    arch: str = "deeplabv3"  # the network: smp's DeepLabV3, DeepLabV3+, Unet or FPN, or
+    # torchvision's DeepLabV3 (tv_deeplabv3: resnet50/101 encoders only)
+    encoder: str = "resnet34"  # the backbone: an smp encoder name or tu-<timm model>;
+    # resnet34 is fast and strong on Severstal, resnet101 the seeds' size
     encoder_weights: str = "imagenet"  # imagenet | none | PATH to a local encoder state dict
     output_stride: int = 0  # 0: the architecture's default, 16 for DeepLab (fits 256x1600 in
     # memory; 8 is sharper at ~3x the memory), fixed 32 for Unet and FPN
+
     # ASPP (the DeepLab architectures; Unet and FPN have none and ignore these): dilation of the
     # three 3x3 branches per axis, in cells of the stride-16 feature map (doubled at stride 8).
     # A 256x1600 image is 16x100 cells and a 256x512 crop 16x32; a tap d cells off centre reads
@@ -31,19 +38,23 @@ class TrainConfig:
     # leave taps that read every full-size image but never a crop (see untrained_taps). Hence
     # rows < 16 and columns < 32, spread like the paper's (6, 12, 18) over its 33-cell crops
     # (the widest about 0.55 of the crop).
-    atrous_rates_h: tuple[int, int, int] = (3, 6, 9)  # rows: 9 of the crop's 16
-    atrous_rates_w: tuple[int, int, int] = (6, 12, 18)  # columns: 18 of the crop's 32
+    atrous_rates_h: tuple[int, int, int] = (3, 6, 9)  # ASPP dilations along rows, in cells of
+    # the stride-16 map: each under the crop's rows/16 (9 of a 256-row crop's 16)
+    atrous_rates_w: tuple[int, int, int] = (6, 12, 18)  # ASPP dilations along columns: each
+    # under the crop's columns/16 (18 of a 512-column crop's 32)
     allow_untrained_taps: bool = False  # True trains (with a warning) with taps that read
     # 256x1600 images but never a crop, so keep their random initial values
     cls_weight: float = 0.0  # segment: weight of the BCE of an auxiliary image-level head
     # (pooled deepest encoder features -> 4 logits) beside Dice+BCE; 0: no head. classify: unused
+
     # data
-    crop_height: int = 256  # full height: defects run across the strip
-    crop_width: int = 512  # 1600-wide images cropped for speed; validation is full size
+    crop_height: int = 256  # training crop rows; full height: defects run across the strip
+    crop_width: int = 512  # training crop columns: 1600-wide images cropped for speed;
+    # validation is full size
     defect_crop_p: float = 0.6  # share of crops centred on a defect pixel (when there is one)
-    hflip_p: float = 0.5
-    vflip_p: float = 0.5
-    brightness_contrast_p: float = 0.3
+    hflip_p: float = 0.5  # probability of a horizontal flip of a training crop
+    vflip_p: float = 0.5  # probability of a vertical flip of a training crop
+    brightness_contrast_p: float = 0.3  # probability of a random brightness/contrast change
     mask_dropout_p: float = 0.0  # "defect blackout": share of crops in which one defect region
     # (a connected component of the union of the 4 masks) is set to 0 in the image and in all
     # masks, so its class label can flip to 0 (classifiers: learn the defect, not the image)
@@ -52,49 +63,60 @@ class TrainConfig:
     # every training batch, never validated on; "" for none
     pseudo_share: float = 0.0  # the share of each batch drawn from `pseudo`: round half up of
     # batch_size x share images (pseudo_per_batch); 0 with no pseudo; 1st place ~ 0.15
-    num_workers: int = 8  # JPEG decoding and augmentation in worker processes
+    num_workers: int = 8  # loader processes: JPEG decoding and augmentation
+
     # optimisation
-    epochs: int = 30
-    batch_size: int = 16  # per process (per GPU under torchrun)
+    epochs: int = 30  # passes over the training images
+    batch_size: int = 16  # training images per batch, per process (per GPU under torchrun)
     accumulate: int = 1  # micro-batches per optimizer update
-    lr: float = 1e-3  # decoder and head (AdamW)
-    encoder_lr: float = 2e-4  # pretrained encoder: lower
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # cosine | poly | flat_cosine, after linear warmup
-    warmup_epochs: float = 1.0
+    lr: float = 1e-3  # LR of the decoder and head (AdamW)
+    encoder_lr: float = 2e-4  # LR of the pretrained encoder: lower
+    weight_decay: float = 1e-4  # AdamW's decoupled weight decay
+    schedule: str = "cosine"  # the LR decay after the linear warmup
+    warmup_epochs: float = 1.0  # epochs of linear LR warmup from 0 (fractions allowed)
     min_lr_factor: float = 0.01  # the LR ends at lr * min_lr_factor
-    clip_grad_norm: float = 1.0  # 0 turns clipping off
+    clip_grad_norm: float = 1.0  # the gradient norm clipped to; 0 turns clipping off
     ema_decay: float = 0.0  # EMA of the weights (0.999 is typical); 0 turns it off
+
     # loss of the mask logits: a weighted sum of losses.LOSSES (bce, dice, focal, lovasz),
     # "NAME:WEIGHT,..." (parse_loss); the default is the soft Dice + BCE every run had before
     # the registry (a config saved with dice_weight and bce_weight loads as their sum)
     loss: str = "dice:1,bce:1"
-    pos_weight: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # bce's weight of defect pixels per class
+    pos_weight: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # bce's weight of
+    # defect pixels per class
     focal_gamma: float = 2.0  # focal's exponent (Lin et al.'s value); 0 makes focal plain BCE
+
     # start: a checkpoint (RUN/best.pt) whose weights, its EMA's where kept, a new run starts
     # from instead of encoder_weights (fine-tuning: new folder, loss, LR and schedule); ""
     # starts from encoder_weights. A resumed run continues from its last.pt, never re-inits.
     init_from: str = ""
+
     # speed
-    amp: str = "auto"  # auto (bf16 where supported, else fp16) | bf16 | fp16 | off; always off on CPU
-    channels_last: bool = True
+    amp: str = "auto"  # mixed precision; auto: bf16 where the GPU has it, else fp16;
+    # always off on CPU
+    channels_last: bool = True  # NHWC memory layout (faster convolutions on tensor cores)
     cache: str = "none"  # decoded images: none | ram (this run, /dev/shm) | disk (cache_dir,
     # reused across runs and folds); each image is decoded once instead of every epoch (cache.py)
     cache_dir: str = "cache"  # where --cache disk keeps its files (one folder per image folder)
     compile: bool = False  # torch.compile the model (training and validation); the first
     # update pays the compile time
+
     # validation: the competition metric under a default post-processing
-    val_batch_size: int = 8
+    val_batch_size: int = 8  # full-size images per validation batch
     val_threshold: float = 0.5  # probability above which a pixel is a defect
-    val_min_area: tuple[int, int, int, int] = (600, 600, 900, 2000)  # 1st place's per-class minimum mask area
-    seed: int = 0
+    val_min_area: tuple[int, int, int, int] = (600, 600, 900, 2000)  # masks smaller are emptied
+    # when validating (1st place's per-class minimum areas)
+    seed: int = 0  # seeds weights, crops, augmentation and loader order
+
     # weight averaging (`python -m competition average`, keep.py): the evaluated weights (EMA
     # where kept) of these epochs go to kept/epochNNN.pt, about half a best.pt each (~100 MB
     # for DeepLabV3-R34), so off by default
     keep_top: int = 0  # the k epochs of best validation score (average --top k); 0: none
     keep_last: int = 0  # the k last epochs (average --last k); 0: none
+
     # what a run shows while it runs (tracking.py): TensorBoard event files in the run folder
-    tensorboard: bool = True  # false: none written (curves.png is drawn either way)
+    tensorboard: bool = True  # TensorBoard event files in the run folder; false: none
+    # written (curves.png is drawn either way)
 
 
 PRESETS: dict[str, dict] = {
@@ -122,6 +144,15 @@ PRESETS: dict[str, dict] = {
                          encoder_lr=2e-3, warmup_epochs=0.5, num_workers=2, val_batch_size=8),
 }
 TASKS = ("segment", "classify")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+# Names the registries hold, for --help without importing torch (tests/test_help.py checks
+# each against its registry): model.networks.ARCHITECTURES, train.schedules.DECAYS,
+# train.losses.LOSSES; and the encoders test_help builds under each architecture family
+# (any smp encoder or tu-<timm model> may work; these are the ones tried)
+ARCH_NAMES = ("deeplabv3", "deeplabv3plus", "unet", "fpn", "tv_deeplabv3")
+SCHEDULE_NAMES = ("cosine", "poly", "flat_cosine")
+LOSS_NAMES = ("bce", "dice", "focal", "lovasz")
+ENCODERS_TRIED = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet-b3")
 FULL_SIZE = (256, 1600)  # (rows, columns) of every image: validation, OOF and test run on it
 # The architectures with an ASPP, whose image-pooling branch also normalises one pooled value
 # per image (BatchNorm over (N, C, 1, 1)): they cannot train on a batch of one.
@@ -273,8 +304,8 @@ def check(c: TrainConfig) -> None:
         raise InputError(f"focal_gamma {c.focal_gamma}: must be 0 or more (0: focal is BCE)")
     if c.cache not in CACHES:  # data/cache.py's kinds
         raise InputError(f"cache {c.cache!r}: valid values are {', '.join(CACHES)}")
-    if c.amp not in ("auto", "bf16", "fp16", "off"):
-        raise InputError(f"amp {c.amp!r}: valid values are auto, bf16, fp16, off")
+    if c.amp not in AMP_MODES:
+        raise InputError(f"amp {c.amp!r}: valid values are {', '.join(AMP_MODES)}")
     for field in ("epochs", "batch_size", "accumulate", "val_batch_size", "crop_height",
                   "crop_width"):
         if getattr(c, field) < 1:

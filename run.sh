@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Thin front door over `python -m competition <stage>`; see README.md and docs/ for every stage.
-#   bash run.sh setup | doctor | demo | demo-pipeline | test [pytest args] | folds | fold0..foldN [options]
+#   bash run.sh setup | doctor | demo | test [pytest args] | folds | fold0..foldN [options]
 #   | oof | predict | kernel --owner USER --check DATA | kernel --push (the rehearsed bundle) | score ...
 #   | bench ... | pipeline RECIPE [--gpus 0,1] [--ddp N]
 #   (--data DIR or DATA=DIR: the dataset folder, for every stage; NPROC=GPUs for torchrun)
@@ -62,52 +62,27 @@ case "$stage" in
   test)
     setup
     "$PY" -m pytest -q tests --durations=20 "$@" ;;
-  demo)
-    # Everything on a small synthetic dataset, in folders of its own (a real run's
-    # folds/ and submissions/ are left alone).
+  demo|demo-pipeline)
+    # Everything on a small synthetic dataset, through the same command a real submission
+    # uses: `pipeline recipes/demo.yaml` (docs/pipeline.md), in folders of its own (a real
+    # run's folds/ and submissions/ are left alone). A second `demo` skips what is done and
+    # resumes an interrupted training; delete folds/demo* and submissions/demo to start over.
     setup
     syn=input/synthetic
-    "$PY" -m competition synth --out "$syn" --train 400 --test 100 --seed 0
-    "$PY" -m competition folds --data "$syn" --n-folds 5 --seed 42 --out folds/demo/folds.csv
+    [ -f "$syn/train.csv" ] || "$PY" -m competition synth --out "$syn" --train 400 --test 100 --seed 0
+    "$PY" -m competition doctor --data "$syn"
+    # the floor every model must beat: an all-empty submission, validated and scored
     "$PY" -m competition baseline --sample "$syn/sample_submission.csv" --out submissions/demo/empty.csv
     "$PY" -m competition validate --submission submissions/demo/empty.csv --sample "$syn/sample_submission.csv"
     "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
-    # two runs on fold 0 (a CPU budget; a real run has five folds: bash run.sh fold0..fold4):
-    # DeepLabV3 with an image-level head, and a separate image-level classifier
-    "$PY" -m competition train --data "$syn" --fold 0 --preset demo_cpu --cls-weight 0.2 \
-      --folds-csv folds/demo/folds.csv --out folds/demo/fold0 --overwrite
-    "$PY" -m competition train --data "$syn" --fold 0 --preset demo_cpu_cls \
-      --folds-csv folds/demo/folds.csv --out folds/demo-cls/fold0 --overwrite
-    # OOF with the classifier beside the segmenter: the search picks threshold, min sizes and
-    # an image-level gate per class (docs/gates-and-ensembles.md; `bash run.sh demo-gates`
-    # adds a Unet and compares the ensemble and every gate kind)
-    "$PY" -m competition oof --data "$syn" --runs folds/demo --classifier-runs folds/demo-cls \
-      --folds 0 --tta none,hflip --out submissions/demo
-    seg='folds/demo/fold*/best.pt' cls='folds/demo-cls/fold*/best.pt'
-    "$PY" -m competition predict --data "$syn" --checkpoints "$seg" --classifiers "$cls" \
-      --postprocess submissions/demo/postprocess.json --out submissions/demo/submission.csv
-    "$PY" -m competition validate --submission submissions/demo/submission.csv \
-      --sample "$syn/sample_submission.csv"
-    "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/submission.csv
-    # the Kaggle bundle, and its kernel run here as on Kaggle: offline, on a simulated /kaggle/input
-    "$PY" -m competition kernel --owner demo-user --checkpoints "$seg" --classifiers "$cls" \
-      --postprocess submissions/demo/postprocess.json --out kaggle/demo --check "$syn"
+    # fold 0 of a DeepLabV3 with an image-level head and of a separate classifier (a CPU
+    # budget; recipes/deeplabv3_r34.yaml trains all five folds), the OOF search with its gates,
+    # predict, validate and score, and the Kaggle kernel rehearsed offline
+    "$PY" -m competition pipeline recipes/demo.yaml "$@"
     cmp kaggle/demo/rehearsal/working/submission.csv submissions/demo/submission.csv
     echo "demo: the offline kernel's submission.csv is identical to submissions/demo/submission.csv"
     echo "demo: done: folds/demo/fold0, folds/demo-cls/fold0 (models), submissions/demo/ (oof/, postprocess.json," \
       "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
-  demo-pipeline)
-    # `demo` as a recipe (recipes/demo.yaml, docs/pipeline.md): the same data, folders and
-    # checks; a second run skips what is done and resumes an interrupted training
-    setup
-    syn=input/synthetic
-    [ -f "$syn/train.csv" ] || "$PY" -m competition synth --out "$syn" --train 400 --test 100 --seed 0
-    "$PY" -m competition baseline --sample "$syn/sample_submission.csv" --out submissions/demo/empty.csv
-    "$PY" -m competition validate --submission submissions/demo/empty.csv --sample "$syn/sample_submission.csv"
-    "$PY" -m competition score --truth "$syn/test_truth.csv" --submission submissions/demo/empty.csv
-    "$PY" -m competition pipeline recipes/demo.yaml "$@"
-    cmp kaggle/demo/rehearsal/working/submission.csv submissions/demo/submission.csv
-    echo "demo-pipeline: the offline kernel's submission.csv is identical to submissions/demo/submission.csv" ;;
   demo-gates)
     # After `demo`: OOF CV and test Dice of the demo's DeepLabV3 (with its head), a Unet
     # (trained here) and both averaged, each with no gate, the head's gates, the classifier's gates and the

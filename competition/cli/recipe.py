@@ -307,8 +307,9 @@ def read_yaml(recipe: Path) -> dict:
             "training-config fields", "recipe keys")) from None
 
 
-def load(recipe: str | Path) -> Recipe:
-    """Read and check a recipe file -> Recipe. Every refusal is one InputError line."""
+def load(recipe: str | Path, need_data: bool = True) -> Recipe:
+    """Read and check a recipe file -> Recipe. Every refusal is one InputError line.
+    need_data=False reads a recipe whose dataset is not here yet (`bench flops`)."""
     recipe = Path(recipe)
     raw = read_yaml(recipe)
     top = f"{recipe}: "
@@ -319,7 +320,7 @@ def load(recipe: str | Path) -> Recipe:
         "oof": (mapping, {}), "inference": (mapping, {}), "kernel": (lambda v, _: v, None)},
         top)
     data = values["data"]
-    if not (data / "train.csv").is_file():
+    if need_data and not (data / "train.csv").is_file():
         raise _bad(f"{top}data", str(data), "no train.csv there (a dataset folder in the "
                    "Kaggle layout: train.csv, train_images/, test_images/)")
     split = Split(**fields(values["split"], {

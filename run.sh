@@ -49,7 +49,7 @@ take_data() {
 
 need_data() {
   if [ ! -f "$DATA/train.csv" ]; then
-    echo "error: no Kaggle data in $DATA (no train.csv): run 'kaggle competitions download -c severstal-steel-defect-detection' and unzip it there, pass --data DIR (or set DATA=DIR), or try everything now on synthetic data with 'bash run.sh demo'" >&2
+    echo "error: no Kaggle data in $DATA (no train.csv): run 'kaggle competitions download severstal-steel-defect-detection' and unzip it there, pass --data DIR (or set DATA=DIR), or try everything now on synthetic data with 'bash run.sh demo'" >&2
     exit 2
   fi
 }
@@ -225,7 +225,7 @@ PYEOF
     "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup doctor demo demo-pipeline demo-gates demo-levers test folds fold<K> oof predict kernel pipeline train search score validate check synth bench runs (python -m competition --help)" ;;
+    echo "stages: setup doctor demo demo-gates demo-levers test folds fold<K> oof predict kernel pipeline train search score validate check synth bench runs (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

@@ -109,6 +109,19 @@ def test_bad_top_level_values_are_one_line(tmp_path, data, capsys, extra, said):
     one_line_error(run_here(capsys, "pipeline", path), f"error: {path}: {said}")
 
 
+def test_owner_replaces_the_recipes_and_the_placeholder_is_refused(tmp_path, data, capsys):
+    path = write(tmp_path, BASE.format(data=data) + "kernel: {owner: YOUR-KAGGLE-NAME}\n")
+    one_line_error(run_here(capsys, "pipeline", path),
+                   f"error: {path}: kernel.owner is YOUR-KAGGLE-NAME: pass --owner NAME")
+    assert recipe.with_owner(recipe.load(path), "alice").kernel.owner == "alice"
+    one_line_error(run_here(capsys, "pipeline", path, "--owner", "a b"),
+                   "--owner 'a b': not a Kaggle user name")
+    bare = write(tmp_path, BASE.format(data=data), "bare.yaml")
+    assert recipe.with_owner(recipe.load(bare), None).kernel is None
+    one_line_error(run_here(capsys, "pipeline", bare, "--owner", "alice"),
+                   f"--owner alice: {bare} builds no kernel")
+
+
 MODEL = BASE + "  - {second}\n"
 
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from competition.cli.recipe import Recipe, load
+from competition.cli.recipe import Recipe, load, with_owner
 from competition.errors import InputError, one_line
 
 STATE = "pipeline.json"  # in the recipe's OUT: what each step was made from
@@ -351,7 +351,7 @@ def summary(recipe: Recipe, ctx, times) -> str:
 def cmd_pipeline(args) -> None:
     import competition.cli.launch as launch
 
-    recipe = load(args.recipe)
+    recipe = with_owner(load(args.recipe), args.owner)
     groups = (launch.gpu_groups(launch.parse_gpus(args.gpus), args.ddp)
               if args.gpus is not None or args.ddp is not None else None)
     ctx = {"groups": groups}
@@ -370,4 +370,7 @@ def add(sub) -> None:
                    "; logs in each run folder's train.log")
     p.add_argument("--ddp", type=int, default=None, metavar="N",
                    help="train each fold with torchrun on N GPUs (with --gpus: groups of N)")
+    p.add_argument("--owner", default=None, metavar="NAME",
+                   help="your Kaggle user name: replaces the recipe's kernel.owner (the shipped "
+                   "recipes say YOUR-KAGGLE-NAME, which is refused)")
     p.set_defaults(func=cmd_pipeline)

@@ -291,6 +291,31 @@ def read_kernel(recipe: Path, raw) -> Kernel | None:
     return Kernel(**values)
 
 
+PLACEHOLDER_OWNER = "YOUR-KAGGLE-NAME"  # the shipped recipes' kernel.owner, to be replaced
+
+
+def with_owner(recipe: Recipe, owner: str | None) -> Recipe:
+    """`pipeline --owner NAME`: the recipe with kernel.owner NAME. A kernel still owned by
+    the shipped placeholder is refused before anything runs: a bundle built for it could
+    never be pushed."""
+    from competition.kaggle.bundle import OWNER
+
+    if recipe.kernel is None:
+        if owner is not None:
+            raise InputError(f"--owner {owner}: {recipe.path} builds no kernel (no kernel: "
+                             "section)")
+        return recipe
+    if owner is not None:
+        if not OWNER.match(owner):
+            raise InputError(f"--owner {owner!r}: not a Kaggle user name (letters, digits, "
+                             "- and _)")
+        recipe = replace(recipe, kernel=replace(recipe.kernel, owner=owner))
+    if recipe.kernel.owner == PLACEHOLDER_OWNER:
+        raise InputError(f"{recipe.path}: kernel.owner is {PLACEHOLDER_OWNER}: pass --owner "
+                         "NAME (your Kaggle user name) or write it in the recipe")
+    return recipe
+
+
 def wheel_list(value, label) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _bad(label, value, "expected a list of package names (or specs), [] for none")

@@ -17,12 +17,35 @@ GRID = {"threshold": [0.3, 0.5], "min_component": [0], "min_area": [0]}
 def test_scaled_threshold_by_hand():
     grid = [round(0.30 + 0.05 * i, 2) for i in range(12)]  # 0.30 .. 0.85
     p = np.array([1.0, 0.95, 0.9, 0.5, 0.0], np.float32)
-    # t = 0.5 * 5 - 0.5 * 4 * p = 2.5 - 2p: 0.5, 0.6, 0.7, 1.5 and 2.5, the last two clipped
+    # t = 0.5 * 5 - 0.5 * 4 * p = 2.5 - 2p: 0.5, 0.6, 0.7, 1.5 and 2.5, the last two above 1:
+    # empty masks (their index clipped to the grid's top, never used)
     assert [grid[i] for i in gates.scaled_index(grid, 0.5, 5.0, p)] == [0.5, 0.6, 0.7, 0.85,
                                                                        0.85]
+    assert gates.scaled_empty(0.5, 5.0, p).tolist() == [False, False, False, True, True]
+    # p = 0.8: t = 0.9, between the grid's top and 1: the top, kept; p = 0.75: t = 1.0
+    # exactly, kept (a probability of 1 reaches it); p = 0.7: t = 1.1, empty
+    q = np.array([0.8, 0.75, 0.7], np.float32)
+    assert [grid[i] for i in gates.scaled_index(grid, 0.5, 5.0, q)] == [0.85, 0.85, 0.85]
+    assert gates.scaled_empty(0.5, 5.0, np.float32(0.75)) == (
+        2.5 - 2.0 * float(np.float32(0.75)) > 1.0)  # 0.75 is exact in float32: t = 1.0
+    assert gates.scaled_empty(0.5, 5.0, q).tolist() == [False, False, True]
     # c = 1 is the identity; t0 = 0.3, c = 2: t = 0.6 - 0.3p; p = 0.6 -> 0.42: nearest 0.40
     assert [grid[i] for i in gates.scaled_index(grid, 0.3, 1.0, p)] == [0.3] * 5
     assert grid[gates.scaled_index(grid, 0.3, 2.0, np.float32(0.6))] == 0.4
+
+
+def test_scale_past_one_empties_the_pair_in_the_search_and_in_predict():
+    stats, truth, signals = hand_pairs()
+    scale = {"kind": "scale", "source": "cls", "value": 5.0}
+    p = signals["cls"][:, 0]
+    # t0 = 0.3: t = 1.5 - 1.2 p = 1.38, 0.42, 1.26, 1.14: only image 1 keeps its mask, at
+    # the grid's nearest 0.5 (60 / 60); images 0, 2 and 3 are emptied
+    got = search.gated_stats(stats[:, 0], scale, p, GRID["threshold"], 0)
+    assert got[:, 0].tolist() == [[0, 0], [60, 60], [0, 0], [0, 0]]
+    thr, kept = gates.decide([scale, gates.NONE, gates.NONE, gates.NONE], [0.3, 0.5, 0.5, 0.5],
+                             GRID["threshold"], signals)
+    assert kept[:, 0].tolist() == [False, True, False, False] and kept[:, 1:].all()
+    assert thr[1, 0] == 0.5
 
 
 def hand_pairs():
@@ -86,6 +109,7 @@ def reference(stats, truth, signals, grid, gate):
                         p = float(signals[gate["source"]][n])
                         t = thresholds[k] * gate["value"] - thresholds[k] * (gate["value"] - 1) * p
                         kk = min(range(len(thresholds)), key=lambda i: (abs(thresholds[i] - t), i))
+                        keep = t <= 1.0  # above 1 no probability reaches it: empty
                     elif gate["kind"] != "none":
                         key = "maxprob" if gate["kind"] == "maxprob" else gate["source"]
                         keep = not signals[key][n] < np.float32(gate["value"])

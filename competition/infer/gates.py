@@ -7,8 +7,10 @@ class, among these kinds (GATES, the grid of each), always beside "none":
 
   gate     the mask is emptied when p_cls < g, p_cls the image-level probability of the
            class (1st, 9th, 12th, 13th place: a classifier ensemble)
-  scale    the pixel threshold becomes t = t0*c - t0*(c - 1)*p_cls, snapped to the nearest
-           threshold of the grid (clipped to its ends): khornlund's 0.91023 with c = 5
+  scale    the pixel threshold becomes t = t0*c - t0*(c - 1)*p_cls: khornlund's 0.91023
+           with c = 5. Above 1 no probability reaches it and the mask is empty (so a low
+           p_cls empties the mask, as his did); up to 1 it snaps to the nearest threshold
+           of the grid (clipped to its ends: between the grid's top and 1, the top)
   maxprob  the mask is emptied when the largest pixel probability of the class is below g
            (3rd place's label test; no image-level model needed)
 
@@ -61,13 +63,24 @@ def signal(gate: dict, signals: dict) -> np.ndarray | None:
     return signals[key]
 
 
+def scaled_threshold(t0: float, c: float, p: np.ndarray) -> np.ndarray:
+    """t = t0*c - t0*(c - 1)*p per value of p (float32 probabilities), in float64: t0 at
+    p = 1, c*t0 at p = 0."""
+    return t0 * c - t0 * (c - 1.0) * np.asarray(p, np.float64)
+
+
 def scaled_index(thresholds, t0: float, c: float, p: np.ndarray) -> np.ndarray:
-    """Per value of p (any shape, float32 probabilities): the index in the increasing
-    `thresholds` of t = t0*c - t0*(c - 1)*p, the nearest (the lower on a tie), so clipped to
-    the grid's ends. At p = 1 it is t0, at p = 0 it is c*t0."""
+    """Per value of p (any shape): the index in the increasing `thresholds` of the scaled
+    threshold, the nearest (the lower on a tie), so clipped to the grid's ends; where it is
+    above 1 the mask is empty instead (scaled_empty)."""
     grid = np.asarray(thresholds, np.float64)
-    t = t0 * c - t0 * (c - 1.0) * np.asarray(p, np.float64)
-    return np.abs(t[..., None] - grid).argmin(axis=-1)
+    return np.abs(scaled_threshold(t0, c, p)[..., None] - grid).argmin(axis=-1)
+
+
+def scaled_empty(t0: float, c: float, p: np.ndarray) -> np.ndarray:
+    """Where the scaled threshold is above 1: no probability (at most 1) reaches it, and
+    the mask is empty."""
+    return scaled_threshold(t0, c, p) > 1.0
 
 
 def compared(values) -> np.ndarray:
@@ -124,6 +137,7 @@ def decide(gates: list[dict], t0: list[float], thresholds, signals: dict
         if gate["kind"] == "scale":
             thr[:, c] = np.asarray(thresholds, np.float64)[
                 scaled_index(thresholds, t0[c], gate["value"], values)]
+            kept[:, c] = ~scaled_empty(t0[c], gate["value"], values)
         else:
             kept[:, c] = keep(gate, values)
     return thr, kept

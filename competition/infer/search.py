@@ -117,11 +117,13 @@ def candidates(signals: dict, kinds=None) -> list[dict]:
 
 def gated_stats(stats: np.ndarray, gate: dict, values, thresholds, k: int) -> np.ndarray:
     """One class, one threshold index k: the (N, M, 2) statistics under `gate` (values its
-    (N,) signal): the scaled threshold of each image for scale, emptied pairs zeroed."""
+    (N,) signal): the scaled threshold of each image for scale (a pair whose threshold is
+    above 1 emptied), emptied pairs zeroed."""
     stats = np.asarray(stats, np.int64)
     if gate["kind"] == "scale":
         idx = gates.scaled_index(thresholds, thresholds[k], gate["value"], values)
-        return stats[np.arange(len(stats)), idx]
+        empty = gates.scaled_empty(thresholds[k], gate["value"], values)
+        return stats[np.arange(len(stats)), idx] * ~empty[:, None, None]
     out = stats[:, k]
     if gate["kind"] != "none":
         out = out * gates.keep(gate, values)[:, None, None]

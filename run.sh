@@ -61,7 +61,10 @@ case "$stage" in
     setup ;;
   test)
     setup
-    "$PY" -m pytest -q tests --durations=20 "$@" ;;
+    # one process per core, at most 4 (each may train a small model), a test file each:
+    # a file's module fixtures are made once (TEST_WORKERS=0 runs them in this process)
+    "$PY" -m pytest -q -n "${TEST_WORKERS:-auto}" --maxprocesses 4 --dist loadfile tests \
+      --durations=20 "$@" ;;
   demo|demo-pipeline)
     # Everything on a small synthetic dataset, through the same command a real submission
     # uses: `pipeline recipes/demo.yaml` (docs/pipeline.md), in folders of its own (a real

@@ -6,7 +6,7 @@ import torch
 
 from competition.errors import InputError
 from competition.data.postprocess import grid_counts, threshold_levels
-from competition.infer.search import class_table, pair_dice, read_params, search
+from competition.infer.search import class_table, held_out, pair_dice, read_params, search
 
 GRID = {"threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7],
         "min_component": [0, 50, 100, 200, 300, 500],
@@ -169,3 +169,46 @@ def test_read_params_names_missing_and_broken_files(tmp_path):
         read_params(tmp_path / "nope.json")
     with pytest.raises(InputError, match="not valid JSON"):
         read_params(write(tmp_path, "{\"classes\": "))
+
+
+def two_fold_pairs():
+    """Class 1 of four images (classes 2-4 empty and predicted empty), thresholds 0.3, 0.5:
+    img fold truth  area/inter at 0.3   at 0.5   Dice at 0.3, 0.5
+    0   0    100    100 / 100           50 / 50  1, 2*50/150
+    1   0    0      0                   0        1, 1
+    2   1    0      40 / 0              0        0, 1   a false positive at 0.3
+    3   1    0      0                   0        1, 1
+    Fold 0 alone prefers 0.3, fold 1 alone 0.5, all four 0.5 (0.9167 against 0.75)."""
+    stats = np.zeros((4, 4, 2, 1, 2), np.int64)
+    stats[0, 0, :, 0] = [[100, 100], [50, 50]]
+    stats[2, 0, 0, 0] = [40, 0]
+    truth = np.zeros((4, 4), np.int64)
+    truth[0, 0] = 100
+    return stats, truth, np.array([0, 0, 1, 1])
+
+
+def test_held_out_scores_each_fold_with_the_other_folds_choice():
+    stats, truth, folds = two_fold_pairs()
+    grid = {"threshold": [0.3, 0.5], "min_component": [0], "min_area": [0]}
+    result, _ = search(stats, truth, folds, grid)
+    assert result["classes"]["1"]["threshold"] == 0.5
+    assert result["oof_mean_dice"] == pytest.approx((2 / 3 + 1 + 1 + 1) / 4 / 4 + 3 / 4)
+    honest = held_out(stats, truth, folds, grid)
+    # fold 0 scored at fold 1's 0.5: 2/3 and 1; fold 1 scored at fold 0's 0.3: 0 and 1
+    assert honest["class_dice"] == pytest.approx([(2 / 3 + 1 + 0 + 1) / 4, 1, 1, 1])
+    assert honest["mean_dice"] == pytest.approx(((2 / 3 + 2) / 4 + 3) / 4)
+    assert (honest["groups"], honest["n_groups"]) == ("folds", 2)
+
+
+def test_held_out_of_identical_images_is_the_tuned_figure_in_halves():
+    # every image the same: any half tunes what the whole does, nothing is fitted to noise
+    stats, truth, _ = two_fold_pairs()
+    stats, truth = np.repeat(stats[:1], 6, axis=0), np.repeat(truth[:1], 6, axis=0)
+    stats[:, 1, 0, 0] = [30, 0]  # and a false positive of class 2 at 0.3 on each
+    grid = {"threshold": [0.3, 0.5], "min_component": [0], "min_area": [0]}
+    one_fold = np.zeros(6, int)
+    result, _ = search(stats, truth, one_fold, grid)
+    honest = held_out(stats, truth, one_fold, grid)
+    assert (honest["groups"], honest["n_groups"]) == ("halves", 2)
+    assert honest["mean_dice"] == pytest.approx(result["oof_mean_dice"], abs=1e-12)
+    assert honest["class_dice"] == pytest.approx([1, 1, 1, 1])  # 0.3 for class 1, 0.5 for 2

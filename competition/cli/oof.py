@@ -83,6 +83,15 @@ def stored_folds(stats_dir: Path) -> list[int]:
     return found
 
 
+def held_out_line(result: dict) -> str:
+    """The search's honest estimate beside its tuned figure (search.held_out)."""
+    h = result["held_out"]
+    where = (f"tuned on the other {h['n_groups'] - 1} fold(s), scored on each"
+             if h["groups"] == "folds" else "tuned on one half of the images, scored on the other")
+    return (f"held out: mean Dice {h['mean_dice']:.5f} ({where}); the tuned figure "
+            f"{result['oof_mean_dice'] - h['mean_dice']:+.5f} against it")
+
+
 def print_search(result: dict, out: Path) -> None:
     from competition.infer.gates import NONE, describe
 
@@ -97,6 +106,8 @@ def print_search(result: dict, out: Path) -> None:
     raw = "-" if result["raw_mean_dice"] is None else f"{result['raw_mean_dice']:.4f}"
     print(f"OOF CV over {result['images']} images: mean Dice {result['oof_mean_dice']:.5f} "
           f"(raw threshold 0.5: {raw}; all-empty baseline {result['all_empty_baseline']:.5f})")
+    if result.get("held_out"):
+        print(held_out_line(result))
     print(f"wrote {out / 'postprocess.json'} and {out / 'cv_report'}/cv_report.md with plots")
 
 

@@ -332,6 +332,10 @@ def summary(recipe: Recipe, ctx, times) -> str:
                      f"{v['oof_dice']:9.4f}")
     lines.append(f"{'mean':>5} {'':>9} {'':>8} {'':>8} {'':>16} {result['oof_mean_dice']:9.5f}"
                  f"   (all-empty {result['all_empty_baseline']:.5f})")
+    if result.get("held_out"):
+        from competition.cli.oof import held_out_line
+
+        lines.append(held_out_line(result))
     score = ctx.get("score")
     lines.append("" if score is None else
                  f"\ntest: {recipe.submission} against {recipe.truth}: mean Dice "

@@ -37,7 +37,7 @@ from competition.infer.ensemble import OneBehind, batches, check_splits, load_en
 from competition.model.forward import device
 from competition.data.labels import CLASSES, by_image, load_train, masks
 from competition.data.postprocess import clean, grid_counts, threshold_levels
-from competition.infer.search import MIN_AREAS, MIN_COMPONENTS, THRESHOLDS, Params, search
+from competition.infer.search import MIN_AREAS, MIN_COMPONENTS, THRESHOLDS, Params, held_out, search
 from competition.data.folds import split
 from competition.model.precision import amp_dtype
 
@@ -331,8 +331,9 @@ def tune(stats_dir: Path, folds: list[int], out: Path, min_areas=None,
     signals = {k: v for k, v in st["signals"].items()
                if sources is None or k == "maxprob" or k in sources}
     result, tables = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
+    honest = held_out(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
     data = Path(data or meta["data"])
-    result = {"version": 2, "connectivity": 8, **result, "tta": meta["tta"],
+    result = {"version": 2, "connectivity": 8, **result, "held_out": honest, "tta": meta["tta"],
               "ensemble": {f"fold{k}": {"segmenters": st["metas"][k].get("segmenters"),
                                         "classifiers": st["metas"][k].get("classifiers")}
                            for k in folds},

@@ -175,8 +175,23 @@ def _summary(result: dict) -> str:
         f"against {format_dice(result.get('raw_mean_dice'))} for the raw threshold 0.5 with "
         f"no filtering and {format_dice(result['all_empty_baseline'])} for predicting every "
         f"mask empty ({gain:+.4f} over all-empty). TTA views: {tta}. "
-        f"Checkpoints: {checkpoints}.{data}\n"
+        f"Checkpoints: {checkpoints}.{data}\n" + _held_out(result)
     )
+
+
+def _held_out(result: dict) -> str:
+    """The honest estimate (search.held_out), where the result has one."""
+    h = result.get("held_out")
+    if not h:
+        return ""
+    how = ("each fold scored with the post-processing tuned on the other folds" if
+           h["groups"] == "folds" else "each half of the images scored with the "
+           "post-processing tuned on the other half")
+    return (f"\nHeld out ({how}): **{format_dice(h['mean_dice'])}**, "
+            f"the tuned figure {result['oof_mean_dice'] - h['mean_dice']:+.4f} against it: what "
+            "the search fits to the images it is tuned on, beyond what carries over. Per "
+            "class: "
+            + ", ".join(format_dice(d) for d in h["class_dice"]) + ".\n")
 
 
 def _checkpoints(result: dict) -> list[str]:

@@ -260,6 +260,6 @@ def test_bad_loss_options_exit_2_before_anything_is_written(tmp_path):
     # names are the registry's: checked as the run starts, before the data is read
     one_line_error(run("train", "--data", tmp_path / "nowhere", "--fold", "0", "--out", out,
                        "--preset", "demo_cpu", "--loss", "bce:0.75,lovaz:0.25"),
-                   "--loss 'bce:0.75,lovaz:0.25': unknown loss 'lovaz'; valid: bce, dice, "
-                   "focal, lovasz")
+                   "--loss 'bce:0.75,lovaz:0.25': unknown loss 'lovaz'; valid: batch_dice, bce, "
+                   "dice, focal, lovasz")
     assert not out.exists()

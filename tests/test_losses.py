@@ -9,7 +9,7 @@ import reference
 from competition.model.config import TrainConfig, from_dict, parse_loss, to_dict
 from competition.errors import InputError
 from competition.train.losses import (LOSSES, MaskLoss, PresenceLoss, SegmentLoss, bce_loss,
-                                dice_loss, focal_loss, lovasz_hinge, lovasz_loss, presence,
+                                batch_dice_loss, dice_loss, focal_loss, lovasz_hinge, lovasz_loss, presence,
                                 presence_bce, soft_dice_loss)
 
 LN3 = math.log(3.0)  # sigmoid(ln 3) = 3/4, sigmoid(-ln 3) = 1/4
@@ -80,6 +80,21 @@ def test_empty_truth_channel_penalises_predicted_pixels():
     assert soft_dice_loss(logits, targets).mean().item() == pytest.approx(0.625)
     assert dice_loss(logits, targets).item() == pytest.approx(0.625)
     assert smp_dice(logits, targets).item() == pytest.approx(1 / 3)
+
+
+def test_batch_dice_pools_the_images_of_a_class_by_hand():
+    # class 0: image 0 the hand example (p = 1/2 on 4 pixels, 1 true), image 1 empty truth with
+    # p = 3/4 on 4 pixels. Pooled: sum(p t) = 0.5, sum(p) = 2 + 3 = 5, sum(t) = 1 ->
+    # 1 - 2 * 0.5 / 6 = 5/6 (per image it would be mean(0.5, 3/4) = 0.625).
+    # class 1: empty in both images, p = 3/4 everywhere -> absent from the batch: 0.
+    # Mean over the 2 classes: 5/12.
+    empty = torch.zeros(1, 1, 2, 2)
+    logits = torch.cat([torch.cat([torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), LN3)]),
+                        torch.full((2, 1, 2, 2), LN3)], dim=1)
+    targets = torch.cat([torch.cat([ONE_PIXEL, empty]), torch.zeros(2, 1, 2, 2)], dim=1)
+    assert batch_dice_loss(logits, targets).item() == pytest.approx(5 / 12, rel=1e-6)
+    assert MaskLoss((("batch_dice", 1.0),))(logits, targets).item() == \
+        pytest.approx(5 / 12, rel=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -198,7 +213,7 @@ def test_a_weighted_sum_is_the_sum_of_its_parts():
 
 def test_an_unknown_loss_name_is_one_input_error_listing_the_valid_ones():
     with pytest.raises(InputError, match=r"^--loss 'bce:1,lovaz:0.5': unknown loss 'lovaz'; "
-                                         r"valid: bce, dice, focal, lovasz$"):
+                                         r"valid: batch_dice, bce, dice, focal, lovasz$"):
         MaskLoss(parse_loss("bce:1,lovaz:0.5"))
 
 

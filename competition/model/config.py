@@ -78,8 +78,8 @@ class TrainConfig:
     clip_grad_norm: float = 1.0  # the gradient norm clipped to; 0 turns clipping off
     ema_decay: float = 0.0  # EMA of the weights (0.999 is typical); 0 turns it off
 
-    # loss of the mask logits: a weighted sum of losses.LOSSES (bce, dice, focal, lovasz),
-    # "NAME:WEIGHT,..." (parse_loss); the default is the soft Dice + BCE every run had before
+    # loss of the mask logits: a weighted sum of losses.LOSSES (bce, dice, batch_dice, focal,
+    # lovasz), "NAME:WEIGHT,..." (parse_loss); the default is the soft Dice + BCE every run had before
     # the registry (a config saved with dice_weight and bce_weight loads as their sum)
     loss: str = "dice:1,bce:1"
     pos_weight: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # bce's weight of
@@ -151,7 +151,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 # (any smp encoder or tu-<timm model> may work; these are the ones tried)
 ARCH_NAMES = ("deeplabv3", "deeplabv3plus", "unet", "fpn", "tv_deeplabv3")
 SCHEDULE_NAMES = ("cosine", "poly", "flat_cosine")
-LOSS_NAMES = ("bce", "dice", "focal", "lovasz")
+LOSS_NAMES = ("bce", "dice", "batch_dice", "focal", "lovasz")
 ENCODERS_TRIED = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet-b3")
 FULL_SIZE = (256, 1600)  # (rows, columns) of every image: validation, OOF and test run on it
 # The architectures with an ASPP, whose image-pooling branch also normalises one pooled value

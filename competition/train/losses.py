@@ -10,6 +10,10 @@ pure function of (N, C, H, W) logits and {0, 1} targets giving a () float32 mean
           pair and gives 0 to any predicted pixel on an empty pair, so this one keeps
           penalising predictions on channels whose truth is empty (smp's multilabel DiceLoss
           zeroes those).
+- batch_dice: 1 - soft Dice per class over the whole batch, smp's multilabel DiceLoss: a
+          class's pixels are pooled over the batch's images, so one image's defect is not
+          weighed against every empty image's prediction, and a class absent from the batch
+          adds 0 (its false positives are left to bce).
 - lovasz: the Lovasz hinge (Berman et al. 2018), per image and class.
 - focal:  the focal loss (Lin et al. 2017) with gamma, without alpha.
 
@@ -52,6 +56,18 @@ def dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """(N, C, H, W) logits and {0, 1} targets -> () float32: soft_dice_loss (smooth 1)
     averaged over the images and classes."""
     return soft_dice_loss(logits, targets).mean()
+
+
+def batch_dice_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """(N, C, H, W) logits and {0, 1} targets -> () float32: smp's
+    DiceLoss(mode="multilabel", from_logits=True), taken from the library as it is: per class
+    c, 1 - 2 sum(p t) / (sum(p) + sum(t)) with the sums over the batch's images and pixels
+    (smooth 0, eps 1e-7), times 0 when class c has no defect pixel in the batch; the mean over
+    the C classes."""
+    check_shapes(logits, targets)
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    return DiceLoss(mode="multilabel", from_logits=True)(logits.float(), targets.float())
 
 
 def bce_loss(logits: Tensor, targets: Tensor, pos_weight: Tensor | None = None) -> Tensor:
@@ -121,6 +137,7 @@ def lovasz_loss(logits: Tensor, targets: Tensor) -> Tensor:
 LOSSES = {
     "bce": lambda logits, targets, settings: bce_loss(logits, targets, settings.pos_weight),
     "dice": lambda logits, targets, settings: dice_loss(logits, targets),
+    "batch_dice": lambda logits, targets, settings: batch_dice_loss(logits, targets),
     "focal": lambda logits, targets, settings: focal_loss(logits, targets, settings.gamma),
     "lovasz": lambda logits, targets, settings: lovasz_loss(logits, targets),
 }

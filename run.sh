@@ -86,6 +86,15 @@ case "$stage" in
     echo "demo: the offline kernel's submission.csv is identical to submissions/demo/submission.csv"
     echo "demo: done: folds/demo/fold0, folds/demo-cls/fold0 (models), submissions/demo/ (oof/, postprocess.json," \
       "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
+  demo-ablation)
+    # Issue 26's ablation (docs/accuracy.md): the demo's DeepLabV3 with one setting changed per
+    # row, on the demo's data and budget; screened rows train seed 0, full rows seeds 0-2 and
+    # go through OOF + search, predict and score. Finished runs are skipped; the table is
+    # rewritten in submissions/demo-ablation/table.md. Pass --rows a,b for some rows only.
+    setup
+    syn=input/synthetic
+    [ -f "$syn/train.csv" ] || "$PY" -m competition synth --out "$syn" --train 400 --test 100 --seed 0
+    "$PY" -m competition ablation recipes/ablation/demo.yaml "$@" ;;
   demo-gates)
     # After `demo`: OOF CV and test Dice of the demo's DeepLabV3 (with its head), a Unet
     # (trained here) and both averaged, each with no gate, the head's gates, the classifier's gates and the
@@ -228,7 +237,7 @@ PYEOF
     "$PY" -m competition kernel "$@" ;;
   ""|-h|--help|help)
     sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
-    echo "stages: setup doctor demo demo-gates demo-levers test folds fold<K> oof predict kernel pipeline train search score validate check synth bench runs (python -m competition --help)" ;;
+    echo "stages: setup doctor demo demo-ablation demo-gates demo-levers test folds fold<K> oof predict kernel pipeline train search score validate check synth bench runs (python -m competition --help)" ;;
   *)
     setup
     "$PY" -m competition "$stage" "$@" ;;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import competition.cli.ablation as ablation
 import competition.cli.bench as bench
 import competition.cli.dataset as dataset
 import competition.cli.doctor as doctor
@@ -23,7 +24,8 @@ import competition.cli.train as train
 from competition.errors import InputError, one_line
 
 # in the order of the data flow, as `--help` lists them (doctor first: checks the machine)
-STAGES = (doctor, dataset, submission, train, runs, oof, predict, kernel, pipeline, bench)
+STAGES = (doctor, dataset, submission, train, runs, oof, predict, kernel, pipeline, ablation,
+          bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

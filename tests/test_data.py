@@ -245,6 +245,20 @@ def test_balance_weights_by_hand():
         assert np.array_equal(shard, sampler.indices()[rank::2])
 
 
+def test_class_balance_weights_by_hand():
+    # a: classes 3 and 1 (class 1 has 2 images, class 3 has 3: rarest 1); b: class 3; c: 3 and
+    # 4 (4 has 1 image: rarest 4); d: class 1 alone; e, f: defect-free
+    encoded = {"a": {3: "x", 1: "x"}, "b": {3: "x"}, "c": {3: "x", 4: "x"}, "d": {1: "x"}}
+    ids = ["a", "b", "c", "d", "e", "f"]
+    group = sampling.rarest_class(ids, encoded)
+    assert group.tolist() == [1, 3, 4, 1, 0, 0]
+    # four groups present (1, 3, 4, none), a quarter each, shared within a group
+    weights = sampling.class_balance_weights(group)
+    assert np.allclose(weights, [1 / 8, 1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8])
+    # a tie in counts goes to the lower class number
+    assert sampling.rarest_class(["a"], {"a": {2: "x", 4: "x"}}).tolist() == [2]
+
+
 def test_normalize_by_hand():
     images = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
     out = data_lib.normalize(images)

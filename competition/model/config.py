@@ -59,6 +59,8 @@ class TrainConfig:
     # (a connected component of the union of the 4 masks) is set to 0 in the image and in all
     # masks, so its class label can flip to 0 (classifiers: learn the defect, not the image)
     balance: bool = False  # sample defect and defect-free images equally often
+    class_balance: bool = False  # sample by each image's rarest class: classes 1-4 and the
+    # defect-free images each get a fifth of the draws (overrides balance)
     pseudo: str = ""  # a pseudo-labelled dataset (`python -m competition pseudo`) mixed into
     # every training batch, never validated on; "" for none
     pseudo_share: float = 0.0  # the share of each batch drawn from `pseudo`: round half up of

@@ -80,7 +80,9 @@ def build_loaders(config, data: Path, train_ids, val_ids, encoded, rt: Runtime, 
     folder = data / "train_images"
     transform = augment.train_transform(config)
     train_set = data_lib.SteelDataset(folder, train_ids, encoded, transform, config.seed, images)
-    weights = (sampling.balance_weights(sampling.has_defect(train_ids, encoded))
+    weights = (sampling.class_balance_weights(sampling.rarest_class(train_ids, encoded))
+               if config.class_balance else
+               sampling.balance_weights(sampling.has_defect(train_ids, encoded))
                if config.balance else None)
     sampler = sampling.train_sampler(train_set, config.seed, rt.rank, rt.world, weights)
     if pseudo is not None:

@@ -1,13 +1,17 @@
 import hashlib
 import json
 
+import cv2
 import numpy as np
 import pandas as pd
 
+from competition.data import fidelity
 from competition.data import labels
 from competition.data import rle
 from competition.data.images import read_image
-from competition.data.synth import LABEL_SETS, allocate, draw, make_dataset, make_image, train_masks
+from competition.data.synth import (GENERATOR, LABEL_SETS, MARK_GAP, allocate, background, draw,
+                                    image_id, layout, lighting, make_dataset, make_image,
+                                    streams, train_images, train_masks)
 
 
 def digest(folder):
@@ -53,7 +57,9 @@ def test_masks_are_exact_and_change_only_their_pixels():
 
 
 def test_defects_have_distinct_looks():
-    # mean grey of the pixels each class changed (its ink), against the untouched pixels
+    # mean change of grey on the pixels each class changed (its ink), against the steel
+    # under them (generator 2's lighting and dark edges make the rest of the image no
+    # measure of the steel under a defect)
     shifts = {c: [] for c in (1, 2, 3, 4)}
     for i in range(16):
         parts = draw(np.random.default_rng(i), (1 + i % 4,))
@@ -61,7 +67,7 @@ def test_defects_have_distinct_looks():
         for c in (1, 2, 3, 4):
             sel = inks[c - 1] != 0
             if sel.any():
-                shifts[c].append(image[sel].mean() - image[~inks.any(axis=0)].mean())
+                shifts[c].append((image[sel] - parts["background"][sel]).mean())
     mean = {c: np.mean(v) for c, v in shifts.items()}
     assert all(len(v) == 4 for v in shifts.values())
     assert mean[2] > 30          # bright scratches
@@ -143,3 +149,104 @@ def test_train_csv_matches_images_and_original_layout(tmp_path):
     read_image(tmp_path / "orig" / "train_images" / image_ids[0])
     sample = pd.read_csv(tmp_path / "orig" / "sample_submission.csv")
     assert list(sample.columns) == ["ImageId_ClassId", "EncodedPixels"] and len(sample) == 16
+
+
+# Generator 2's steel (streaks down the strip, lighting, dark edges, unlabelled marks) comes
+# from a stream of its own: the masks stay generator 1's. sha256 of train.csv and
+# test_truth.csv, computed by generator 1 (commit 6ff6ef9) for these sets.
+GENERATOR_1_MASKS = {
+    (24, 8, 3, "current"): ("ec342d0eadd3e8b00a0eb03bd864ec44232c52857954538fed9eaa1a8b928a7e",
+                            "baec0ed521cdd6bd7135b640d543f2eb40d8a04dbd2d627f2e3c7838e5aa164b"),
+    (12, 4, 7, "original"): ("89c3c6f13b06d8036f51ed5cf2baf9d8baf38de6e14d701eb8ceb93d6f02c890",
+                             "58768cd19cf405658dfcd643cbb9d33f61f5731e0180d7b697f72fb3d38c53c2"),
+}
+
+
+def test_masks_are_byte_identical_to_generator_1(tmp_path):
+    for (n_train, n_test, seed, csv_layout), digests in GENERATOR_1_MASKS.items():
+        out = tmp_path / f"{seed}"
+        info = make_dataset(out, n_train, n_test, seed=seed, layout=csv_layout, workers=1)
+        got = tuple(hashlib.sha256((out / name).read_bytes()).hexdigest()
+                    for name in ("train.csv", "test_truth.csv"))
+        assert got == digests, (seed, csv_layout)
+        assert info["generator"] == GENERATOR == 2
+        assert json.loads((out / "synth.json").read_text())["generator"] == 2
+
+
+def test_same_rng_same_image_and_marks():
+    a, b = (draw(np.random.default_rng([4, 2]), (1, 3)) for _ in range(2))
+    for key in ("image", "masks", "marks"):
+        assert np.array_equal(a[key], b[key]), key
+    assert a["edges"] == b["edges"]
+
+
+def test_streaks_run_down_the_strip():
+    """In 256 x 256 tiles (square: pixel noise would give the same both ways), neighbouring
+    column means differ more than neighbouring row means (first differences leave out the
+    smooth lighting); and `fidelity.streak_ratio` is above 1 (generator 1's horizontal
+    rolling marks gave 0.00, the 10 real images 1.6 median)."""
+    ratios = []
+    for i in range(8):
+        grey = np.clip(background(np.random.default_rng([5, i])), 0, 255).astype(np.uint8)
+        tiles = grey[:, :1536].astype(float).reshape(256, 6, 256).transpose(1, 0, 2)
+        across = np.diff(tiles.mean(axis=1), axis=1).var(axis=1)  # along each tile's row
+        down = np.diff(tiles.mean(axis=2), axis=1).var(axis=1)
+        assert across.sum() > 1.5 * down.sum(), (i, across, down)
+        ratios.append(fidelity.streak_ratio(grey, np.zeros(grey.shape, bool)))
+    assert np.median(ratios) > 1.3, ratios
+
+
+def test_lighting_is_smooth_and_two_dimensional():
+    light = lighting(np.random.default_rng(3))
+    assert light.shape == (256, 1600) and light.dtype == np.float32
+    # smooth: a grey level or two from a pixel to the next (the grain alone gives 3 to 5)
+    assert np.abs(np.diff(light, axis=0)).max() < 2 and np.abs(np.diff(light, axis=1)).max() < 2
+    assert light.mean(axis=1).std() > 3 and light.mean(axis=0).std() > 3  # down and along
+
+
+def test_unlabelled_marks_stay_off_the_masks_and_the_edges():
+    counts = []
+    for i, classes in enumerate([(), (1,), (2,), (3,), (4,), (3, 4), (1, 2), ()] * 2):
+        parts = draw(np.random.default_rng([8, i]), classes)
+        marks, masks = parts["marks"], parts["masks"].any(axis=0)
+        near = cv2.dilate(masks.astype(np.uint8), np.ones((2 * MARK_GAP - 1,) * 2, np.uint8))
+        assert not (marks & (near != 0)).any(), i  # none closer than MARK_GAP to a mask
+        for edge in parts["edges"]:
+            assert not marks[:, edge].any()
+        n, _ = cv2.connectedComponents(marks.astype(np.uint8), connectivity=8)
+        counts.append(n - 1)
+        # the marks changed the steel there, and the masks are what the layout alone gives
+        assert (parts["background"][marks] != background(
+            streams(np.random.default_rng([8, i]))[1])[marks]).all()
+        assert np.array_equal(parts["masks"], layout(streams(np.random.default_rng([8, i]))[0],
+                                                     classes)[0])
+    assert 3 <= np.median(counts) <= 40, counts  # a moderate number an image
+
+
+def test_dark_edges_cover_no_defect_and_come_on_about_a_quarter_of_the_images():
+    widths = []
+    for i in range(160):
+        parts = draw(np.random.default_rng([6, i]), ((), (3,), (1,), (4,))[i % 4])
+        for edge in parts["edges"]:
+            assert not parts["masks"][:, :, edge].any(), i
+            grey = np.clip(parts["image"][:, edge], 0, 255).round()
+            assert (grey < 13).all(), i  # near black, as the real ends (1 to 12)
+            widths.append(edge.stop - edge.start)
+        assert len(parts["edges"]) <= 1
+    assert 0.15 <= len(widths) / 160 <= 0.35, len(widths)  # the 10 real images: 3
+    assert min(widths) >= 16 and max(widths) > 300
+
+
+def test_train_images_decode_as_the_written_files(tmp_path):
+    make_dataset(tmp_path / "d", 3, 1, seed=2, workers=1)
+    drawn = list(train_images(3, seed=2))
+    names = sorted((tmp_path / "d" / "train_images").iterdir())
+    table = labels.read_train(tmp_path / "d" / "train.csv")
+    for index, (grey, labelled) in enumerate(drawn):
+        path = tmp_path / "d" / "train_images" / image_id(2, "train", index)
+        assert path in names
+        assert np.array_equal(grey, cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
+        truth = np.zeros(grey.shape, bool)
+        for e in table[table.ImageId == path.name].EncodedPixels:
+            truth |= rle.decode(e) != 0
+        assert np.array_equal(labelled, truth)

@@ -9,7 +9,7 @@ from competition.errors import InputError
 def cmd_synth(args) -> None:
     from competition.data.synth import make_dataset
 
-    if args.compare:
+    if args.compare or args.compare_images:
         return compare_synth(args)
     if args.train < 1 or args.test < 1:
         raise InputError(f"--train {args.train} --test {args.test}: need at least one of each")
@@ -20,6 +20,15 @@ def cmd_synth(args) -> None:
 
 
 def compare_synth(args) -> None:
+    """--compare: mask shapes against a real train.csv's; --compare-images: image statistics
+    against the real images of a folder (either or both)."""
+    if args.compare:
+        compare_masks(args)
+    if args.compare_images:
+        compare_images(args)
+
+
+def compare_masks(args) -> None:
     from competition.data import fidelity
     from competition.data.labels import read_train
     from competition.data.synth import train_masks
@@ -33,6 +42,35 @@ def compare_synth(args) -> None:
     print("\n".join(misses) if misses else
           f"every median within {fidelity.MEDIAN_FACTOR}x of the real one, every p90 area "
           f"within {fidelity.P90_AREA_FACTOR}x")
+
+
+def compare_images(args) -> None:
+    import cv2
+    import pandas as pd
+
+    from competition.data import fidelity
+    from competition.data.images import list_images, read_image
+    from competition.data.synth import GENERATOR, train_images
+    from competition.progress import progress
+
+    folder = Path(args.compare_images)
+    names = list_images(folder)
+    if not names:
+        raise InputError(f"{folder}: no .jpg/.jpeg/.png image in it")
+    rows = []
+    for name in progress(names, desc="real images", unit="img"):
+        image = read_image(folder / name)
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        rows.append(fidelity.image_stats(grey, fidelity.outlines(image)))
+    real = fidelity.image_summary(pd.DataFrame(rows))
+    rows = [fidelity.image_stats(grey, labelled) for grey, labelled in
+            progress(train_images(args.train, args.seed), total=args.train,
+                     desc="synthetic images", unit="img")]
+    synthetic = fidelity.image_summary(pd.DataFrame(rows))
+    print(f"real: the images of {folder} (pixels drawn in colour taken as labelled outlines); "
+          f"synthetic: the {args.train} train images of `synth --train {args.train} --seed "
+          f"{args.seed}` as their JPEGs decode (generator {GENERATOR}, labelled: the masks)")
+    print(fidelity.image_report(real, synthetic))
 
 
 def cmd_folds(args) -> None:
@@ -84,6 +122,11 @@ def add(sub) -> None:
     p.add_argument("--compare", default=None, metavar="TRAIN_CSV",
                    help="write nothing: compare the masks of --train images with a real "
                         "train.csv's (area, components, runs, box, edge; per class)")
+    p.add_argument("--compare-images", default=None, metavar="IMAGE_DIR",
+                   help="write nothing: compare image statistics (streak direction, lighting, "
+                        "specks and marks off the labels, dark edges) of --train synthetic "
+                        "images with the real images of a folder (outlines drawn in colour "
+                        "are taken as the labels)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes drawing images (default: one per CPU, at most 8)")
     p.set_defaults(func=cmd_synth)

@@ -14,6 +14,15 @@ met every target (docs/data.md has the table); the generator never reads that fi
 are exact: a class changes pixels only inside its mask (its `ink`, e.g. the pits, is a part of
 the region), and what the RLE says is what was drawn. Same seed, same bytes; the layout
 has a random stream of its own, so the masks can be drawn without the images.
+
+The steel (generator 2, GENERATOR) looks like the real strips'
+(`synth --compare-images` measures it against real images; docs/data.md): streaks running
+down the strip (a value per column, lines of part of its height), smooth 2-D lighting, a
+dark strip edge on about a quarter of the images (the layout's margin, or an extra one from
+the surface stream that stops short of every defect), glints and dark grains, and marks no
+annotator labelled (pits, short scratches, smudges) kept MARK_GAP pixels off every mask. All
+that generator 2 added comes from a third random stream, so its masks are generator 1's, byte
+for byte.
 """
 from __future__ import annotations
 
@@ -43,6 +52,7 @@ LABEL_SETS = {
     (3, 4): 284, (1, 3): 91, (1, 2): 35, (2, 3): 14, (2, 4): 1, (1, 2, 3): 2,
 }
 JPEG_QUALITY = 92
+GENERATOR = 2  # synth.json's "generator" (see make_dataset)
 SPLITS = {"train": 0, "test": 1}  # seeds the two splits apart
 
 
@@ -66,14 +76,46 @@ def _smooth(rng: np.random.Generator, n: int, scale: float, sigma: float) -> np.
     return scale * y
 
 
+def lighting(rng: np.random.Generator) -> np.ndarray:
+    """(256, 1600) float32 smooth 2-D lighting about 0: brighter toward the top or the bottom
+    of the strip, a slow drift along it, and low-resolution patches of both."""
+    y = np.linspace(-1.0, 1.0, HEIGHT)[:, None]
+    down = rng.normal() * y + rng.normal() * (y ** 2 - 1 / 3)
+    down *= rng.uniform(12, 28) / max(float(down.std()), 1e-6)
+    along = _smooth(rng, WIDTH, rng.uniform(10, 20), 120.0)[None, :]
+    patches = cv2.resize(rng.standard_normal((3, 8)).astype(np.float32), (WIDTH, HEIGHT),
+                         interpolation=cv2.INTER_CUBIC)
+    return down.astype(np.float32) + along.astype(np.float32) + rng.uniform(3, 10) * patches
+
+
 def background(rng: np.random.Generator) -> np.ndarray:
-    """(256, 1600) float32 grey steel: a level, rolling streaks along x, lighting, grain."""
-    level = rng.uniform(85, 135)
-    rows = _smooth(rng, HEIGHT, rng.uniform(3, 8), 2.0)[:, None]  # horizontal rolling marks
-    light = _smooth(rng, WIDTH, rng.uniform(4, 12), 120.0)[None, :]  # slow lighting drift
-    grain = rng.normal(0, 1, (HEIGHT, WIDTH // 4)).astype(np.float32)
-    grain = cv2.resize(grain, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)  # stretched in x
-    return (level + rows + light + rng.uniform(4, 8) * grain).astype(np.float32)
+    """(256, 1600) float32 grey steel: a level, 2-D lighting, streaks running down the strip
+    (a value per column that fades in and out down it, and lines of part of its height),
+    faint rolling marks along it, grain stretched down it and pixel noise."""
+    level = rng.uniform(80, 130)
+    fine = rng.uniform(0.3, 1.5)
+    columns = (_smooth(rng, WIDTH, fine, 1.0)  # fine streaks
+               + _smooth(rng, WIDTH, rng.uniform(2, 7), rng.uniform(10, 30)))  # broad bands
+    fade = cv2.resize(rng.uniform(0.3, 1.4, (4, 24)).astype(np.float32), (WIDTH, HEIGHT),
+                      interpolation=cv2.INTER_LINEAR)
+    image = level + lighting(rng) + fade * columns[None, :].astype(np.float32)
+    for _ in range(rng.poisson(rng.uniform(3, 30))):  # dark (mostly) or bright lines
+        length = int(min(HEIGHT, 20 + rng.exponential(100)))
+        top, x = int(rng.integers(-length // 2, HEIGHT - length // 2)), int(rng.integers(WIDTH))
+        taper = np.sin(np.linspace(0, np.pi, length)) ** 0.5
+        value = -rng.uniform(5, 25) if rng.random() < 0.8 else rng.uniform(4, 15)
+        rows = slice(max(top, 0), min(top + length, HEIGHT))
+        image[rows, x:x + int(rng.integers(1, 4))] += (value * taper[rows.start - top:
+                                                                      rows.stop - top])[:, None]
+    rolling = _smooth(rng, HEIGHT, fine * rng.uniform(0.3, 0.8), 1.0)  # fainter, along it
+    image += rolling.astype(np.float32)[:, None]
+    grain = rng.standard_normal((HEIGHT // 4, WIDTH), np.float32)
+    grain = cv2.resize(grain, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)  # stretched in y
+    image += rng.uniform(1.5, 3.5) * grain
+    # pixel noise, uniform: 409,600 normal draws would cost 8 ms an image, these 1 ms
+    noise = rng.integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8)
+    image += (noise.astype(np.float32) - 127.5) * np.float32(rng.uniform(2.5, 4.5) / 73.9)
+    return image
 
 
 @dataclass(frozen=True)
@@ -236,6 +278,94 @@ def render(image: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> np
     return inks
 
 
+EXTRA_EDGE = 0.15  # chance of a dark strip edge on an image the layout gave no margin
+EDGE_GAP = 8  # free columns between an extra edge and the nearest defect
+MARK_GAP = 6  # least distance, in pixels, from an unlabelled mark to a defect's mask
+
+
+def extra_edge(rng: np.random.Generator, masks: np.ndarray) -> slice | None:
+    """A dark strip edge on an image without a margin (EXTRA_EDGE of them), 30 to 900 columns
+    wide on one side, narrowed to leave EDGE_GAP free columns before the first defect;
+    None when that leaves fewer than 16 (the edge never covers a defect)."""
+    if rng.random() >= EXTRA_EDGE:
+        return None
+    width, left = int(np.exp(rng.uniform(np.log(30), np.log(900)))), rng.random() < 0.5
+    used = np.flatnonzero(masks.any(axis=(0, 1)))
+    if len(used):
+        width = min(width, (used[0] if left else WIDTH - 1 - used[-1]) - EDGE_GAP)
+    if width < 16:
+        return None
+    return slice(0, width) if left else slice(WIDTH - width, WIDTH)
+
+
+def strip_edge(image: np.ndarray, edge: slice, rng: np.random.Generator) -> None:
+    """Paint the strip's end in place: near-black columns `edge` (a level of 0 to 11 and a
+    little noise), the steel beside it shaded toward the edge over 4 to 30 columns."""
+    black = rng.uniform(0, 11) + 0.4 * rng.standard_normal((HEIGHT, edge.stop - edge.start))
+    image[:, edge] = np.clip(black, 0, 12.4)
+    ramp = int(rng.integers(4, 31))
+    shade = np.linspace(rng.uniform(0.35, 0.9), 1.0, ramp, dtype=np.float32)
+    if edge.start == 0:
+        image[:, edge.stop:edge.stop + ramp] *= shade[:WIDTH - edge.stop]
+    else:
+        image[:, max(edge.start - ramp, 0):edge.start] *= shade[::-1][-edge.start:]
+
+
+def unlabelled_marks(rng: np.random.Generator, image: np.ndarray,
+                     keep_off: np.ndarray) -> np.ndarray:
+    """Marks no annotator labelled, added in place: small dark pits (one to three), short
+    bright or dark scratches and small dull smudges, like the defects' looks but fewer,
+    smaller and fainter; a moderate number an image. A mark touching `keep_off` (the
+    defects' masks grown by MARK_GAP, the dark edges) is dropped whole. (H, W) bool: the
+    pixels marked."""
+    layer = np.zeros((HEIGHT, WIDTH), np.float32)
+    for _ in range(rng.poisson(rng.uniform(5, 35))):
+        x, y = int(rng.integers(WIDTH)), int(rng.integers(HEIGHT))
+        kind = rng.random()
+        if kind < 0.35:  # a few pits
+            for _ in range(int(rng.integers(1, 4))):
+                centre = (x + int(rng.integers(-8, 9)), y + int(rng.integers(-8, 9)))
+                axes = (int(rng.integers(1, 3)), int(rng.integers(1, 4)))
+                cv2.ellipse(layer, centre, axes, float(rng.uniform(0, 180)), 0, 360,
+                            -rng.uniform(20, 50), -1)
+        elif kind < 0.7:  # a short scratch, mostly along the strip's streaks
+            length, angle = rng.uniform(6, 40), np.pi / 2 + rng.normal(0, 0.5)
+            end = (int(x + length * np.cos(angle)), int(y + length * np.sin(angle)))
+            value = rng.uniform(15, 45) if rng.random() < 0.7 else -rng.uniform(15, 35)
+            cv2.line(layer, (x, y), end, value, int(rng.integers(1, 3)))
+        else:  # a small dull smudge
+            axes = (int(rng.integers(3, 15)), int(rng.integers(2, 9)))
+            cv2.ellipse(layer, (x, y), axes, float(rng.uniform(0, 180)), 0, 360,
+                        -rng.uniform(8, 25), -1)
+    _, label = cv2.connectedComponents((layer != 0).astype(np.uint8), connectivity=8)
+    dropped = np.unique(label[keep_off & (label > 0)])
+    marked = (label > 0) & ~np.isin(label, dropped)
+    image[marked] += layer[marked]
+    return marked
+
+
+GLINTS = ((1, 1, .42), (2, 1, .2), (2, 2, .15), (3, 2, .06), (2, 3, .04), (3, 3, .08),
+          (4, 4, .05))  # (rows, columns, share) of the glints' footprints
+
+
+def sparkle(rng: np.random.Generator, image: np.ndarray) -> None:
+    """Glints and dark grains of 1 to 16 pixels (GLINTS), in place: 600 to 5,500 bright ones
+    an image and a fifth to two thirds as many dark, anywhere on the steel (texture, not
+    defects: real steel has them inside the labelled regions too)."""
+    layer = np.zeros((HEIGHT, WIDTH), np.float32)
+    bright = np.exp(rng.uniform(np.log(600), np.log(5500)))
+    for n, sign, scale in ((bright, 1, 25.0), (bright * rng.uniform(0.2, 0.67), -1, 15.0)):
+        for (h, w, _), k in zip(GLINTS, rng.multinomial(int(n), [g[2] for g in GLINTS])):
+            y, x = rng.integers(0, HEIGHT - h + 1, k), rng.integers(0, WIDTH - w + 1, k)
+            value = sign * (40 + rng.exponential(scale, k))
+            for dy in range(h):
+                for dx in range(w):  # ragged: a pixel of the footprint may be missing or dim
+                    keep = rng.random(k) < (1.0 if dy == dx == 0 else 0.7)
+                    dim = rng.uniform(0.6, 1.1, int(keep.sum()))
+                    layer[y[keep] + dy, x[keep] + dx] = value[keep] * dim
+    image += cv2.GaussianBlur(layer, (3, 3), 0.6)  # soft, not square
+
+
 def layout(rng: np.random.Generator, classes: tuple[int, ...]) -> tuple[np.ndarray, slice | None]:
     """Where things are: (4, 256, 1600) uint8 exact masks and the black margin (a column
     slice, or None). Every class of `classes` gets pixels of its own: none under another
@@ -259,8 +389,10 @@ def layout(rng: np.random.Generator, classes: tuple[int, ...]) -> tuple[np.ndarr
 
 
 def streams(rng: np.random.Generator) -> list[np.random.Generator]:
-    """An image's two random streams: [layout (margin and masks), looks (texture, defects)]."""
-    return rng.spawn(2)
+    """An image's three random streams: [layout (margin and masks), looks (texture,
+    defects), surface (edges, unlabelled marks, glints)]. Children of one SeedSequence: the
+    first two are those of generator 1, so its masks are drawn unchanged."""
+    return rng.spawn(3)
 
 
 def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -274,16 +406,28 @@ def label_sets(n: int, seed: int, split: str) -> list[tuple[int, ...]]:
 
 
 def draw(rng: np.random.Generator, classes: tuple[int, ...]) -> dict:
-    """One sample with its parts: background and image (float32), masks, inks. The layout
-    has a random stream of its own, so `layout` alone gives the same masks, faster."""
-    shape_rng, look_rng = streams(rng)
+    """One sample with its parts: background (the steel with its edges, unlabelled marks and
+    glints) and image (float32), masks, inks, marks (the unlabelled marks' pixels, bool) and
+    edges (the dark edges' column slices). The layout has a random stream of its own, so
+    `layout` alone gives the same masks, faster; what generator 2 added has its own too."""
+    shape_rng, look_rng, surface_rng = streams(rng)
     masks, margin = layout(shape_rng, classes)
     image = background(look_rng)
-    if margin is not None:
-        image[:, margin] = look_rng.uniform(0, 12)
+    edges = [margin] if margin is not None else []
+    extra = extra_edge(surface_rng, masks) if margin is None else None
+    edges += [extra] if extra is not None else []
+    keep_off = cv2.dilate(masks.any(axis=0).astype(np.uint8),
+                          np.ones((2 * MARK_GAP + 1,) * 2, np.uint8)) != 0
+    for edge in edges:
+        keep_off[:, max(edge.start - MARK_GAP, 0):edge.stop + MARK_GAP] = True
+    marks = unlabelled_marks(surface_rng, image, keep_off)
+    sparkle(surface_rng, image)
+    for edge in edges:
+        strip_edge(image, edge, surface_rng)
     plain = image.copy()
     inks = render(image, masks, look_rng)
-    return {"background": plain, "image": image, "masks": masks, "inks": inks}
+    return {"background": plain, "image": image, "masks": masks, "inks": inks,
+            "marks": marks, "edges": edges}
 
 
 def make_image(rng: np.random.Generator, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -310,15 +454,30 @@ def image_id(seed: int, split: str, index: int) -> str:
     return hashlib.sha1(f"{seed}/{split}/{index}".encode()).hexdigest()[:9] + ".jpg"
 
 
+def jpeg(image: np.ndarray) -> bytes:
+    """(256, 1600, 3) uint8 -> the JPEG bytes the dataset's file holds."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    assert ok, "JPEG encoding failed"
+    return data.tobytes()
+
+
 def write_image(folder: Path, seed: int, split: str, index: int,
                 classes: tuple[int, ...]) -> list[tuple[str, int, str]]:
     """Draw image `index` of a split, write its JPEG, return its (ImageId, ClassId, RLE) rows."""
     image, masks = make_image(image_rng(seed, split, index), classes)
     name = image_id(seed, split, index)
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    assert ok, "JPEG encoding failed"
-    (folder / name).write_bytes(data.tobytes())
+    (folder / name).write_bytes(jpeg(image))
     return [(name, c, rle.encode(masks[c - 1])) for c in CLASSES if masks[c - 1].any()]
+
+
+def train_images(n: int, seed: int):
+    """The first n train images of `make_dataset(seed=seed)` as its files would decode, in
+    memory: (256, 1600) uint8 grey and (256, 1600) bool labelled pixels (any class), per image.
+    (The label sets depend on n, as in make_dataset: the first 40 of 400 differ from 40.)"""
+    for index, classes in enumerate(label_sets(n, seed, "train")):
+        image, masks = make_image(image_rng(seed, "train", index), classes)
+        grey = cv2.imdecode(np.frombuffer(jpeg(image), np.uint8), cv2.IMREAD_GRAYSCALE)
+        yield grey, masks.any(axis=0)
 
 
 def make_split(folder: Path, split: str, n: int, seed: int, workers: int = 1) -> pd.DataFrame:
@@ -363,7 +522,10 @@ def make_dataset(out: str | Path, n_train: int = 400, n_test: int = 100, seed: i
                  layout: str = "current", workers: int | None = None) -> dict:
     """Write a dataset in the Kaggle layout, replacing `out` only once it is complete:
     train_images/, test_images/, train.csv, sample_submission.csv, test_truth.csv (the
-    test masks, same layout as train.csv) and synth.json (parameters and class counts).
+    test masks, same layout as train.csv) and synth.json (parameters and class counts;
+    "layout" is the CSV layout, "generator" the image generator's version, GENERATOR: 2 drew
+    streaks down the strip, 2-D lighting, unlabelled marks and glints, more dark edges; data
+    without the key is generator 1's, same masks, horizontal marks only).
     workers: processes drawing images (default: one per CPU, at most 8); same bytes for any."""
     if layout not in ("current", "original"):
         raise ValueError(f"layout must be 'current' or 'original', got {layout!r}")
@@ -380,6 +542,7 @@ def make_dataset(out: str | Path, n_train: int = 400, n_test: int = 100, seed: i
         sample_submission(test_ids, layout).to_csv(tmp / "sample_submission.csv", index=False)
         info = {
             "seed": seed, "train": n_train, "test": n_test, "layout": layout,
+            "generator": GENERATOR,
             "train_images_per_class": {str(c): int((train.ClassId == c).sum()) for c in CLASSES},
             "train_defect_free": n_train - int(train.ImageId.nunique()),
         }

@@ -103,6 +103,9 @@ kernel: {{owner: me, out: {tmp_path}/k, wheels: [], check: false, layout: classi
     ("kernel: {owner: 'a b'}\n", "kernel.owner 'a b': not a Kaggle user name"),
     ("kernel: {owner: me, time_limit: 90}\n", "kernel.time_limit 90.0: minutes in (0, 60]"),
     ("truth: nope.csv\n", "truth 'nope.csv': no such file"),
+    ("oof: {weights: searched}\n", "oof.weights 'searched': expected one of given, search"),
+    ("oof: {weights: search}\n",
+     "oof.weights 'search': expected two or more segmenters to weigh (models has 1)"),
 ])
 def test_bad_top_level_values_are_one_line(tmp_path, data, capsys, extra, said):
     path = write(tmp_path, BASE.format(data=data) + extra)

@@ -13,7 +13,7 @@ def cmd_oof(args) -> None:
     from competition.infer import oof
     from competition.infer.ensemble import parse_tta
 
-    runs, folds_csv, folds = fold_args(args)
+    runs, folds_csv, folds = fold_args(args, search_weights=True)
     views, data, out = parse_tta(args.tta), Path(args.data), Path(args.out)
     stats_dir = Path(args.oof_dir or out / "oof")
     images = open_images(args, data / "train_images")  # one cache for both passes
@@ -29,15 +29,18 @@ def cmd_oof(args) -> None:
 def write_oof_csv(data: Path, runs, folds_csv: Path, folds: list[int], views, out: Path,
                   batch_size: int, workers: int, result: dict, images=None,
                   compile: bool = False, device: str = "auto") -> float:
-    """OUT/oof.csv: the OOF submission with the chosen post-processing (OUT/postprocess.json),
-    scored from its CSV like any other -> its mean Dice."""
+    """OUT/oof.csv: the OOF submission with the chosen post-processing (OUT/postprocess.json)
+    and the chosen weights where the OOF data chose them, scored from its CSV like any
+    other -> its mean Dice."""
     from competition.data.labels import read_table
     from competition.data.metric import score_tables
+    from competition.infer.oof import weighed_runs
     from competition.infer.predict import predict_oof
     from competition.infer.search import read_params
 
     oof_csv = out / "oof.csv"
-    predict_oof(data, runs, folds_csv, folds, read_params(out / "postprocess.json"), views,
+    predict_oof(data, weighed_runs(runs, result), folds_csv, folds,
+                read_params(out / "postprocess.json"), views,
                 oof_csv, batch_size, workers, str(out / "postprocess.json"), images, compile,
                 device)
     scored = score_tables(read_table(oof_csv)[0], read_table(data / "train.csv")[0])
@@ -92,6 +95,18 @@ def held_out_line(result: dict) -> str:
             f"{result['oof_mean_dice'] - h['mean_dice']:+.5f} against it")
 
 
+def weights_line(w: dict) -> str:
+    """The segmenters' weights the OOF data chose (postprocess.json's "weights")."""
+    def shown(j):
+        return ",".join(f"{x:.4g}" for x in w["candidates"][j]["shares"])
+    chosen, best = w["candidates"][w["chosen"]], w["candidates"][w["best"]]
+    why = ("the best" if w["rule"] == "best" else
+           f"within one SE ({w['se']:.5f}) of the best, {shown(w['best'])} at "
+           f"{best['oof_dice']:.5f}")
+    return (f"weights: {shown(w['chosen'])} of {', '.join(w['models'])} (OOF Dice "
+            f"{chosen['oof_dice']:.5f}, {why}; {len(w['candidates'])} weightings searched)")
+
+
 def print_search(result: dict, out: Path) -> None:
     from competition.infer.gates import NONE, describe
 
@@ -108,6 +123,8 @@ def print_search(result: dict, out: Path) -> None:
           f"(raw threshold 0.5: {raw}; all-empty baseline {result['all_empty_baseline']:.5f})")
     if result.get("held_out"):
         print(held_out_line(result))
+    if result.get("weights"):
+        print(weights_line(result["weights"]))
     print(f"wrote {out / 'postprocess.json'} and {out / 'cv_report'}/cv_report.md with plots")
 
 

@@ -143,7 +143,8 @@ def speed_options(p) -> None:
 def fold_options(p) -> None:
     p.add_argument("--runs", default="folds", help="folder of fold<K>/best.pt runs; "
                    "comma-separated folders average an ensemble (any architectures)")
-    p.add_argument("--weights", default=None, help="one weight per run (default equal)")
+    p.add_argument("--weights", default=None, help="one weight per run (default equal); "
+                   "oof: 'search' chooses them on the OOF data (2 or more runs)")
     p.add_argument("--classifier-runs", default=None,
                    help="folders of classifier runs (train --task classify), averaged "
                    "apart from the segmenters: their probabilities feed the gates")
@@ -221,18 +222,27 @@ def search_options(p) -> None:
                    "heads) and cls (the classifiers) (default: all recorded)")
 
 
-def fold_args(args) -> tuple:
+def fold_args(args, search_weights: bool = False) -> tuple:
     """--runs, --weights, --classifiers, --classifier-weights (an oof.Runs), --folds-csv
     (default: the folds file the runs record, provenance.trained_folds), --folds (default:
-    all of the folds file)."""
+    all of the folds file). search_weights: `--weights search` is accepted (oof's: the OOF
+    data chooses the weights; elsewhere they are a given)."""
     from competition.infer.oof import Runs, parse_folds
 
     segmenters = run_list(args.runs, "--runs")
     classifiers = (run_list(args.classifier_runs, "--classifier-runs")
                    if args.classifier_runs else ())
-    runs = Runs(segmenters, run_weights(args.weights, segmenters, "--weights"), classifiers,
+    search = (args.weights or "").strip() == "search"
+    if search and not search_weights:
+        raise InputError("--weights search: only `oof` searches the weights; here they are "
+                         "those postprocess.json records, or --weights W1,W2")
+    if search and len(segmenters) < 2:
+        raise InputError(f"--weights search: needs two or more --runs to weigh, got "
+                         f"{len(segmenters)} ({args.runs})")
+    runs = Runs(segmenters, () if search else run_weights(args.weights, segmenters, "--weights"),
+                classifiers,
                 run_weights(args.classifier_weights, classifiers, "--classifier-weights"),
-                args.checkpoint_name)
+                args.checkpoint_name, search)
     if args.folds_csv:
         folds_csv = Path(args.folds_csv)
         if not folds_csv.is_file():

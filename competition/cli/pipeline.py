@@ -159,7 +159,8 @@ def runs_of(recipe: Recipe):
 
     seg, cls = recipe.of_role("segmenter"), recipe.of_role("classifier")
     return Runs(tuple(m.run for m in seg), tuple(m.weight for m in seg),
-                tuple(m.run for m in cls), tuple(m.weight for m in cls))
+                tuple(m.run for m in cls), tuple(m.weight for m in cls),
+                search_weights=recipe.oof.weights == "search")
 
 
 def workers(recipe: Recipe) -> int:
@@ -262,7 +263,8 @@ def steps(recipe: Recipe) -> list[tuple]:
     listed = [
         ("folds", step_folds, None, None, None),
         ("train", step_train, None, None, None),
-        ("oof", step_oof, {"models": models, "folds": recipe.folds, "tta": o.tta},
+        ("oof", step_oof, {"models": models, "folds": recipe.folds, "tta": o.tta,
+                           **({"weights": o.weights} if o.weights != "given" else {})},
          [*ckpts, recipe.split.file, recipe.data / "train.csv"],
          [out / "oof" / f"fold{k}" / "meta.json" for k in recipe.folds]),
         ("search", step_search, {"gates": o.gates, "gate_sources": o.gate_sources,

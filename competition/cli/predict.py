@@ -31,8 +31,15 @@ def cmd_predict(args) -> None:
     params, views = params_and_views(args)
     data = Path(args.data)
     if args.oof:
+        import json
+
+        from competition.infer.oof import weighed_runs
+
         out = Path(args.out or "submissions/oof.csv")
-        frame = predict.predict_oof(data, *fold_args(args), params, views, out,
+        runs, folds_csv, folds = fold_args(args)
+        if args.weights is None:  # the weights the OOF data chose, where it chose them
+            runs = weighed_runs(runs, json.loads(Path(args.postprocess).read_text()))
+        frame = predict.predict_oof(data, runs, folds_csv, folds, params, views, out,
                                     args.batch_size, args.workers, args.postprocess,
                                     open_images(args, data / "train_images"), args.compile,
                                     args.device)

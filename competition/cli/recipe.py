@@ -11,7 +11,8 @@
         folds: [0]                             # default: every fold of the split
         weight: 1.0                            # its weight in its role's average
         run: folds/demo                        # run folder: RUN/fold<k>/ (default folds/NAME)
-    oof: {tta: [none, hflip], gates: null, gate_sources: null, min_areas: null, oof_csv: true}
+    oof: {tta: [none, hflip], gates: null, gate_sources: null, min_areas: null, oof_csv: true,
+          weights: given}                      # search: chosen on the OOF data
     inference: {batch_size: 8, workers: null}
     kernel: {owner: demo-user, out: kaggle/demo, check: true}   # absent or null: no bundle
 
@@ -63,6 +64,7 @@ class Oof:
     gate_sources: tuple[str, ...] | None = None  # None: every source recorded
     min_areas: tuple[int, ...] | None = None  # None: the search's grid
     oof_csv: bool = True  # OUT/oof.csv, the OOF submission predicted again and scored
+    weights: str = "given"  # search: the OOF data chooses the segmenters' weights
 
 
 @dataclass(frozen=True)
@@ -358,7 +360,12 @@ def load(recipe: str | Path, need_data: bool = True) -> Recipe:
         "tta": (names(VIEWS), Oof.tta),
         "gates": (optional(names(("none", *GATES), True)), None),
         "gate_sources": (optional(names(tuple(SOURCES))), None),
-        "min_areas": (optional(ints()), None), "oof_csv": (boolean, True)}, f"{top}oof."))
+        "min_areas": (optional(ints()), None), "oof_csv": (boolean, True),
+        "weights": (one_of(("given", "search")), "given")}, f"{top}oof."))
+    segmenters = [m for m in models if m.role == "segmenter"]
+    if oof.weights == "search" and len(segmenters) < 2:
+        raise _bad(f"{top}oof.weights", oof.weights, "expected two or more segmenters to "
+                   f"weigh (models has {len(segmenters)})")
     if oof.gates is not None:  # "none" is always searched: [none] = [] = no gate
         oof = replace(oof, gates=tuple(g for g in oof.gates if g != "none"))
     inference = Inference(**fields(values["inference"], {

@@ -200,22 +200,45 @@ def predict_batch(ensemble: Ensemble, images: torch.Tensor, views: tuple[str, ..
     (weighted) and TTA views, each view's flip undone on the masks (image-level
     probabilities need no undoing). `dtype`: the device's autocast dtype (None: fp32), used
     by every model whose config allows it (model_dtype); every forward is checked."""
+    return predict_weighted(ensemble, images, views, dtype, classifiers)[0]
+
+
+@torch.no_grad()
+def predict_weighted(ensemble: Ensemble, images: torch.Tensor, views: tuple[str, ...],
+                     dtype: torch.dtype | None, classifiers: Ensemble | None = None,
+                     weightings=None) -> list[Output]:
+    """predict_batch for several weightings of the segmenters from the same forwards: one
+    Output per weight vector of `weightings` (one weight per segmenter, a model of weight 0
+    left out of that average; None: the ensemble's own weights alone). Each average is
+    accumulated in the order and arithmetic of the ensemble run with those weights, so
+    `oof --weights search` scores each candidate on the very probabilities `predict` gives
+    it. The classifiers' average is shared by every Output."""
     x = data_lib.normalize(images)
     batch = torch.cat([flip(x, v) for v in views])  # (V*N, 3, H, W): one forward per model
     n, v = len(images), len(views)
-    masks, aux, cls = Mean(), Mean(), Mean()
+    weightings = weightings or [[ensemble.weight(m) for m in range(len(ensemble.models))]]
+    masks, aux, cls = [Mean() for _ in weightings], [Mean() for _ in weightings], Mean()
     for m in range(len(ensemble.models)):
         logits, labels = run_model(ensemble, m, batch, dtype)
         probs = torch.sigmoid(logits)
-        for i, view in enumerate(views):
-            masks.add(flip(probs[i * n:(i + 1) * n], view), ensemble.weight(m))
-        if labels is not None:
-            aux.add(torch.sigmoid(labels).view(v, n, -1).mean(0), ensemble.weight(m))
+        unflipped = [flip(probs[i * n:(i + 1) * n], view) for i, view in enumerate(views)]
+        head = None if labels is None else torch.sigmoid(labels).view(v, n, -1).mean(0)
+        for weights, mask_mean, aux_mean in zip(weightings, masks, aux):
+            w = float(weights[m])
+            if w == 0:
+                continue
+            for p in unflipped:
+                mask_mean.add(p, w)
+            if head is not None:
+                aux_mean.add(head, w)
     for m in range(len(classifiers.models) if classifiers else 0):
         _, labels = run_model(classifiers, m, batch, dtype)
         cls.add(torch.sigmoid(labels).view(v, n, -1).mean(0), classifiers.weight(m))
-    mean = masks.value()
-    return Output(mean, mean.amax(dim=(2, 3)), aux.value(), cls.value())
+    out = []
+    for mask_mean, aux_mean in zip(masks, aux):
+        mean = mask_mean.value()
+        out.append(Output(mean, mean.amax(dim=(2, 3)), aux_mean.value(), cls.value()))
+    return out
 
 
 def probabilities(ensemble: Ensemble, images: torch.Tensor, views: tuple[str, ...],
@@ -226,15 +249,19 @@ def probabilities(ensemble: Ensemble, images: torch.Tensor, views: tuple[str, ..
 
 
 def batches(ensemble: Ensemble, loader, views: tuple[str, ...], device: torch.device,
-            dtype: torch.dtype | None, desc: str, classifiers: Ensemble | None = None):
+            dtype: torch.dtype | None, desc: str, classifiers: Ensemble | None = None,
+            weightings=None):
     """Yield (loader item, Output on the device) for every batch, with a progress bar
-    showing images per second. At the end, says on stderr how many of its forwards were
+    showing images per second; with `weightings` (predict_weighted), (loader item, one
+    Output per weighting). At the end, says on stderr how many of its forwards were
     recomputed in fp32 (forward_checked), when any were."""
     bar = progress(loader, desc=desc, unit="batch")
     seen, forwards, before, start = 0, 0, forward.recomputed, time.perf_counter()
     for item in bar:
         images = item[0].to(device, non_blocking=True)
-        yield item, predict_batch(ensemble, images, views, dtype, classifiers)
+        yield item, (predict_batch(ensemble, images, views, dtype, classifiers)
+                     if weightings is None else
+                     predict_weighted(ensemble, images, views, dtype, classifiers, weightings))
         seen += len(images)
         forwards += len(ensemble.models) + (len(classifiers.models) if classifiers else 0)
         bar.set_postfix(img_s=f"{seen / (time.perf_counter() - start):.1f}", refresh=False)

@@ -13,14 +13,19 @@ streamed to STATS/fold<k>/ as the batches come, never the probabilities:
     cls.npy       (N, 4) float32          the classifiers' probabilities (if any were given)
     examples.npz  threshold levels (uint8) and signals of a few images, for the overlays
     meta.json     ImageIds in row order, the grid, TTA views, the checkpoints and weights
-`tune`: reads those files, chooses each class's post-processing and gate (search.search),
-and writes postprocess.json and the CV report (Markdown and PNG plots).
+With `oof --weights search` (2 or more segmenter runs), the same forwards also give the
+statistics of every candidate weighting (ensemble_weights.candidates): candidate 0, equal
+weights, is the files above; candidate j's stats.npy, maxprob.npy, aux.npy and examples.npz
+are under weights/<j>/, and meta.json's "weight_search" lists the weightings and signals.
+`tune`: reads those files, chooses the weights where they were searched (`weigh`, the one
+standard error rule), each class's post-processing and gate (search.search), and writes
+postprocess.json and the CV report (Markdown and PNG plots).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,7 @@ from competition.infer.gates import NONE, check_signals, decide
 from competition.files import atomic_dir, atomic_group, write_json
 from competition.data.images import read_image
 from competition.data.provenance import file_digest, split_record
+from competition.infer import ensemble_weights
 from competition.infer.ensemble import OneBehind, batches, check_splits, load_ensembles
 from competition.model.forward import device
 from competition.data.labels import CLASSES, by_image, load_train, masks
@@ -79,19 +85,38 @@ def example_picks(image_ids: list[str], encoded: dict) -> list[int]:
 
 
 SIGNALS = ("maxprob", "aux", "cls")  # the (N, 4) image-level files, gates.py
+WEIGHTS = "weights"  # fold<k>/weights/<j>/: candidate j's files (oof --weights search)
+
+
+def candidate_folder(fold_dir: Path, j: int) -> Path:
+    """Where candidate j of a weight search keeps the files its weights change (stats.npy,
+    maxprob.npy, aux.npy, examples.npz): candidate 0, equal weights, is the fold folder
+    itself, so its files are those of `oof` without the search."""
+    return Path(fold_dir) if j == 0 else Path(fold_dir) / WEIGHTS / str(j)
+
+
+def candidate_signals(meta: dict, j: int) -> list[str]:
+    """The signals recorded for candidate j of a fold's meta.json (0: the fold's own)."""
+    return list(meta.get("signals", [])) if j == 0 else list(
+        meta["weight_search"]["signals"][j])
 
 
 def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpts, views, out: Path,
                device: torch.device, batch_size: int, workers: int, desc: str,
                thresholds=THRESHOLDS, min_components=MIN_COMPONENTS, weights=None,
                classifiers=(), classifier_weights=None, images=None,
-               compile: bool = False, split: dict | None = None) -> None:
+               compile: bool = False, split: dict | None = None,
+               candidates=None) -> None:
     """Predict `image_ids` with the segmenters `ckpts` (a path or a list, averaged with
     `weights`) and the `classifiers`, and stream their grid statistics and signals into
     folder `out` (written under a temporary name, renamed when complete). `images`: the
     decoded-image cache of train_images or None; `compile`: torch.compile the models.
     `split`: the fold's record (provenance.py): a model trained on another fold, split or
-    dataset is refused, one that records none is said in a warning line; meta.json keeps it."""
+    dataset is refused, one that records none is said in a warning line; meta.json keeps it.
+    `candidates`: weight vectors of the segmenters (ensemble_weights.candidates, equal
+    first), each scored from the same forwards (ensemble.predict_weighted): candidate 0's
+    files are the folder's own, candidate j's under weights/<j>/ (candidate_folder), listed
+    in meta.json's "weight_search"; None: the one ensemble of `weights`."""
     ckpts = [ckpts] if isinstance(ckpts, (str, Path)) else list(ckpts)
     ensemble, cls = load_ensembles(ckpts, device, weights, classifiers, classifier_weights,
                                    compile)
@@ -100,44 +125,72 @@ def fold_stats(data: Path, image_ids: list[str], encoded: dict, ckpts, views, ou
     dataset = data_lib.SteelDataset(data / "train_images", image_ids, encoded, cache=images)
     loader = data_lib.loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     n, k, m = len(image_ids), len(thresholds), len(min_components)
-    picks, examples = set(example_picks(image_ids, encoded)), {}
+    picks = set(example_picks(image_ids, encoded))
     components = np.asarray(min_components, np.int64)
-    signals = ["maxprob"] + (["aux"] if ensemble.has_heads else []) + (["cls"] if cls else [])
+    weightings = None if candidates is None else [[float(w) for w in c] for c in candidates]
+    heads = [c.cls_weight > 0 for c in ensemble.configs]
+    # a candidate's aux averages the heads of its models of positive weight
+    signals = [["maxprob"] + (["aux"] if any(h for h, w in zip(heads, ws or [1] * len(heads))
+                                             if w > 0) else []) + (["cls"] if cls else [])
+               for ws in weightings or [None]]
+    examples = [{} for _ in signals]
 
     with atomic_dir(out) as tmp:
-        with NpyStream(tmp / "stats.npy", (n, len(CLASSES), k, m, 2), np.int32) as stats, \
-                NpyStream(tmp / "truth.npy", (n, len(CLASSES)), np.int32) as truth, \
+        folders = [candidate_folder(tmp, j) for j in range(len(signals))]
+        for folder in folders[1:]:
+            folder.mkdir(parents=True)
+        with NpyStream(tmp / "truth.npy", (n, len(CLASSES)), np.int32) as truth, \
                 contextlib.ExitStack() as stack, OneBehind() as cpu:
-            streams = {name: stack.enter_context(NpyStream(
-                tmp / f"{name}.npy", (n, len(CLASSES)), np.float32)) for name in signals}
+            def stream(path, shape, dtype):
+                return stack.enter_context(NpyStream(path, shape, dtype))
 
-            def consume(levels: np.ndarray, truth_masks: np.ndarray, index: list[int],
-                        values: dict) -> None:
-                stats.write(grid_counts(levels, truth_masks, k, components))
+            stats = [stream(f / "stats.npy", (n, len(CLASSES), k, m, 2), np.int32)
+                     for f in folders]
+            # cls is the same for every candidate: the fold folder's alone
+            streams = [{name: stream(f / f"{name}.npy", (n, len(CLASSES)), np.float32)
+                        for name in names if j == 0 or name != "cls"}
+                       for j, (f, names) in enumerate(zip(folders, signals))]
+
+            def consume(levels: list, truth_masks: np.ndarray, index: list[int],
+                        values: list) -> None:
+                for j, (lv, vals) in enumerate(zip(levels, values)):
+                    stats[j].write(grid_counts(lv, truth_masks, k, components))
+                    for name, signal in streams[j].items():
+                        signal.write(vals[name])
+                    examples[j].update({i: (lv[r].copy(), {s: v[r] for s, v in vals.items()})
+                                        for r, i in enumerate(index) if i in picks})
                 truth.write(truth_masks.sum(axis=(2, 3)))
-                for name, stream in streams.items():
-                    stream.write(values[name])
-                examples.update({i: (levels[j].copy(), {s: v[j] for s, v in values.items()})
-                                 for j, i in enumerate(index) if i in picks})
 
             # the device's autocast dtype; amp "off" in the config: fp32 (infer.model_dtype)
             for (_, truth_masks, index), pred in batches(
-                    ensemble, loader, views, device, amp_dtype("auto", device), desc, cls):
-                levels = threshold_levels(pred.masks, thresholds).cpu().numpy()
-                cpu.submit(consume, levels, truth_masks.numpy(), index.tolist(), pred.signals())
-        chosen = sorted(examples)
-        np.savez_compressed(tmp / "examples.npz",
-                            image_ids=np.array([image_ids[i] for i in chosen]),
-                            levels=np.stack([examples[i][0] for i in chosen])
-                            if examples else np.zeros((0, len(CLASSES), 1, 1), np.uint8),
-                            **{name: np.array([examples[i][1][name] for i in chosen],
-                                              np.float32).reshape(-1, len(CLASSES))
-                               for name in signals})
+                    ensemble, loader, views, device, amp_dtype("auto", device), desc, cls,
+                    weightings):
+                preds = pred if weightings else [pred]
+                levels = [threshold_levels(p.masks, thresholds).cpu().numpy() for p in preds]
+                cpu.submit(consume, levels, truth_masks.numpy(), index.tolist(),
+                           [p.signals() for p in preds])
+        for folder, names, chosen in zip(folders, signals, examples):
+            save_examples(folder / "examples.npz", image_ids, chosen, names)
         write_json(tmp / "meta.json", {
             "image_ids": list(image_ids), "thresholds": list(thresholds),
             "min_components": list(min_components), "tta": list(views),
             "segmenters": members(ensemble), "classifiers": members(cls) if cls else [],
-            "signals": signals, "data": str(data), "split": split})
+            "signals": signals[0], "data": str(data), "split": split,
+            **({"weight_search": {"candidates": weightings, "signals": signals}}
+               if weightings else {})})
+
+
+def save_examples(path: Path, image_ids: list[str], examples: dict, signals: list[str]) -> None:
+    """examples.npz: the threshold levels and signals of the example images, for the
+    report's overlays."""
+    chosen = sorted(examples)
+    np.savez_compressed(path,
+                        image_ids=np.array([image_ids[i] for i in chosen]),
+                        levels=np.stack([examples[i][0] for i in chosen])
+                        if examples else np.zeros((0, len(CLASSES), 1, 1), np.uint8),
+                        **{name: np.array([examples[i][1][name] for i in chosen],
+                                          np.float32).reshape(-1, len(CLASSES))
+                           for name in signals})
 
 
 def members(ensemble) -> list[dict]:
@@ -169,6 +222,7 @@ class Runs:
     classifiers: tuple[Path, ...] = ()
     classifier_weights: tuple[float, ...] = ()
     name: str = "best.pt"
+    search_weights: bool = False  # oof --weights search: the OOF data chooses the weights
 
     def of_fold(self, k: int) -> tuple[list[Path], list[Path]]:
         return ([r / f"fold{k}" / self.name for r in self.segmenters],
@@ -207,11 +261,14 @@ def run(data: Path, runs, folds_csv: Path, folds: list[int], views, batch_size: 
     encoded = by_image(labels)
     for k, val_ids, seg, cls in fold_runs(runs, folds_csv, folds, image_ids):
         out = stats_dir / f"fold{k}"
+        searched = runs.search_weights and len(seg) >= 2
         fold_stats(data, val_ids, encoded, seg, views, out, dev, batch_size, workers,
-                   desc=f"oof fold {k}", weights=list(runs.weights) or None,
+                   desc=f"oof fold {k}",
+                   weights=None if searched else list(runs.weights) or None,
                    classifiers=cls, classifier_weights=list(runs.classifier_weights) or None,
                    images=images, compile=compile,
-                   split=split_record(data, folds_csv, k, image_ids, val_ids))
+                   split=split_record(data, folds_csv, k, image_ids, val_ids),
+                   candidates=ensemble_weights.candidates(len(seg)) if searched else None)
         print(f"fold {k}: {len(val_ids)} validation images -> {out}; "
               f"peak memory of this process so far {peak_rss_mib():.0f} MiB")
 
@@ -223,11 +280,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_stats(stats_dir: Path, folds: list[int]) -> dict:
+def load_stats(stats_dir: Path, folds: list[int], candidate: int = 0) -> dict:
     """The OOF files of `folds` under STATS/fold<k>/, concatenated: stats (N, 4, K, M, 2),
     truth (N, 4), fold (N,), signals {name: (N, 4)} (those every fold has), and each fold's
-    meta. Folds scored on another grid, TTA or ensemble are an error; so is a signal that is
-    not finite."""
+    meta. Folds scored on another grid, TTA, ensemble or weight search are an error; so is a
+    signal that is not finite. `candidate`: the weighting of an `oof --weights search`
+    whose statistics and signals are taken (candidate_folder; 0: the folder's own)."""
     parts = []
     for k in folds:
         folder = stats_dir / f"fold{k}"
@@ -235,13 +293,15 @@ def load_stats(stats_dir: Path, folds: list[int]) -> dict:
             raise InputError(f"{folder}: no OOF statistics; run `python -m competition oof` "
                              f"for fold {k} first")
         meta = json.loads((folder / "meta.json").read_text())
-        signals = {name: np.load(folder / f"{name}.npy") for name in meta.get("signals", [])}
+        own = candidate_folder(folder, candidate)
+        signals = {name: np.load((folder if name == "cls" else own) / f"{name}.npy")
+                   for name in candidate_signals(meta, candidate)}
         truth = np.load(folder / "truth.npy")
-        check_signals(signals, len(truth), str(folder))
-        parts.append((k, meta, np.load(folder / "stats.npy", mmap_mode="r"), truth, signals))
+        check_signals(signals, len(truth), str(own))
+        parts.append((k, meta, np.load(own / "stats.npy", mmap_mode="r"), truth, signals))
     first = parts[0][1]
     for k, meta, *_ in parts[1:]:
-        for key in ("thresholds", "min_components", "tta", "signals"):
+        for key in ("thresholds", "min_components", "tta", "signals", "weight_search"):
             if meta.get(key) != first.get(key):
                 raise InputError(f"{stats_dir / f'fold{k}'}: {key} {meta.get(key)} differs from "
                                  f"fold {parts[0][0]}'s {first.get(key)}; recompute its OOF")
@@ -256,7 +316,7 @@ def load_stats(stats_dir: Path, folds: list[int]) -> dict:
         "truth": np.concatenate([p[3] for p in parts]),
         "fold": np.concatenate([np.full(len(p[3]), p[0]) for p in parts]),
         "signals": {name: np.concatenate([p[4][name] for p in parts])
-                    for name in first.get("signals", [])},
+                    for name in candidate_signals(first, candidate)},
         "metas": {p[0]: p[1] for p in parts},
     }
 
@@ -278,15 +338,16 @@ def same_ensemble(first: dict, other: dict) -> dict:
 
 
 def overlays(stats_dir: Path, folds: list[int], data: Path, result: dict,
-             limit: int = 5) -> list[dict]:
+             limit: int = 5, candidate: int = 0) -> list[dict]:
     """Report examples: the stored levels of a few OOF images turned into masks with the
     chosen post-processing and gates, beside the image and its truth. One per class, then
-    one defect-free, taken from the folds in order."""
+    one defect-free, taken from the folds in order. `candidate`: the weighting whose levels
+    are shown (load_stats)."""
     encoded = by_image(load_train(data, check_images=False)[1])
     params = params_of(result)
     candidates = []
     for k in folds:
-        stored = np.load(stats_dir / f"fold{k}" / "examples.npz")
+        stored = np.load(candidate_folder(stats_dir / f"fold{k}", candidate) / "examples.npz")
         names = [n for n in SIGNALS if n in stored.files]
         candidates += [(k, str(i), lv, {n: stored[n][j:j + 1] for n in names})
                        for j, (i, lv) in enumerate(zip(stored["image_ids"], stored["levels"]))]
@@ -328,19 +389,72 @@ def tune(stats_dir: Path, folds: list[int], out: Path, min_areas=None,
     meta = st["metas"][folds[0]]
     grid = {"threshold": meta["thresholds"], "min_component": meta["min_components"],
             "min_area": sorted(set(int(a) for a in min_areas or MIN_AREAS))}
-    signals = {k: v for k, v in st["signals"].items()
-               if sources is None or k == "maxprob" or k in sources}
+    weighing = weigh(stats_dir, folds, grid, kinds, sources) if meta.get(
+        "weight_search") else None
+    if weighing:  # tuned as ever, on the chosen weights' statistics
+        st = load_stats(stats_dir, folds, weighing["chosen"])
+    signals = searched_signals(st["signals"], sources)
     result, tables = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
     honest = held_out(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
     data = Path(data or meta["data"])
     result = {"version": 2, "connectivity": 8, **result, "held_out": honest, "tta": meta["tta"],
-              "ensemble": {f"fold{k}": {"segmenters": st["metas"][k].get("segmenters"),
+              "ensemble": {f"fold{k}": {"segmenters": segmenters(st["metas"][k], weighing),
                                         "classifiers": st["metas"][k].get("classifiers")}
                            for k in folds},
-              "data": str(data)}
-    examples = overlays(stats_dir, folds, data, result)
+              "data": str(data), **({"weights": weighing} if weighing else {})}
+    examples = overlays(stats_dir, folds, data, result,
+                        candidate=weighing["chosen"] if weighing else 0)
     with atomic_group(out) as tmp:  # both old or both new, whenever a kill comes
         (tmp / "cv_report").mkdir()
         write_report(tmp / "cv_report", result, tables, examples)
         write_json(tmp / "postprocess.json", result)
     return result
+
+
+def searched_signals(signals: dict, sources=None) -> dict:
+    """The signals the gates may read: maxprob, and of aux and cls those in `sources`
+    (None: all recorded)."""
+    return {k: v for k, v in signals.items() if sources is None or k == "maxprob" or k in sources}
+
+
+def weigh(stats_dir: Path, folds: list[int], grid: dict, kinds=None, sources=None) -> dict:
+    """The segmenters' weights chosen on the OOF data of an `oof --weights search`: each
+    candidate's statistics searched as `tune` searches them (search.search, per class), its
+    per-pair Dice under the settings chosen, and the one standard error rule over them
+    (ensemble_weights.choose) -> choose's dict, with "models": the run folder of each
+    weight."""
+    meta = json.loads((stats_dir / f"fold{folds[0]}" / "meta.json").read_text())
+    weightings = meta["weight_search"]["candidates"]
+    dice = []
+    for j in range(len(weightings)):
+        st = load_stats(stats_dir, folds, j)
+        signals = searched_signals(st["signals"], sources)
+        result, _ = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
+        dice.append(ensemble_weights.pair_dice_of(result, st["stats"], st["truth"], signals))
+    return {"models": [str(Path(m["checkpoint"]).parent.parent) for m in meta["segmenters"]],
+            **ensemble_weights.choose(weightings, dice)}
+
+
+def segmenters(meta: dict, weighing: dict | None) -> list[dict] | None:
+    """A fold's segmenters as postprocess.json records them: with the weights chosen on the
+    OOF data where they were (a model of weight 0 left out), else as the OOF averaged them."""
+    members = meta.get("segmenters")
+    if not weighing:
+        return members
+    return ensemble_weights.weighed_members(
+        members, weighing["candidates"][weighing["chosen"]]["weights"])
+
+
+def weighed_runs(runs, result: dict):
+    """`runs` (a Runs, or one run folder) as `result` (a postprocess.json) chose to weigh
+    them: the chosen weight of each segmenter run, a run of weight 0 left out, so that
+    oof.csv is predicted by the ensemble the post-processing was tuned on. Unchanged where
+    the result chose no weights, or chose them for other runs."""
+    runs = as_runs(runs)
+    chosen = result.get("weights")
+    if not chosen or [str(r) for r in runs.segmenters] != chosen["models"]:
+        return runs
+    weights = chosen["candidates"][chosen["chosen"]]["weights"]
+    kept = [(r, float(w)) for r, w in zip(runs.segmenters, weights) if w > 0]
+    return replace(runs, segmenters=tuple(r for r, _ in kept),
+                   weights=tuple(w for _, w in kept), search_weights=False)

@@ -146,6 +146,8 @@ def report_text(result: dict, have_overlays: bool) -> str:
         _summary(result),
         "## Post-processing per class\n",
         _class_table(result),
+        *(["## Ensemble weights\n", _weights_table(result["weights"])]
+          if result.get("weights") else []),
         "## Image-level gates\n",
         _gate_table(result),
         "## Folds\n",
@@ -202,6 +204,25 @@ def _checkpoints(result: dict) -> list[str]:
             out += [m["checkpoint"] + (f" ×{m['weight']:g}" if m["weight"] != 1 else "")
                     for m in fold.get(role) or []]
     return out or list(result.get("checkpoints") or [])
+
+
+def _weights_table(w: dict) -> str:
+    """The segmenters' weightings searched on OOF (oof --weights search), simplest first:
+    each one's OOF Dice with its own tuned post-processing, and its paired standard error
+    against the best; the chosen one marked."""
+    best = w["candidates"][w["best"]]["oof_dice"]
+    rows = [[j, ", ".join(format_value(round(x, 4)) for x in c["shares"])
+             + (" (equal)" if j == 0 else ""),
+             format_dice(c["oof_dice"]), f"{c['oof_dice'] - best:+.4f}",
+             f"{c['se']:.4f}", " ".join(["best"] * (j == w["best"]) + ["✓"] * (j == w["chosen"]))]
+            for j, c in enumerate(w["candidates"])]
+    rule = ("the best" if w["rule"] == "best" else "the simplest within one standard error "
+            "of the best (rule one_se)")
+    return (f"Weights of {', '.join(f'`{m}`' for m in w['models'])}, as shares, searched on "
+            "the OOF data, simplest first (equal, then by distance from equal); each row "
+            "tuned with its own post-processing. SE: the standard error of the difference to "
+            f"the best over images. Chosen (✓): {rule}.\n\n"
+            + format_table(["#", "weights", "OOF Dice", "vs best", "SE", ""], rows))
 
 
 GATE_TEXT = {"gate": "p_cls < g empties", "scale": "t = t0·c − t0·(c−1)·p_cls",

@@ -37,7 +37,8 @@ from competition.infer.ensemble import OneBehind, batches, check_splits, load_en
 from competition.model.forward import device
 from competition.data.labels import CLASSES, by_image, load_train, masks
 from competition.data.postprocess import clean, grid_counts, threshold_levels
-from competition.infer.search import MIN_AREAS, MIN_COMPONENTS, THRESHOLDS, Params, held_out, search
+from competition.infer.search import (MIN_AREAS, MIN_COMPONENTS, RULES, THRESHOLDS, Params,
+                                      held_out, search)
 from competition.data.folds import split
 from competition.model.precision import amp_dtype
 
@@ -318,10 +319,11 @@ def params_of(result: dict) -> Params:
 
 
 def tune(stats_dir: Path, folds: list[int], out: Path, min_areas=None,
-         data: Path | None = None, kinds=None, sources=None) -> dict:
+         data: Path | None = None, kinds=None, sources=None, rule: str = RULES[0]) -> dict:
     """Search the OOF statistics of `folds` (STATS/fold<k>/); write out/postprocess.json and
     out/cv_report/. kinds: the gate kinds searched beside none (None: all); sources: the
-    image-level sources they may read, of aux and cls (None: all recorded)."""
+    image-level sources they may read, of aux and cls (None: all recorded); rule: how each
+    class's setting is chosen, by the search and its held-out estimate (search.RULES)."""
     from competition.infer.report import write_report
 
     st = load_stats(stats_dir, folds)
@@ -330,8 +332,8 @@ def tune(stats_dir: Path, folds: list[int], out: Path, min_areas=None,
             "min_area": sorted(set(int(a) for a in min_areas or MIN_AREAS))}
     signals = {k: v for k, v in st["signals"].items()
                if sources is None or k == "maxprob" or k in sources}
-    result, tables = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
-    honest = held_out(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
+    result, tables = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds, rule)
+    honest = held_out(st["stats"], st["truth"], st["fold"], grid, signals, kinds, rule)
     data = Path(data or meta["data"])
     result = {"version": 2, "connectivity": 8, **result, "held_out": honest, "tta": meta["tta"],
               "ensemble": {f"fold{k}": {"segmenters": st["metas"][k].get("segmenters"),

@@ -69,7 +69,7 @@ def hand_pairs():
 
 def test_gates_on_hand_worked_pairs():
     stats, truth, signals = hand_pairs()
-    result, _ = search.search(stats, truth, np.zeros(4, int), GRID, signals)
+    result, _ = search.search(stats, truth, np.zeros(4, int), GRID, signals, rule="best")
     one = result["classes"]["1"]
     # no gate: t = 0.3 gives Dice 0, 2*80/200, 1, 2*40/90; t = 0.5 gives 0, 2*60/160, 1, 2*20/70
     none = (0 + 0.8 + 1 + 80 / 90) / 4
@@ -86,10 +86,16 @@ def test_gates_on_hand_worked_pairs():
     assert one["gate"] == {"kind": "gate", "source": "cls", "value": 0.2}
     assert one["oof_dice"] == pytest.approx(gate["dice"])
     assert result["oof_mean_dice"] == pytest.approx((gate["dice"] + 3) / 4)
+    # the one-SE rule: the gate differs from "none" on image 0 alone (d = 1, 0, 0, 0: mean
+    # 1/4, SE sqrt(3/4 / 3) / 2 = 1/4), one SE exactly: within it, so "none" is chosen
+    ruled, _ = search.search(stats, truth, np.zeros(4, int), GRID, signals)
+    one = ruled["classes"]["1"]
+    assert (one["rung"], one["rule"], one["gate"]) == ("none", "one_se", gates.NONE)
+    assert one["se"] == pytest.approx(0.25) and one["best_dice"] == pytest.approx(gate["dice"])
     # a gate that cannot beat "none" is not chosen
     flat = {"cls": np.full((4, 4), 0.5, np.float32), "maxprob": signals["maxprob"]}
     flat["cls"][:, 0] = 1.0
-    result, _ = search.search(stats, truth, np.zeros(4, int), GRID, flat)
+    result, _ = search.search(stats, truth, np.zeros(4, int), GRID, flat, rule="best")
     assert result["classes"]["1"]["gate"] == gates.NONE
     assert result["classes"]["1"]["oof_dice"] == pytest.approx(none, abs=1e-12)
 
@@ -154,16 +160,37 @@ def test_every_gate_kind_equals_the_slow_reference():
             assert all(t.max() < b["dice"] - 1e-12 for t in tables[:chosen]), name
 
 
+RANDOM_GRID = {"threshold": [0.3, 0.4, 0.5, 0.7], "min_component": [0, 50, 90],
+               "min_area": [0, 200]}
+
+
 def test_the_chosen_gate_is_never_worse_than_none_on_oof():
     for seed in range(3):
         stats, truth, signals = random_pairs(seed=seed)
-        result, _ = search.search(stats, truth, np.arange(60) % 3, {
-            "threshold": [0.3, 0.4, 0.5, 0.7], "min_component": [0, 50, 90],
-            "min_area": [0, 200]},
-            signals)
+        result, _ = search.search(stats, truth, np.arange(60) % 3, RANDOM_GRID, signals,
+                                  rule="best")
         for v in result["classes"].values():
             assert v["oof_dice"] >= v["gates"]["none"]["dice"]
             assert v["oof_dice"] == max(g["dice"] for g in v["gates"].values())
+
+
+def test_the_one_se_rule_takes_the_simplest_rung_within_one_se_of_the_best():
+    """Empty, no gate, the best gated: the chosen rung is within one SE of the best rung,
+    every simpler one beyond it, on random pairs."""
+    order = ["empty", "none", "gated"]
+    for seed in range(3):
+        stats, truth, signals = random_pairs(seed=seed)
+        result, _ = search.search(stats, truth, np.arange(60) % 3, RANDOM_GRID, signals)
+        for v in result["classes"].values():
+            top = v["rungs"][v["best_rung"]]["dice"]
+            assert top == max(r["dice"] for r in v["rungs"].values())
+            assert v["rungs"][v["rung"]]["dice"] >= top - v["se"] - 1e-12
+            for r in order[:order.index(v["rung"])]:
+                assert v["rungs"][r]["dice"] < top - v["rungs"][r]["se"]
+            assert v["rule"] == ("best" if v["rung"] == v["best_rung"] else "one_se")
+            assert v["oof_dice"] == pytest.approx(v["rungs"][v["rung"]]["dice"], abs=1e-12)
+            if v["rung"] == "empty":
+                assert v["min_area"] == search.EMPTY_AREA and v["oof_dice"] == v["all_empty"]
 
 
 def test_a_signal_on_a_gate_value_is_kept_by_the_search_as_by_predict():

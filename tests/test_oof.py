@@ -99,7 +99,9 @@ def test_search_cv_equals_the_score_of_the_oof_submission(synthetic, runs, tmp_p
     out = tmp_path / "sub"
     oof.run(synthetic, runs, runs / "folds.csv", [0, 1], VIEWS, batch_size=4, workers=0,
             stats_dir=out / "oof")
-    result = oof.tune(out / "oof", [0, 1], out, min_areas=(0,))  # no area step: masks survive
+    # no area step and the best OOF Dice: masks survive (under the one-SE rule these tiny
+    # models' masks are within noise of predicting nothing: below, every class may be empty)
+    result = oof.tune(out / "oof", [0, 1], out, min_areas=(0,), rule="best")
     assert (out / "postprocess.json").is_file()
     assert {"cv_report.md", "dice_vs_threshold.png", "oof_overlays.png"} <= {
         p.name for p in (out / "cv_report").iterdir()}
@@ -117,6 +119,18 @@ def test_search_cv_equals_the_score_of_the_oof_submission(synthetic, runs, tmp_p
         assert scored["per_class"][c] == pytest.approx(result["classes"][c]["oof_dice"],
                                                        abs=1e-12)
     assert scored["all_empty_baseline"] == pytest.approx(result["all_empty_baseline"])
+    # the one-SE rule: its classes chosen empty (min_area search.EMPTY_AREA) are predicted
+    # empty, and the CSV scores what the search says
+    ruled = oof.tune(out / "oof", [0, 1], out / "one_se", min_areas=(0,))
+    empty = [c for c, v in ruled["classes"].items() if v["rung"] == "empty"]
+    assert ruled["rule"] == "one_se" and empty
+    frame = predict_oof(synthetic, runs, runs / "folds.csv", [0, 1],
+                        read_params(out / "one_se" / "postprocess.json"), VIEWS,
+                        out / "one_se" / "oof.csv", batch_size=4, workers=0)
+    assert (frame.EncodedPixels[frame.ClassId.astype(str).isin(empty)] == "").all()
+    scored = score_tables(read_table(out / "one_se" / "oof.csv")[0],
+                          read_table(synthetic / "train.csv")[0])
+    assert scored["mean_dice"] == pytest.approx(ruled["oof_mean_dice"], abs=1e-12)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import pytest
 
 from competition.data import figures
 from competition.infer import report
+from competition.infer.search import EMPTY_AREA
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GRID = {"threshold": [0.4, 0.5, 0.6], "min_component": [0, 100], "min_area": [0, 200, 400, 800]}
@@ -204,3 +205,71 @@ def test_the_gate_table_shows_each_kind_beside_none_and_marks_the_choice(tmp_pat
     assert "| 1 | maxprob | 0.5 |" in text
     assert ("`folds/fold0/best.pt`, `folds/unet/fold0/best.pt ×2`, "
             "`folds/cls/fold0/best.pt`") in text
+
+
+def ruled_result(tables) -> dict:
+    """fake_result under the one-SE rule: class 1 gated, the best, its simpler rungs beyond
+    one SE; class 2 empty, within one SE of its best (no gate at BEST's setting)."""
+    result = fake_result(tables)
+    result["rule"] = "one_se"
+    setting = {"threshold": 0.5, "min_component": 100, "min_area": 400}
+    one = result["classes"]["1"]
+    one.update(gate={"kind": "gate", "source": "cls", "value": 0.2}, rung="gated", rule="best",
+               best_rung="gated", best_dice=0.951, se=0.0, rungs={
+                   "empty": {"dice": 0.89, "se": 0.02}, "none": {"dice": 0.921, "se": 0.01},
+                   "gated": {"dice": 0.951, "se": 0.0}})
+    one["gates"] = {
+        "none": {**setting, "dice": 0.921, "value": None, "empty_saved": 0, "defect_lost": 0},
+        "gate cls": {**setting, "dice": 0.951, "value": 0.2, "empty_saved": 3, "defect_lost": 1}}
+    two = result["classes"]["2"]
+    none = {"threshold": 0.4, "min_component": 0, "min_area": 800}
+    two.update(min_area=EMPTY_AREA, oof_dice=0.9825, all_empty=0.9825, rung="empty",
+               rule="one_se", best_rung="none", best_dice=0.9832, se=0.0012, gates={
+                   "none": {**none, "dice": 0.9832, "value": None, "empty_saved": 0,
+                            "defect_lost": 0}},
+               rungs={"empty": {"dice": 0.9825, "se": 0.0012}, "none": {"dice": 0.9832,
+                                                                        "se": 0.0}})
+    for c in "34":
+        result["classes"][c].update(rung="none", rule="best", best_rung="none", se=0.0,
+                                    best_dice=result["classes"][c]["oof_dice"], rungs={
+                                        "empty": {"dice": 0.5, "se": 0.1},
+                                        "none": {"dice": result["classes"][c]["oof_dice"],
+                                                 "se": 0.0}})
+    return result
+
+
+def test_the_report_says_which_rule_chose_each_class(tmp_path):
+    tables = fake_tables()
+    result = ruled_result(tables)
+    paths = report.write_report(tmp_path, result, tables, [])
+    assert sorted(p.name for p in paths) == sorted(["cv_report.md"] + PNGS[:3])
+    text = (tmp_path / "cv_report.md").read_text()
+    assert ("| 1 | 0.5 | 100 | 400 | gate cls 0.2 | 0.9510 | 0.9210 | 0.8900 | 10 | 1 | best |"
+            in text)
+    # empty: no threshold or sizes shown, the rule that chose it at the end of the row
+    assert "| 2 | - | - | empty | none | 0.9825 |" in text and "| 10 | 2 | one-SE |" in text
+    assert "Chosen by the one-SE rule (`--choose one_se`)" in text
+    assert ("- class 1: gate cls 0.2 (the best OOF Dice, 0.9510; simpler rungs beyond one SE: "
+            "empty 0.8900 (SE 0.0200), no gate 0.9210 (SE 0.0100))") in text
+    assert ("- class 2: empty (one-SE rule: 0.9825 within 0.0012 of the best 0.9832, "
+            "no gate)") in text
+    assert ("- class 3: no gate (the best OOF Dice, 0.8123; simpler rungs beyond one SE: "
+            "empty 0.5000 (SE 0.1000))") in text
+    # the gate table marks class 1's gate, and nothing on class 2, chosen empty
+    assert "| 1 | gate cls ✓ | 0.2 |" in text
+    assert "| 2 | none |  | 0.4 | 0 | 800 | 0.9832 | +0.0000 | 0 | 0 |  |" in text
+    # the plots of the empty class go through its best setting without a gate
+    assert report.chosen_index(result, "2") == BEST["2"][0]
+
+
+def test_the_report_of_the_best_rule_and_of_an_older_file():
+    tables = fake_tables()
+    result = ruled_result(tables)
+    result["rule"] = "best"
+    text = report.report_text(result, have_overlays=False)
+    assert "Chosen by the best OOF Dice (`--choose best`)." in text
+    assert "- class 3: no gate (the best OOF Dice, 0.8123)\n" in text  # no SE under "best"
+    old = report.report_text(fake_result(tables), have_overlays=False)  # no rule recorded
+    assert "Chosen by the best OOF Dice.\n" in old
+    assert "- class 1: none (the best OOF Dice)\n" in old
+    assert "| 1 | 0.5 | 100 | 400 | none | 0.9510 | 0.9210 | 0.8900 | 10 | 1 | best |" in old

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from competition.errors import InputError
-from competition.data.postprocess import grid_counts, threshold_levels
-from competition.infer.search import class_table, held_out, pair_dice, read_params, search
+from competition.data.postprocess import apply, grid_counts, threshold_levels
+from competition.infer.search import (EMPTY_AREA, PIXELS, RULES, class_table, held_out,
+                                      pair_dice, read_params, search)
 
 GRID = {"threshold": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7],
         "min_component": [0, 50, 100, 200, 300, 500],
@@ -100,11 +101,23 @@ def test_search_finds_the_planted_optimum():
     defect = 2 * 2250 / (2250 + 376 + 260 + 2250)
     assert chosen["raw_dice"] == pytest.approx((3 * defect + 1 + 0 + 0 + 0 + 1) / 8)
     assert chosen["all_empty"] == pytest.approx(4 / 8)
-    # classes 2..4 are empty everywhere: every setting ties at 1; the most cautious wins
-    assert result["classes"]["2"]["oof_dice"] == 1.0
-    assert [result["classes"]["2"][key] for key in ("threshold", "min_component",
-                                                     "min_area")] == [0.7, 500, 2500]
+    # classes 2..4 are empty everywhere: every setting ties at 1 with predicting nothing,
+    # the simplest rung, so the best itself: written as the most cautious setting without a
+    # gate and a min area no mask reaches
+    two = result["classes"]["2"]
+    assert (two["rung"], two["rule"], two["oof_dice"], two["se"]) == ("empty", "best", 1.0, 0.0)
+    assert [two[key] for key in ("threshold", "min_component", "min_area")] == [
+        0.7, 500, EMPTY_AREA]
+    # class 1's perfect setting against predicting nothing (1 on the 4 empty pairs, 0 on the
+    # 4 defect ones): d = 1, 1, 1, 1, 0, 0, 0, 0, mean 0.5, SE sqrt(8 * 0.25 / 7 / 8) = 0.189
+    assert (chosen["rung"], chosen["rule"]) == ("none", "best")
+    assert chosen["rungs"]["empty"]["se"] == pytest.approx(np.sqrt(8 * 0.25 / 7 / 8))
     assert result["oof_mean_dice"] == 1.0
+    # the rule of best OOF Dice alone: the most cautious setting of the grid, as before
+    old, _ = search(stats, truth, np.zeros(len(truth), int), GRID, rule="best")
+    assert [old["classes"]["2"][key] for key in ("threshold", "min_component",
+                                                  "min_area")] == [0.7, 500, 2500]
+    assert (old["classes"]["2"]["rung"], old["rule"], result["rule"]) == ("none", "best", "one_se")
     assert result["all_empty_baseline"] == pytest.approx((4 / 8 + 3) / 4)
 
 
@@ -190,10 +203,10 @@ def two_fold_pairs():
 def test_held_out_scores_each_fold_with_the_other_folds_choice():
     stats, truth, folds = two_fold_pairs()
     grid = {"threshold": [0.3, 0.5], "min_component": [0], "min_area": [0]}
-    result, _ = search(stats, truth, folds, grid)
+    result, _ = search(stats, truth, folds, grid, rule="best")
     assert result["classes"]["1"]["threshold"] == 0.5
     assert result["oof_mean_dice"] == pytest.approx((2 / 3 + 1 + 1 + 1) / 4 / 4 + 3 / 4)
-    honest = held_out(stats, truth, folds, grid)
+    honest = held_out(stats, truth, folds, grid, rule="best")
     # fold 0 scored at fold 1's 0.5: 2/3 and 1; fold 1 scored at fold 0's 0.3: 0 and 1
     assert honest["class_dice"] == pytest.approx([(2 / 3 + 1 + 0 + 1) / 4, 1, 1, 1])
     assert honest["mean_dice"] == pytest.approx(((2 / 3 + 2) / 4 + 3) / 4)
@@ -211,4 +224,198 @@ def test_held_out_of_identical_images_is_the_tuned_figure_in_halves():
     honest = held_out(stats, truth, one_fold, grid)
     assert (honest["groups"], honest["n_groups"]) == ("halves", 2)
     assert honest["mean_dice"] == pytest.approx(result["oof_mean_dice"], abs=1e-12)
-    assert honest["class_dice"] == pytest.approx([1, 1, 1, 1])  # 0.3 for class 1, 0.5 for 2
+    # class 1 at 0.3; class 2 empty (0.5 ties with predicting nothing: the simpler rung)
+    assert honest["class_dice"] == pytest.approx([1, 1, 1, 1])
+    assert [result["classes"][c]["rung"] for c in "12"] == ["none", "empty"]
+
+
+def se_by_hand(d) -> float:
+    """The standard error of the mean of paired differences, written out: sqrt(sum((d -
+    mean)^2) / (N - 1)) / sqrt(N)."""
+    mean = sum(d) / len(d)
+    return (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5 / len(d) ** 0.5
+
+
+def ladder_pairs():
+    """Classes 1 and 2 of six images, one threshold (0.5), no size filter; classes 3, 4 empty
+    and predicted empty. A gate on p_cls at 0.2 empties the pairs with p_cls 0.1.
+    class 1: img truth  area/inter  p_cls   Dice no gate, gated, empty
+             0   0      10 / 0      0.1     0,   1,   1    a false positive the gate saves
+             1   100    100 / 80    0.9     0.8, 0.8, 0
+             2   60     40 / 40     0.1     0.8, 0,   0    a defect the gate loses
+             3-4 0      0           0.9     1,   1,   1
+             5   200    200 / 200   0.9     1,   1,   0
+    class 2: img 0-2 as class 1's image 0 (false positives at p_cls 0.1), img 3 as class 1's
+             image 1, img 4 truth 60 with 40 / 40 at p_cls 0.9, img 5 empty and predicted empty:
+             Dice no gate 0, 0, 0, 0.8, 0.8, 1; gated 1, 1, 1, 0.8, 0.8, 1; empty 1, 1, 1, 0, 0, 1.
+    Every gate value from 0.2 to 0.9 empties the same pairs: the mildest, 0.2, is kept."""
+    stats = np.zeros((6, 4, 1, 1, 2), np.int64)
+    truth = np.zeros((6, 4), np.int64)
+    cls = np.full((6, 4), 0.9, np.float32)
+    stats[:, 0, 0, 0] = [[10, 0], [100, 80], [40, 40], [0, 0], [0, 0], [200, 200]]
+    truth[:, 0] = [0, 100, 60, 0, 0, 200]
+    cls[:, 0] = [0.1, 0.9, 0.1, 0.9, 0.9, 0.9]
+    stats[:, 1, 0, 0] = [[10, 0], [10, 0], [10, 0], [100, 80], [40, 40], [0, 0]]
+    truth[:, 1] = [0, 0, 0, 100, 60, 0]
+    cls[:, 1] = [0.1, 0.1, 0.1, 0.9, 0.9, 0.9]
+    return stats, truth, {"cls": cls}
+
+
+LADDER_GRID = {"threshold": [0.5], "min_component": [0], "min_area": [0]}
+
+
+def test_a_gate_within_one_se_of_none_gives_way_to_none():
+    stats, truth, signals = ladder_pairs()
+    result, _ = search(stats, truth, np.zeros(6, int), LADDER_GRID, signals, kinds=["gate"])
+    one = result["classes"]["1"]
+    none, gated, empty = [0, .8, .8, 1, 1, 1], [1, .8, 0, 1, 1, 1], [1, 0, 0, 1, 1, 0]
+    # the gate is the best, 4.8 / 6 = 0.8 against no gate's 4.6 / 6; d = gated - none =
+    # 1, 0, -0.8, 0, 0, 0: mean 1/30, SE sqrt((1.64 - 6/900) / 5 / 6) = 7/30 (se_by_hand)
+    d = [g - n for g, n in zip(gated, none)]
+    assert se_by_hand(d) == pytest.approx(7 / 30)
+    assert one["gates"]["gate cls"]["value"] == 0.2
+    assert one["gates"]["gate cls"]["dice"] == pytest.approx(0.8)
+    assert (one["best_rung"], one["best_dice"]) == ("gated", pytest.approx(0.8))
+    # empty: d = 0, 0.8, 0, 0, 0, 1, SE 0.1915: 4/6 is below 0.8 - 0.1915; no gate's
+    # 0.7667 is within 7/30 of 0.8: no gate is chosen, by the one-SE rule
+    assert one["rungs"]["empty"]["se"] == pytest.approx(
+        se_by_hand([g - e for g, e in zip(gated, empty)]))
+    assert np.mean(empty) < 0.8 - one["rungs"]["empty"]["se"]
+    assert (one["rung"], one["rule"], one["gate"]) == ("none", "one_se", {
+        "kind": "none", "source": None, "value": None})
+    assert (one["threshold"], one["min_component"], one["min_area"]) == (0.5, 0, 0)
+    assert one["oof_dice"] == pytest.approx(np.mean(none))
+    assert one["se"] == pytest.approx(7 / 30)
+    assert result["oof_mean_dice"] == pytest.approx((np.mean(none) + np.mean(
+        [1, 1, 1, .8, .8, 1]) + 2) / 4)
+    assert result["rule"] == "one_se"
+
+
+def test_a_clear_winner_is_chosen_by_the_best_rule():
+    stats, truth, signals = ladder_pairs()
+    result, _ = search(stats, truth, np.zeros(6, int), LADDER_GRID, signals, kinds=["gate"])
+    two = result["classes"]["2"]
+    none, gated, empty = [0, 0, 0, .8, .8, 1], [1, 1, 1, .8, .8, 1], [1, 1, 1, 0, 0, 1]
+    # gated 5.6 / 6; empty 4/6, d = 0, 0, 0, 0.8, 0.8, 0: SE 0.1687; no gate 2.6 / 6,
+    # d = 1, 1, 1, 0, 0, 0: SE sqrt(0.3 / 6) = 0.2236; both beyond one SE
+    for rung, pairs in (("empty", empty), ("none", none)):
+        se = se_by_hand([g - p for g, p in zip(gated, pairs)])
+        assert two["rungs"][rung]["se"] == pytest.approx(se)
+        assert np.mean(pairs) < np.mean(gated) - se
+    assert se_by_hand([1, 1, 1, 0, 0, 0]) == pytest.approx(np.sqrt(0.3 / 6))
+    assert (two["rung"], two["rule"], two["se"]) == ("gated", "best", 0.0)
+    assert two["gate"] == {"kind": "gate", "source": "cls", "value": 0.2}
+    assert two["oof_dice"] == pytest.approx(np.mean(gated)) == two["best_dice"]
+
+
+def test_the_best_rule_keeps_the_choices_of_the_best_oof_dice():
+    stats, truth, signals = ladder_pairs()
+    result, _ = search(stats, truth, np.zeros(6, int), LADDER_GRID, signals, kinds=["gate"],
+                       rule="best")
+    assert result["rule"] == "best"
+    one, two = result["classes"]["1"], result["classes"]["2"]
+    # class 1's gate beats no gate (0.8 against 0.7667), however little: chosen
+    for v in (one, two):
+        assert (v["rung"], v["rule"], v["se"]) == ("gated", "best", 0.0)
+        assert v["gate"] == {"kind": "gate", "source": "cls", "value": 0.2}
+    assert one["oof_dice"] == pytest.approx(0.8)
+    # classes 3, 4: nothing to predict; "best" never chooses empty: the most cautious
+    # setting without a gate (the only one of this grid), as before the one-SE rule
+    three = result["classes"]["3"]
+    assert (three["rung"], three["min_area"], three["gate"]["kind"]) == ("none", 0, "none")
+    assert result["oof_mean_dice"] == pytest.approx((0.8 + 5.6 / 6 + 2) / 4)
+    with pytest.raises(InputError, match="unknown choice rule 'fastest'; valid: one_se, best"):
+        search(stats, truth, np.zeros(6, int), LADDER_GRID, signals, rule="fastest")
+
+
+def test_choose_option_offers_the_rules_default_one_se():
+    from competition.cli.front import build_parser
+    from competition.cli.options import CHOICE_RULES
+
+    assert CHOICE_RULES == RULES == ("one_se", "best")
+    parser = build_parser()
+    for stage in ("oof", "search"):
+        assert parser.parse_args([stage]).choose == "one_se"
+        assert parser.parse_args([stage, "--choose", "best"]).choose == "best"
+
+
+def empty_within_one_se():
+    """Class 1 of six 16x32 images, probability maps and truths (classes 2-4 empty):
+    images 0 and 1 hold an 8x8 true defect at 0.9, image 2 an 8x8 false blob at 0.9, images
+    3-5 nothing. No setting tells the blob from the defects: the best keeps all three, Dice
+    1, 1, 0, 1, 1, 1 (5/6); predicting nothing scores 0, 0, 1, 1, 1, 1 (4/6)."""
+    probs = np.zeros((6, 4, 16, 32), np.float32)
+    truth = np.zeros((6, 4, 16, 32), np.uint8)
+    for i in (0, 1):
+        probs[i, 0, 4:12, 4:12] = 0.9
+        truth[i, 0, 4:12, 4:12] = 1
+    probs[2, 0, 4:12, 20:28] = 0.9
+    return probs, truth
+
+
+def test_empty_within_one_se_is_written_as_a_min_area_no_mask_reaches(tmp_path):
+    probs, truth = empty_within_one_se()
+    grid = {"threshold": [0.5, 0.7], "min_component": [0, 50], "min_area": [0, 100]}
+    levels = threshold_levels(torch.from_numpy(probs), grid["threshold"]).numpy()
+    stats = grid_counts(levels, truth, len(grid["threshold"]), grid["min_component"])
+    areas = truth.sum(axis=(2, 3))
+    result, _ = search(stats, areas, np.zeros(6, int), grid)
+    one = result["classes"]["1"]
+    # d = best - empty = 1, 1, -1, 0, 0, 0: mean 1/6, SE sqrt((3 - 1/6) / 5 / 6) = 0.3073;
+    # 4/6 >= 5/6 - 0.3073: empty, by the one-SE rule
+    se = se_by_hand([1, 1, -1, 0, 0, 0])
+    assert se == pytest.approx(np.sqrt((3 - 1 / 6) / 5 / 6))
+    assert (one["rung"], one["rule"], one["best_rung"]) == ("empty", "one_se", "none")
+    assert one["best_dice"] == pytest.approx(5 / 6) and one["se"] == pytest.approx(se)
+    assert one["oof_dice"] == pytest.approx(4 / 6) == one["all_empty"]
+    assert one["min_area"] == EMPTY_AREA == PIXELS + 1 and one["gate"]["kind"] == "none"
+    # the best without a gate, most cautious on the tie, is where the thresholds come from
+    assert (one["threshold"], one["min_component"]) == (0.7, 50)
+    assert result["oof_mean_dice"] == pytest.approx((4 / 6 + 3) / 4)
+    # predict's side: postprocess.json read back empties class 1 even on image 0's defect,
+    # which the best setting keeps
+    path = tmp_path / "postprocess.json"
+    path.write_text(json.dumps(result))
+    params = read_params(path)
+    assert params.min_area[0] == EMPTY_AREA
+    masks = apply(probs, params.threshold, params.min_component, params.min_area)
+    assert masks[:, 0].sum() == 0
+    best, _ = search(stats, areas, np.zeros(6, int), grid, rule="best")
+    path.write_text(json.dumps(best))
+    params = read_params(path)
+    kept = apply(probs, params.threshold, params.min_component, params.min_area)
+    assert kept[:, 0].sum(axis=(1, 2)).tolist() == [64, 64, 64, 0, 0, 0]
+
+
+def test_read_params_refuses_a_min_area_above_empty(tmp_path):
+    spec = good_spec()
+    spec["classes"]["2"]["min_area"] = EMPTY_AREA
+    assert read_params(write(tmp_path, spec)).min_area[1] == EMPTY_AREA
+    spec["classes"]["2"]["min_area"] = EMPTY_AREA + 1
+    with pytest.raises(InputError, match=rf"classes\.2\.min_area is {EMPTY_AREA + 1}, needs a "
+                                         rf"whole number of pixels in \[0, {EMPTY_AREA}\]"):
+        read_params(write(tmp_path, spec))
+
+
+def test_held_out_chooses_each_group_by_the_same_rule():
+    """Class 1, folds 0 (images 0, 1) and 1 (images 2, 3), thresholds 0.3 and 0.5:
+    img fold truth  area/inter at 0.3   at 0.5    Dice at 0.3, 0.5
+    0   0    100    100 / 100           50 / 50   1, 2/3
+    1   0    100    100 / 100           100 / 100 1, 1
+    2   1    0      40 / 0              0         0, 1
+    3   1    0      0                   0         1, 1
+    Tuned on fold 1 (no defect): 0.5 and predicting nothing both score 1: one-SE takes empty,
+    which scores fold 0's defects 0, 0; "best" takes 0.5: 2/3, 1. Tuned on fold 0: 0.3 (1, 1)
+    against empty (0, 0), d = 1, 1, SE 0: 0.3 under both rules, scoring fold 1 0 and 1."""
+    stats = np.zeros((4, 4, 2, 1, 2), np.int64)
+    stats[0, 0, :, 0] = [[100, 100], [50, 50]]
+    stats[1, 0, :, 0] = [[100, 100], [100, 100]]
+    stats[2, 0, 0, 0] = [40, 0]
+    truth = np.zeros((4, 4), np.int64)
+    truth[:2, 0] = 100
+    folds = np.array([0, 0, 1, 1])
+    grid = {"threshold": [0.3, 0.5], "min_component": [0], "min_area": [0]}
+    one_se = held_out(stats, truth, folds, grid)
+    best = held_out(stats, truth, folds, grid, rule="best")
+    assert one_se["class_dice"] == pytest.approx([(0 + 0 + 0 + 1) / 4, 1, 1, 1])
+    assert best["class_dice"] == pytest.approx([(2 / 3 + 1 + 0 + 1) / 4, 1, 1, 1])

@@ -19,7 +19,8 @@ def cmd_oof(args) -> None:
     images = open_images(args, data / "train_images")  # one cache for both passes
     oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers, stats_dir,
             images, args.compile, args.device)
-    result = oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args))
+    result = oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args),
+                      rule=args.choose)
     print_search(result, out)
     if not args.skip_oof_csv:
         write_oof_csv(data, runs, folds_csv, folds, views, out, args.batch_size, args.workers,
@@ -56,7 +57,8 @@ def cmd_search(args) -> None:
     stats_dir = Path(args.oof_dir or out / "oof")
     folds = oof.parse_folds(args.folds, None) if args.folds else stored_folds(stats_dir)
     data = Path(args.data) if args.data else None
-    print_search(oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args)), out)
+    print_search(oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args),
+                          rule=args.choose), out)
 
 
 def gate_args(args) -> tuple:
@@ -109,6 +111,8 @@ def weights_line(w: dict) -> str:
 
 def print_search(result: dict, out: Path) -> None:
     from competition.infer.gates import NONE, describe
+    from competition.infer.report import rule_line
+    from competition.infer.search import predicts_empty
 
     print(f"{'class':>5} {'threshold':>9} {'min comp':>8} {'min area':>8} {'gate':>16} "
           f"{'OOF dice':>9} {'no gate':>8} {'raw 0.5':>8} {'empty':>7}")
@@ -116,8 +120,11 @@ def print_search(result: dict, out: Path) -> None:
         raw = "-" if v["raw_dice"] is None else f"{v['raw_dice']:.4f}"
         shown = describe(v.get("gate") or NONE)
         none = v.get("gates", {}).get("none", {}).get("dice", v["oof_dice"])
-        print(f"{c:>5} {v['threshold']:9.2f} {v['min_component']:8d} {v['min_area']:8d} "
+        area = "empty" if predicts_empty(v) else v["min_area"]
+        print(f"{c:>5} {v['threshold']:9.2f} {v['min_component']:8d} {area:>8} "
               f"{shown:>16} {v['oof_dice']:9.4f} {none:8.4f} {raw:>8} {v['all_empty']:7.4f}")
+    for c, v in result["classes"].items():
+        print(rule_line(c, v, result.get("rule")))
     raw = "-" if result["raw_mean_dice"] is None else f"{result['raw_mean_dice']:.4f}"
     print(f"OOF CV over {result['images']} images: mean Dice {result['oof_mean_dice']:.5f} "
           f"(raw threshold 0.5: {raw}; all-empty baseline {result['all_empty_baseline']:.5f})")

@@ -9,6 +9,7 @@ from pathlib import Path
 from competition.errors import InputError
 
 TTA_HELP = "none, hflip, vflip, hvflip"  # infer.TTA (not imported here: it loads torch)
+CHOICE_RULES = ("one_se", "best")  # infer.search.RULES, the default first (not imported here)
 
 
 def checkpoint_name(text: str) -> str:
@@ -220,6 +221,11 @@ def search_options(p) -> None:
     p.add_argument("--gate-sources", default=None,
                    help="image-level sources the gates read, of aux (the segmenters' "
                    "heads) and cls (the classifiers) (default: all recorded)")
+    p.add_argument("--choose", default=CHOICE_RULES[0], choices=CHOICE_RULES,
+                   help="how each class's setting is chosen: one_se, the simplest of empty "
+                   "(predict nothing), the best without a gate, the best gated whose OOF "
+                   "Dice is within one standard error (over images) of the best of them; "
+                   "best, the best OOF Dice (default: %(default)s)")
 
 
 def fold_args(args, search_weights: bool = False) -> tuple:

@@ -319,6 +319,7 @@ def run_steps(recipe: Recipe, args, ctx) -> list[tuple[str, str, float]]:
 
 def summary(recipe: Recipe, ctx, times) -> str:
     from competition.infer.gates import NONE, describe
+    from competition.infer.search import predicts_empty
     from competition.train import runs
 
     rows = [{**row, "run": f"{m.run}/{row['run']}"}  # the table names runs below a folder
@@ -329,8 +330,9 @@ def summary(recipe: Recipe, ctx, times) -> str:
     lines.append(f"{'class':>5} {'threshold':>9} {'min comp':>8} {'min area':>8} "
                  f"{'gate':>16} {'OOF dice':>9}")
     for c, v in result["classes"].items():
+        area = "empty" if predicts_empty(v) else v["min_area"]
         lines.append(f"{c:>5} {v['threshold']:9.2f} {v['min_component']:8d} "
-                     f"{v['min_area']:8d} {describe(v.get('gate') or NONE):>16} "
+                     f"{area:>8} {describe(v.get('gate') or NONE):>16} "
                      f"{v['oof_dice']:9.4f}")
     lines.append(f"{'mean':>5} {'':>9} {'':>8} {'':>8} {'':>16} {result['oof_mean_dice']:9.5f}"
                  f"   (all-empty {result['all_empty_baseline']:.5f})")

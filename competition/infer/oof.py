@@ -43,7 +43,8 @@ from competition.infer.ensemble import OneBehind, batches, check_splits, load_en
 from competition.model.forward import device
 from competition.data.labels import CLASSES, by_image, load_train, masks
 from competition.data.postprocess import clean, grid_counts, threshold_levels
-from competition.infer.search import MIN_AREAS, MIN_COMPONENTS, THRESHOLDS, Params, held_out, search
+from competition.infer.search import (MIN_AREAS, MIN_COMPONENTS, RULES, THRESHOLDS, Params,
+                                      held_out, search)
 from competition.data.folds import split
 from competition.model.precision import amp_dtype
 
@@ -379,23 +380,24 @@ def params_of(result: dict) -> Params:
 
 
 def tune(stats_dir: Path, folds: list[int], out: Path, min_areas=None,
-         data: Path | None = None, kinds=None, sources=None) -> dict:
+         data: Path | None = None, kinds=None, sources=None, rule: str = RULES[0]) -> dict:
     """Search the OOF statistics of `folds` (STATS/fold<k>/); write out/postprocess.json and
     out/cv_report/. kinds: the gate kinds searched beside none (None: all); sources: the
-    image-level sources they may read, of aux and cls (None: all recorded)."""
+    image-level sources they may read, of aux and cls (None: all recorded); rule: how each
+    class's setting is chosen, by the search and its held-out estimate (search.RULES)."""
     from competition.infer.report import write_report
 
     st = load_stats(stats_dir, folds)
     meta = st["metas"][folds[0]]
     grid = {"threshold": meta["thresholds"], "min_component": meta["min_components"],
             "min_area": sorted(set(int(a) for a in min_areas or MIN_AREAS))}
-    weighing = weigh(stats_dir, folds, grid, kinds, sources) if meta.get(
+    weighing = weigh(stats_dir, folds, grid, kinds, sources, rule) if meta.get(
         "weight_search") else None
     if weighing:  # tuned as ever, on the chosen weights' statistics
         st = load_stats(stats_dir, folds, weighing["chosen"])
     signals = searched_signals(st["signals"], sources)
-    result, tables = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
-    honest = held_out(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
+    result, tables = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds, rule)
+    honest = held_out(st["stats"], st["truth"], st["fold"], grid, signals, kinds, rule)
     data = Path(data or meta["data"])
     result = {"version": 2, "connectivity": 8, **result, "held_out": honest, "tta": meta["tta"],
               "ensemble": {f"fold{k}": {"segmenters": segmenters(st["metas"][k], weighing),
@@ -417,9 +419,11 @@ def searched_signals(signals: dict, sources=None) -> dict:
     return {k: v for k, v in signals.items() if sources is None or k == "maxprob" or k in sources}
 
 
-def weigh(stats_dir: Path, folds: list[int], grid: dict, kinds=None, sources=None) -> dict:
+def weigh(stats_dir: Path, folds: list[int], grid: dict, kinds=None, sources=None,
+          rule: str = RULES[0]) -> dict:
     """The segmenters' weights chosen on the OOF data of an `oof --weights search`: each
-    candidate's statistics searched as `tune` searches them (search.search, per class), its
+    candidate's statistics searched as `tune` searches them (search.search, per class, with
+    the same choice rule), its
     per-pair Dice under the settings chosen, and the one standard error rule over them
     (ensemble_weights.choose) -> choose's dict, with "models": the run folder of each
     weight."""
@@ -429,7 +433,7 @@ def weigh(stats_dir: Path, folds: list[int], grid: dict, kinds=None, sources=Non
     for j in range(len(weightings)):
         st = load_stats(stats_dir, folds, j)
         signals = searched_signals(st["signals"], sources)
-        result, _ = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds)
+        result, _ = search(st["stats"], st["truth"], st["fold"], grid, signals, kinds, rule)
         dice.append(ensemble_weights.pair_dice_of(result, st["stats"], st["truth"], signals))
     return {"models": [str(Path(m["checkpoint"]).parent.parent) for m in meta["segmenters"]],
             **ensemble_weights.choose(weightings, dice)}

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from competition.infer import gates
+from competition.infer.search import predicts_empty
 from competition.data.figures import COLORS, DPI, format_dice, overlay_figure, save_png
 from competition.files import write_text
 
@@ -80,9 +81,16 @@ def grid_index(values, value) -> int:
     return int(hits[0])
 
 
-def chosen_index(result: dict, c: str) -> tuple[int, int, int]:
-    """(k, m, a): grid indices of class c's chosen threshold, min_component, min_area."""
+def plotted(result: dict, c: str) -> dict:
+    """The setting of class c the plots go through: the chosen one; for a class chosen empty
+    (no setting of the grid), the best without a gate, the "none" rung it was preferred to."""
     chosen = result["classes"][c]
+    return chosen["gates"]["none"] if predicts_empty(chosen) else chosen
+
+
+def chosen_index(result: dict, c: str) -> tuple[int, int, int]:
+    """(k, m, a): grid indices of class c's plotted threshold, min_component, min_area."""
+    chosen = plotted(result, c)
     return tuple(grid_index(result["grid"][axis], chosen[axis]) for axis in AXES)
 
 
@@ -107,7 +115,8 @@ def dice_curve(table: np.ndarray, index: tuple[int, int, int], axis: int) -> np.
 
 def dice_figure(result: dict, tables: dict[str, np.ndarray], axis: str) -> Figure:
     """One subplot per class: OOF Dice against grid `axis`, the other two held at the chosen
-    values; the chosen point marked, the class's all-empty Dice dashed."""
+    values; the chosen point marked, the class's all-empty Dice dashed (for a class chosen
+    empty, the point of the best setting without a gate, and the dashed line its choice)."""
     position, _, label = AXES[axis]
     classes = _classes(result)
     rows = (len(classes) + 1) // 2
@@ -117,12 +126,14 @@ def dice_figure(result: dict, tables: dict[str, np.ndarray], axis: str) -> Figur
     for ax, c in zip(axes, classes):
         index = chosen_index(result, c)
         y = dice_curve(_check_table(result, tables, c), index, position)
-        chosen = result["classes"][c]
+        chosen, empty = plotted(result, c), predicts_empty(result["classes"][c])
         ax.plot(x, y, "-", color=COLORS[(int(c) - 1) % len(COLORS)], marker=".")
         ax.plot(x[index[position]], y[index[position]], "o", ms=9, mfc="none", mec="black",
-                label=f"chosen {format_value(chosen[axis])}: {format_dice(y[index[position]])}")
-        ax.axhline(chosen["all_empty"], ls="--", color="grey",
-                   label=f"all empty: {format_dice(chosen['all_empty'])}")
+                label=f"{'no gate' if empty else 'chosen'} {format_value(chosen[axis])}: "
+                      f"{format_dice(y[index[position]])}")
+        all_empty = result["classes"][c]["all_empty"]
+        ax.axhline(all_empty, ls="--", color="grey",
+                   label=f"all empty{' (chosen)' if empty else ''}: {format_dice(all_empty)}")
         ax.set_title(f"class {c} ({_held_fixed(chosen, axis)})", fontsize=10)
         ax.set_xlabel(label)
         ax.set_ylabel("OOF Dice")
@@ -146,6 +157,7 @@ def report_text(result: dict, have_overlays: bool) -> str:
         _summary(result),
         "## Post-processing per class\n",
         _class_table(result),
+        _rule_text(result),
         *(["## Ensemble weights\n", _weights_table(result["weights"])]
           if result.get("weights") else []),
         "## Image-level gates\n",
@@ -237,7 +249,8 @@ def _gate_table(result: dict) -> str:
         s = result["classes"][c]
         for name, g in (s.get("gates") or {}).items():
             kind = name.split()[0]
-            rows.append([c, name + (" ✓" if name == gates.label(s.get("gate") or gates.NONE) else ""),
+            mark = name == gates.label(s.get("gate") or gates.NONE) and not predicts_empty(s)
+            rows.append([c, name + (" ✓" if mark else ""),
                          "" if g["value"] is None else format_value(g["value"]),
                          format_value(g["threshold"]), format_value(g["min_component"]),
                          format_value(g["min_area"]), format_dice(g["dice"]),
@@ -248,7 +261,8 @@ def _gate_table(result: dict) -> str:
     signals = ", ".join(result.get("signals") or []) or "none"
     return (f"Signals recorded: {signals} (aux: the segmenters' image-level heads, cls: the "
             "classifiers, maxprob: each mask's largest probability). ✓ marks the kind "
-            "chosen, the best one only when it beats \"none\" on OOF. Saved: empty pairs "
+            "chosen (none where the class is chosen empty; the rule that chose it is under "
+            "\"Post-processing per class\"). Saved: empty pairs "
             "the \"none\" choice predicts non-empty and this one empties; lost: defect "
             "pairs it empties that \"none\" predicts.\n\n"
             + format_table(["class", "gate", "value", "threshold", "min component",
@@ -256,22 +270,74 @@ def _gate_table(result: dict) -> str:
                             "defect lost", "rule"], rows))
 
 
+RULE_NAMES = {"best": "best", "one_se": "one-SE"}  # a class's "rule" as the table shows it
+
+
 def _class_table(result: dict) -> str:
+    """The chosen setting of each class; a class chosen empty shows "empty" for its min
+    area (postprocess.json: search.EMPTY_AREA) and no threshold or component size."""
     headers = ["class", "threshold", "min component", "min area", "gate", "OOF Dice",
-               "raw Dice", "all-empty Dice", "pairs", "defect pairs"]
+               "raw Dice", "all-empty Dice", "pairs", "defect pairs", "chosen by"]
     classes = result["classes"]
-    rows = [[c, format_value(s["threshold"]), format_value(s["min_component"]),
-             format_value(s["min_area"]), gates.describe(s.get("gate") or gates.NONE),
-             format_dice(s["oof_dice"]),
-             format_dice(s.get("raw_dice")), format_dice(s["all_empty"]), s["pairs"],
-             s["defect_pairs"]]
-            for c, s in ((c, classes[c]) for c in _classes(result))]
+    rows = []
+    for c in _classes(result):
+        s = classes[c]
+        empty = predicts_empty(s)
+        rows.append([c, "-" if empty else format_value(s["threshold"]),
+                     "-" if empty else format_value(s["min_component"]),
+                     "empty" if empty else format_value(s["min_area"]),
+                     gates.describe(s.get("gate") or gates.NONE), format_dice(s["oof_dice"]),
+                     format_dice(s.get("raw_dice")), format_dice(s["all_empty"]), s["pairs"],
+                     s["defect_pairs"], RULE_NAMES[s.get("rule", "best")]])
     rows.append(["mean", "", "", "", "", format_dice(result["oof_mean_dice"]),
                  format_dice(result.get("raw_mean_dice")),
                  format_dice(result["all_empty_baseline"]),
                  sum(int(s["pairs"]) for s in classes.values()),
-                 sum(int(s["defect_pairs"]) for s in classes.values())])
+                 sum(int(s["defect_pairs"]) for s in classes.values()), ""])
     return format_table(headers, rows)
+
+
+def rung_label(s: dict, rung: str) -> str:
+    """A rung of a class's ladder in words: "empty", "no gate", or the best gated setting
+    ("gate cls 0.2")."""
+    if rung != "gated":
+        return {"empty": "empty", "none": "no gate"}[rung]
+    name, g = max(((n, g) for n, g in s["gates"].items() if n != "none"),
+                  key=lambda item: item[1]["dice"])  # the first on a tie, as the search
+    return name if g["value"] is None else f"{name} {g['value']:g}"
+
+
+def rule_line(c: str, s: dict, rule: str | None) -> str:
+    """Why class c has its setting, in one line: the rung chosen and, under the one-SE rule,
+    how far it is from the best rung (or how far the simpler rungs were). rule: the
+    search's (postprocess.json's "rule"; None for a file written before the rule)."""
+    if "rung" not in s:
+        return f"class {c}: {gates.describe(s.get('gate') or gates.NONE)} (the best OOF Dice)"
+    chosen = rung_label(s, s["rung"])
+    if s["rule"] == "one_se":
+        return (f"class {c}: {chosen} (one-SE rule: {s['oof_dice']:.4f} within {s['se']:.4f} "
+                f"of the best {s['best_dice']:.4f}, {rung_label(s, s['best_rung'])})")
+    text = f"class {c}: {chosen} (the best OOF Dice, {s['oof_dice']:.4f}"
+    simpler = list(s["rungs"])[:list(s["rungs"]).index(s["rung"])]
+    if rule == "one_se" and simpler:
+        text += "; simpler rungs beyond one SE: " + ", ".join(
+            f"{rung_label(s, r)} {s['rungs'][r]['dice']:.4f} (SE {s['rungs'][r]['se']:.4f})"
+            for r in simpler)
+    return text + ")"
+
+
+def _rule_text(result: dict) -> str:
+    """How each class's setting was chosen (search.choose), one line a class."""
+    rule = result.get("rule")
+    if rule == "one_se":
+        how = ("Chosen by the one-SE rule (`--choose one_se`): per class the simplest of "
+               "empty (predict nothing), no gate (its best setting) and the best gated "
+               "setting whose OOF Dice is within one standard error of the best of the three "
+               "(the SE of the per-image Dice differences, paired, over the images).")
+    else:
+        how = "Chosen by the best OOF Dice" + (" (`--choose best`)." if rule else ".")
+    return how + "\n\n" + "".join(f"- {rule_line(c, result['classes'][c], rule)}\n"
+                                  for c in _classes(result))
 
 
 def _fold_table(result: dict) -> str:
@@ -297,7 +363,8 @@ def _plots_text(have_overlays: bool) -> str:
     lines = []
     for axis, (_, name, label) in AXES.items():
         lines.append(f"OOF Dice against the {label}, the other two parameters at each class's "
-                     f"chosen values (circle: chosen; dashed: all empty).\n\n"
+                     f"chosen values (circle: chosen; dashed: all empty; for a class chosen "
+                     f"empty, the circle is its best setting without a gate).\n\n"
                      f"![OOF Dice against {label}]({name})\n")
     if have_overlays:
         lines.append("OOF examples: truth outlined, prediction filled, one colour per class "

@@ -6,7 +6,14 @@ its remaining area is below `min_area`. The OOF statistics hold, for every (imag
 threshold k and min_component m, the remaining area and its intersection with the truth
 (postprocess.grid_counts), so the competition Dice of any min_area follows without the
 probabilities. The classes are independent (the metric is a mean over (image, class)
-pairs), so each class gets its own best setting.
+pairs), so each class gets its own setting.
+
+Which setting: the best OOF Dice is fitted to the very images it is scored on, so a more
+elaborate setting that beats a simpler one by less than the noise of the images is no
+evidence. By default (rule "one_se") each class takes the simplest rung of a ladder whose
+OOF Dice is within one standard error of the best rung: "empty" (predict nothing for the
+class), "none" (the best setting without a gate), "gated" (the best gated setting). Rule
+"best" takes the best OOF Dice alone (ties to "none"), as the search did before.
 """
 from __future__ import annotations
 
@@ -29,6 +36,9 @@ MIN_AREAS = (0, 100, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 1800, 2000,
              3500, 4000, 5000, 6000)  # 1st place used 600 / 600 / 900 / 2000
 PIXELS = SHAPE[0] * SHAPE[1]
 RAW = (0.5, 0, 0)  # the untuned post-processing reported beside the tuned one
+EMPTY_AREA = PIXELS + 1  # a min_area no mask reaches: the class is always predicted empty
+RULES = ("one_se", "best")  # how a class's setting is chosen (module docstring); first: default
+TIE = 1e-12  # float slack of "within one SE": one pair alone differs by exactly one SE
 
 
 def pair_dice(stats: np.ndarray, truth: np.ndarray, min_area) -> np.ndarray:
@@ -164,19 +174,92 @@ def pair_choice(stats, truth, signals: dict, choice: dict, grid: dict) -> np.nda
     return s[:, choice["m"]]
 
 
+def predicts_empty(entry: dict) -> bool:
+    """Whether a class's entry of postprocess.json predicts nothing: its min_area is above
+    any mask's area (EMPTY_AREA, the "empty" rung)."""
+    return entry["min_area"] > PIXELS
+
+
+def standard_error(d: np.ndarray) -> float:
+    """The standard error of the mean of paired per-image differences d (N,):
+    std(d, ddof=1) / sqrt(N), 0 when N < 2. A single pair differing by x gives mean x/N and
+    SE exactly x/N: one image alone is never more than one SE of evidence."""
+    d = np.asarray(d, np.float64)
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) >= 2 else 0.0
+
+
+def ladder(pairs: dict[str, np.ndarray], best: str | None = None) -> tuple[str, dict]:
+    """pairs {rung: (N,) Dice of each pair}, simplest first -> (the best rung, {rung:
+    {"dice": mean, "se": standard error of the paired differences to the best}}). The best
+    is `best` where given, else the highest mean, the simplest on a tie."""
+    means = {r: float(np.mean(d)) if len(d) else 0.0 for r, d in pairs.items()}
+    if best is None:
+        best = max(means, key=means.get)  # the first on a tie: the simplest
+    return best, {r: {"dice": means[r], "se": standard_error(pairs[best] - d)}
+                  for r, d in pairs.items()}
+
+
+def one_se(scores: dict, best: str) -> str:
+    """The simplest rung (scores in ladder order, as `ladder` returns them) whose Dice is
+    within one SE of the best's: dice >= best dice - se, with TIE's slack for float sums."""
+    top = scores[best]["dice"]
+    return next(r for r, s in scores.items() if s["dice"] >= top - s["se"] - TIE)
+
+
+def rungs(best: dict) -> dict:
+    """One class's ladder, simplest first: {"empty": None, "none": its setting, "gated": the
+    best gated setting (the first on a tie), where a gate was searched}. best: the best
+    setting of each gate kind (class_choices)."""
+    gated = [b for name, b in best.items() if name != "none"]
+    out = {"empty": None, "none": best["none"]}
+    if gated:
+        out["gated"] = max(gated, key=lambda b: b["dice"])
+    return out
+
+
+def choose(best: dict, empty: np.ndarray, rule: str) -> dict:
+    """One class's choice among its rungs -> {"rung", "setting" (None for empty), "rule"
+    ("best": the best rung; "one_se": a simpler rung within one SE of it), "best_rung",
+    "best_dice", "se" (of the chosen rung against the best), "rungs" (ladder's scores)}.
+    Rule "best": the best gated setting where it beats "none" on OOF, else "none" (never
+    "empty"), the choice before the one-SE rule, the SEs measured against it. best: the
+    best setting of each gate kind (class_choices, with "pair_dice"); empty: (N,) bool, the
+    pairs whose truth is empty (their Dice is 1 when the class is predicted empty)."""
+    ladder_of = rungs(best)
+    pairs = {r: empty.astype(np.float64) if b is None else b["pair_dice"]
+             for r, b in ladder_of.items()}
+    if rule == "best":
+        gated = ladder_of.get("gated")
+        top = "gated" if gated is not None and gated["dice"] > best["none"]["dice"] else "none"
+        top, scores = ladder(pairs, top)
+        chosen = top
+    else:
+        top, scores = ladder(pairs)
+        chosen = one_se(scores, top)
+    return {"rung": chosen, "setting": ladder_of[chosen],
+            "rule": "best" if chosen == top else "one_se", "best_rung": top,
+            "best_dice": scores[top]["dice"], "se": scores[chosen]["se"], "rungs": scores}
+
+
 def search(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict,
-           signals: dict | None = None, kinds=None) -> tuple[dict, dict]:
+           signals: dict | None = None, kinds=None, rule: str = RULES[0]) -> tuple[dict, dict]:
     """stats (N, 4, K, M, 2), truth areas (N, 4), fold of each image (N,), grid
     {"threshold": K, "min_component": M, "min_area": A values}, signals {"maxprob", "aux",
     "cls": (N, 4) float32} (those at hand; gates.py; only the sources given are searched),
-    kinds: the gate kinds searched beside "none" (None: all) -> (result, tables).
+    kinds: the gate kinds searched beside "none" (None: all), rule: of RULES (`choose`)
+    -> (result, tables).
 
     result: per class the chosen values and gate, their OOF Dice (within a gate kind, ties go
     to the most cautious post-processing: the highest threshold, then the largest
-    min_component and min_area; a gate is chosen only when it beats "none"), the best of
-    every gate kind with the empty pairs it saves and the defect pairs it loses against the
-    "none" choice, the raw Dice (threshold 0.5 alone) and the all-empty Dice; the means;
-    per-fold Dice. tables: {"1": (K, M, A) mean Dice without a gate}."""
+    min_component and min_area), how they were chosen (`choose`: "rung", "rule",
+    "best_rung", "best_dice", "se", "rungs"; an "empty" class is written as the "none"
+    setting with min_area EMPTY_AREA, so every consumer of postprocess.json empties it
+    unchanged), the best of every gate kind with the empty pairs it saves and the defect
+    pairs it loses against the "none" choice, the raw Dice (threshold 0.5 alone) and the
+    all-empty Dice; the means and per-fold Dice of the chosen settings; the rule. tables:
+    {"1": (K, M, A) mean Dice without a gate}."""
+    if rule not in RULES:
+        raise InputError(f"unknown choice rule {rule!r}; valid: {', '.join(RULES)}")
     signals = signals or {}
     thresholds, components, areas = (list(grid[key]) for key in
                                      ("threshold", "min_component", "min_area"))
@@ -187,23 +270,24 @@ def search(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict,
         sig = {name: values[:, c] for name, values in signals.items()}
         best, tables[str(class_id)] = class_choices(stats[:, c], truth[:, c], sig, thresholds,
                                                     areas, kinds)
-        none = best["none"]
-        choice = max(best.values(), key=lambda b: b["dice"])  # the first on a tie: none
-        if choice["dice"] <= none["dice"]:
-            choice = none
         predicted = {}
         for name, b in best.items():
             s = pair_choice(stats[:, c], truth[:, c], sig, b, grid)
             predicted[name] = (s[:, 0] >= areas[b["a"]]) & (s[:, 0] > 0)
             b["pair_dice"] = pair_dice(s, truth[:, c], areas[b["a"]])
         empty = truth[:, c] == 0
+        how = choose(best, empty, rule)
+        choice = how.pop("setting")
+        if choice is None:  # empty: written as the "none" setting that no mask survives
+            choice = {**best["none"], "dice": float(empty.mean()),
+                      "pair_dice": empty.astype(np.float64)}
         chosen_dice.append(choice["pair_dice"])
         raw_dice = (None if None in raw else float(pair_dice(
             np.asarray(stats[:, c, raw[0], raw[1]], np.int64), truth[:, c], 0).mean()))
         classes[str(class_id)] = {
             "threshold": thresholds[choice["k"]], "min_component": components[choice["m"]],
-            "min_area": areas[choice["a"]], "gate": choice["gate"],
-            "oof_dice": choice["dice"], "raw_dice": raw_dice,
+            "min_area": EMPTY_AREA if how["rung"] == "empty" else areas[choice["a"]],
+            "gate": choice["gate"], "oof_dice": choice["dice"], **how, "raw_dice": raw_dice,
             "all_empty": float(empty.mean()), "pairs": int(len(truth)),
             "defect_pairs": int((~empty).sum()),
             "gates": {name: {
@@ -227,6 +311,7 @@ def search(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict,
                   for f in sorted(set(folds.tolist()))},
         "grid": {"threshold": thresholds, "min_component": components, "min_area": areas},
         "signals": sorted(signals),
+        "rule": rule,
     }
     return result, tables
 
@@ -235,12 +320,13 @@ HALVES_SEED = 0  # the split of held_out's two halves when the OOF data holds on
 
 
 def held_out(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict,
-             signals: dict | None = None, kinds=None) -> dict:
+             signals: dict | None = None, kinds=None, rule: str = RULES[0]) -> dict:
     """An honest estimate of the tuned OOF Dice: each group of images is scored with the
     post-processing (and gates) the search chose on the other groups alone, so the search
     never sees the images it is scored on. Groups: the folds where there are two or more,
     else two halves of the images (a permutation seeded with HALVES_SEED). The gap to the
-    tuned OOF Dice is what the search fitted to noise. -> {"mean_dice", "class_dice" (4),
+    tuned OOF Dice is what the search fitted to noise. The groups' settings are chosen by
+    `rule`, as the search's are. -> {"mean_dice", "class_dice" (4),
     "groups": "folds" | "halves", "n_groups"}."""
     signals = signals or {}
     folds = np.asarray(folds)
@@ -255,7 +341,7 @@ def held_out(stats: np.ndarray, truth: np.ndarray, folds: np.ndarray, grid: dict
     for g in sorted(set(groups.tolist())):
         scored = groups == g
         tuned, _ = search(stats[~scored], truth[~scored], folds[~scored], grid,
-                          {k: v[~scored] for k, v in signals.items()}, kinds)
+                          {k: v[~scored] for k, v in signals.items()}, kinds, rule)
         for c, class_id in enumerate(CLASSES):
             v = tuned["classes"][str(class_id)]
             choice = {"gate": v["gate"], "k": index["threshold"].index(v["threshold"]),
@@ -309,8 +395,10 @@ def read_params(path: str | Path) -> Params:
                 ok = number and 0.0 < v < 1.0
                 need = "a number in (0, 1)"
             else:
-                ok = number and float(v).is_integer() and 0 <= v <= PIXELS
-                need = f"a whole number of pixels in [0, {PIXELS}]"
+                top = EMPTY_AREA if key == "min_area" else PIXELS
+                ok = number and float(v).is_integer() and 0 <= v <= top
+                need = f"a whole number of pixels in [0, {top}]" + (
+                    f" ({EMPTY_AREA}: always empty)" if key == "min_area" else "")
             if not ok:
                 raise InputError(f"{path}: classes.{class_id}.{key} is {v!r}, needs {need}")
             out.append(float(v) if key == "threshold" else int(v))

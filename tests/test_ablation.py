@@ -61,6 +61,7 @@ def test_rows_read_with_their_seeds_and_recipes(tmp_path, base):
                                         pos_weight=(2.0, 2.0, 1.0, 2.0), seed=7)
     assert model.run == tmp_path / "runs" / "bce-s7"
     assert recipe.out == tmp_path / "out" / "bce-s7" and recipe.kernel is None
+    assert recipe.oof.oof_csv is False and recipe.oof.tta == load(base).oof.tta
     assert recipe.submission == tmp_path / "out" / "bce-s7" / "submission.csv"
 
 

@@ -86,7 +86,7 @@ def read(file: str | Path) -> Ablation:
 
 def row_recipe(ablation: Ablation, base, row: Row, seed: int):
     """The base recipe reduced to the varied model with the row's overrides and `seed`, in
-    its own run and output folders, without a kernel."""
+    its own run and output folders, without a kernel or oof.csv."""
     from competition.model.config import from_dict, to_dict
     from competition.model.experiments import KINDS, typed
 
@@ -105,8 +105,10 @@ def row_recipe(ablation: Ablation, base, row: Row, seed: int):
     key = f"{row.name}-s{seed}"
     model = replace(model, config=config, run=ablation.runs / key,
                     source=f"{model.source} {row.name} seed {seed}")
+    # no oof.csv: predicting the OOF images again only re-checks what the search scored
     return replace(base, models=(model,), out=ablation.out / key,
-                   submission=ablation.out / key / "submission.csv", kernel=None)
+                   submission=ablation.out / key / "submission.csv", kernel=None,
+                   oof=replace(base.oof, oof_csv=False))
 
 
 def all_empty_by_class(folds_csv: Path, fold: int) -> list[float]:

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from competition.infer import gates
 from competition.infer import ensemble as infer
-from competition.infer import oof
+from competition.infer import oof, tuning
 from competition.errors import InputError
 from competition.data.datasets import SteelDataset
 from competition.data.labels import by_image, load_train, read_table
@@ -101,7 +101,7 @@ def test_search_cv_equals_the_score_of_the_oof_submission(synthetic, runs, tmp_p
             stats_dir=out / "oof")
     # no area step and the best OOF Dice: masks survive (under the one-SE rule these tiny
     # models' masks are within noise of predicting nothing: below, every class may be empty)
-    result = oof.tune(out / "oof", [0, 1], out, min_areas=(0,), rule="best")
+    result = tuning.tune(out / "oof", [0, 1], out, min_areas=(0,), rule="best")
     assert (out / "postprocess.json").is_file()
     assert {"cv_report.md", "dice_vs_threshold.png", "oof_overlays.png"} <= {
         p.name for p in (out / "cv_report").iterdir()}
@@ -121,7 +121,7 @@ def test_search_cv_equals_the_score_of_the_oof_submission(synthetic, runs, tmp_p
     assert scored["all_empty_baseline"] == pytest.approx(result["all_empty_baseline"])
     # the one-SE rule: its classes chosen empty (min_area search.EMPTY_AREA) are predicted
     # empty, and the CSV scores what the search says
-    ruled = oof.tune(out / "oof", [0, 1], out / "one_se", min_areas=(0,))
+    ruled = tuning.tune(out / "oof", [0, 1], out / "one_se", min_areas=(0,))
     empty = [c for c, v in ruled["classes"].items() if v["rung"] == "empty"]
     assert ruled["rule"] == "one_se" and empty
     frame = predict_oof(synthetic, runs, runs / "folds.csv", [0, 1],
@@ -200,7 +200,7 @@ def test_each_gate_kind_scores_on_the_oof_submission_what_the_search_says(
     out = tmp_path / "sub"
     oof.run(synthetic, ensemble_runs, runs / "folds.csv", [0, 1], VIEWS, batch_size=4,
             workers=0, stats_dir=out / "oof")
-    result = oof.tune(out / "oof", [0, 1], out, min_areas=(0, 2000))
+    result = tuning.tune(out / "oof", [0, 1], out, min_areas=(0, 2000))
     assert result["signals"] == ["aux", "cls", "maxprob"]
     kinds = {name for v in result["classes"].values() for name in v["gates"]}
     assert kinds == {"none", "gate aux", "gate cls", "scale aux", "scale cls", "maxprob"}

@@ -9,8 +9,9 @@ from competition.data import fidelity
 from competition.data import labels
 from competition.data import rle
 from competition.data.images import read_image
-from competition.data.synth import (GENERATOR, LABEL_SETS, MARK_GAP, allocate, background, draw,
-                                    image_id, layout, lighting, make_dataset, make_image,
+from competition.data.steel import MARK_GAP, background, lighting
+from competition.data.synth import (GENERATOR, LABEL_SETS, allocate, draw,
+                                    image_id, layout, make_dataset, make_image,
                                     streams, train_images, train_masks)
 
 

@@ -10,7 +10,7 @@ from competition.errors import InputError
 
 
 def cmd_oof(args) -> None:
-    from competition.infer import oof
+    from competition.infer import oof, tuning
     from competition.infer.ensemble import parse_tta
 
     runs, folds_csv, folds = fold_args(args, search_weights=True)
@@ -19,8 +19,8 @@ def cmd_oof(args) -> None:
     images = open_images(args, data / "train_images")  # one cache for both passes
     oof.run(data, runs, folds_csv, folds, views, args.batch_size, args.workers, stats_dir,
             images, args.compile, args.device)
-    result = oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args),
-                      rule=args.choose)
+    result = tuning.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args),
+                         rule=args.choose)
     print_search(result, out)
     if not args.skip_oof_csv:
         write_oof_csv(data, runs, folds_csv, folds, views, out, args.batch_size, args.workers,
@@ -51,14 +51,14 @@ def write_oof_csv(data: Path, runs, folds_csv: Path, folds: list[int], views, ou
 
 
 def cmd_search(args) -> None:
-    from competition.infer import oof
+    from competition.infer import oof, tuning
 
     out = Path(args.out)
     stats_dir = Path(args.oof_dir or out / "oof")
     folds = oof.parse_folds(args.folds, None) if args.folds else stored_folds(stats_dir)
     data = Path(args.data) if args.data else None
-    print_search(oof.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args),
-                          rule=args.choose), out)
+    print_search(tuning.tune(stats_dir, folds, out, args.min_areas, data, *gate_args(args),
+                             rule=args.choose), out)
 
 
 def gate_args(args) -> tuple:

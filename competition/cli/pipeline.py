@@ -180,12 +180,12 @@ def step_oof(recipe: Recipe, ctx) -> str:
 
 def step_search(recipe: Recipe, ctx) -> str:
     from competition.cli.oof import print_search, write_oof_csv
-    from competition.infer import oof
+    from competition.infer import tuning
 
     o = recipe.oof
-    result = oof.tune(recipe.out / "oof", list(recipe.folds), recipe.out, o.min_areas,
-                      recipe.data, None if o.gates is None else list(o.gates),
-                      None if o.gate_sources is None else list(o.gate_sources))
+    result = tuning.tune(recipe.out / "oof", list(recipe.folds), recipe.out, o.min_areas,
+                         recipe.data, None if o.gates is None else list(o.gates),
+                         None if o.gate_sources is None else list(o.gate_sources))
     print_search(result, recipe.out)
     if o.oof_csv:
         write_oof_csv(recipe.data, runs_of(recipe), recipe.split.file, list(recipe.folds),

@@ -85,7 +85,7 @@ case "$stage" in
     cmp kaggle/demo/rehearsal/working/submission.csv submissions/demo/submission.csv
     echo "demo: the offline kernel's submission.csv is identical to submissions/demo/submission.csv"
     echo "demo: done: folds/demo/fold0, folds/demo-cls/fold0 (models), submissions/demo/ (oof/, postprocess.json," \
-      "cv_report/, oof.csv, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
+      "cv_report/, submission.csv), kaggle/demo/ (weights/, code/, kernel/)" ;;
   demo-ablation)
     # Issue 26's ablation (docs/accuracy.md): the demo's DeepLabV3 with one setting changed per
     # row, on the demo's data and budget; screened rows train seed 0, full rows seeds 0-2 and

@@ -211,8 +211,9 @@ def cmd_ablation(args) -> None:
         raise InputError(f"--rows {args.rows}: unknown row(s) "
                          f"{', '.join(sorted(wanted - {r.name for r in ablation.rows}))}")
     rows = tuple(r for r in ablation.rows if wanted is None or r.name in wanted)
-    if args.seeds:
-        rows = tuple(replace(r, seeds=tuple(int(s) for s in args.seeds.split(","))) for r in rows)
+    if args.row_seeds:
+        seeds = tuple(int(s) for s in args.row_seeds.split(","))
+        rows = tuple(replace(r, seeds=seeds) for r in rows)
     fold = base.models[0].folds[0]
     results, test_empty = [], None
     for row in rows:
@@ -253,6 +254,6 @@ def add(sub) -> None:
                    "recipes/ablation/demo.yaml")
     p.add_argument("--rows", default=None, metavar="A,B",
                    help="only these rows (default: all); the table then has only them")
-    p.add_argument("--seeds", default=None, metavar="0,1",
+    p.add_argument("--row-seeds", default=None, metavar="0,1",
                    help="these seeds for every row run (default: each row's own)")
     p.set_defaults(func=cmd_ablation, gpus=None, ddp=None, recipe=None)

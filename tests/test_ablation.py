@@ -9,16 +9,13 @@ from competition.cli import ablation, pipeline
 from competition.errors import InputError
 from competition.model.config import build_config
 from test_cli import ROOT
+from test_pipeline import data  # noqa: F401 (a fixture: a dataset folder as a recipe reads it)
 
 RECIPES = ROOT / "recipes"
 
 
 @pytest.fixture
-def base(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
-    (data / "test_truth.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+def base(tmp_path, data):  # noqa: F811
     # fold 0 holds 4 images: class 1 in one, class 3 in two, classes 2 and 4 in none
     folds = tmp_path / "folds.csv"
     folds.write_text("ImageId,fold,class1,class2,class3,class4\n"
@@ -109,14 +106,15 @@ def test_the_table_by_hand(tmp_path, base, monkeypatch, capsys):
                                         [3, 30, 0.80, 0.70, 1, 0.6, 1]])
     write_run(runs / "b-s0" / "fold0", [[1, 10, 0.70, 0.75, 1, 0.5, 1]])
     write_run(runs / "b-s1" / "fold0", [[1, 10, 0.90, 0.90, 1, 0.9, 1]])
-    trained = []
-    monkeypatch.setattr(pipeline, "step_folds", lambda recipe, ctx: None)
+    trained, folds_made = [], []
+    monkeypatch.setattr(pipeline, "step_folds", lambda recipe, ctx: folds_made.append(recipe))
     monkeypatch.setattr(pipeline, "step_train",
                         lambda recipe, ctx: trained.append(recipe.models[0].run.name))
     from competition.cli.front import main
 
     assert main(["ablation", str(path)]) == 0
     assert trained == ["a-s0", "b-s0", "b-s1"]
+    assert len(folds_made) == 1  # the folds file is checked (or made) once, before any row
     table = (tmp_path / "out" / "table.md").read_text().splitlines()
     assert table[2].startswith("| all-empty | | 0.8125 | 0.7500 | 1.0000 | 0.5000 | 1.0000 |")
     a, b = table[3].split(" | "), table[4].split(" | ")

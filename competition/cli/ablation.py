@@ -31,7 +31,8 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from competition.cli.recipe import NAME, boolean, fields, ints, load, mapping, path, text
+from competition.cli.recipe import (NAME, boolean, fields, ints, load, mapping, path,
+                                    read_yaml, text)
 from competition.data.labels import CLASSES
 from competition.errors import InputError
 
@@ -52,14 +53,11 @@ class Ablation:
     model: str
     runs: Path
     out: Path
-    seeds: tuple[int, ...]
-    rows: tuple[Row, ...]
+    rows: tuple[Row, ...]  # each with its seeds resolved from the file's
 
 
 def read(file: str | Path) -> Ablation:
     """An ablation file -> Ablation, every key checked (one InputError line naming it)."""
-    from competition.cli.recipe import read_yaml
-
     file = Path(file)
     raw = read_yaml(file)
     top = f"{file}: "
@@ -81,7 +79,7 @@ def read(file: str | Path) -> Ablation:
         seeds = row["seeds"] or (values["seeds"] if row["full"] else values["seeds"][:1])
         rows.append(Row(row["name"], row["overrides"], row["full"], tuple(seeds), row["note"]))
     return Ablation(file, values["base"], values["model"], values["runs"], values["out"],
-                    tuple(values["seeds"]), tuple(rows))
+                    tuple(rows))
 
 
 def row_recipe(ablation: Ablation, base, row: Row, seed: int):
@@ -122,8 +120,8 @@ def all_empty_by_class(folds_csv: Path, fold: int) -> list[float]:
 
 
 def best_epoch(history: Path) -> dict:
-    """history.csv -> the best epoch's row (the first of the highest val_dice, as fit keeps
-    best.pt) and, per class, the first epoch whose Dice left the all-empty level."""
+    """history.csv -> {"row": the best epoch's row (the first of the highest val_dice, as fit
+    keeps best.pt), "rows": every epoch's row}, the values as floats (NaN where empty)."""
     with history.open() as f:
         rows = [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()}
                 for r in csv.DictReader(f)]
@@ -142,7 +140,8 @@ def first_above(rows: list[dict], c: int, empty: float) -> int | None:
 
 
 def spread(values) -> str:
-    """'mean' for one value, 'mean ± sd (n)' for several (sample standard deviation)."""
+    """'mean' for one value, 'mean ± sd' for several (sample standard deviation); '-' for
+    none (None and NaN are left out)."""
     import numpy as np
 
     v = [x for x in values if x is not None and not math.isnan(x)]
@@ -181,7 +180,7 @@ def table(results: list[dict], rows: tuple[Row, ...], empty: list[float],
     head = ("| row | seeds | val Dice | " + " | ".join(f"class {c}" for c in CLASSES)
             + " | classes above all-empty | OOF CV | held out | test Dice | note |")
     lines = [head, "|" + "---|" * (head.count("|") - 1),
-             "| all-empty | | " + spread([float(np.mean(empty))]) + " | "
+             f"| all-empty | | {np.mean(empty):.4f} | "
              + " | ".join(f"{e:.4f}" for e in empty) + " | | | | "
              + ("-" if test_empty is None else f"{test_empty:.4f}") + " | |"]
     for row in rows:
@@ -215,6 +214,8 @@ def cmd_ablation(args) -> None:
         seeds = tuple(int(s) for s in args.row_seeds.split(","))
         rows = tuple(replace(r, seeds=seeds) for r in rows)
     fold = base.models[0].folds[0]
+    pipeline.step_folds(base, {"groups": None})  # made once, when missing, for every row
+    empty = all_empty_by_class(base.split.file, fold)
     results, test_empty = [], None
     for row in rows:
         for seed in row.seeds:
@@ -224,15 +225,12 @@ def cmd_ablation(args) -> None:
             if row.full:
                 pipeline.run_steps(recipe, args, ctx)
             else:
-                pipeline.step_folds(recipe, ctx)
                 pipeline.step_train(recipe, ctx)
-            empty = all_empty_by_class(base.split.file, fold)
             result = row_result(ablation, row, seed, empty, fold)
             if ctx.get("score"):
                 result["test"] = ctx["score"]["mean_dice"]
                 test_empty = ctx["score"]["all_empty_baseline"]
             results.append(result)
-    empty = all_empty_by_class(base.split.file, fold)
     text = table(results, rows, empty, test_empty)
     ablation.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(ablation.out / "table.md") as tmp:

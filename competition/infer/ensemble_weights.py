@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from competition.data.labels import CLASSES
-from competition.infer.search import pair_choice, pair_dice
+from competition.infer.search import pair_choice, pair_dice, standard_error
 
 STEP = 0.25  # the simplex grid's step for 2 or 3 models: 5 and 15 weightings
 GRID_MODELS = 3  # above this, equal weights and each model alone
@@ -82,13 +82,6 @@ def pair_dice_of(result: dict, stats, truth, signals: dict) -> np.ndarray:
     return out
 
 
-def paired_se(a: np.ndarray, b: np.ndarray) -> float:
-    """The standard error of mean(a) - mean(b) over images scored by both: std(a - b), ddof
-    1, over sqrt(N); a, b (N,) per-image Dice. 0 for fewer than two images."""
-    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
-    return float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-
-
 def choose(weightings: list, dice: list) -> dict:
     """weightings: the candidates in order of simplicity (`candidates`); dice: per candidate
     the (N, 4) per-pair Dice of its tuned post-processing (pair_dice_of) -> {"candidates":
@@ -100,7 +93,7 @@ def choose(weightings: list, dice: list) -> dict:
     per_image = [np.asarray(d, np.float64).mean(axis=1) for d in dice]
     means = [float(p.mean()) for p in per_image]
     best = int(np.argmax(means))
-    ses = [paired_se(per_image[best], p) for p in per_image]
+    ses = [standard_error(per_image[best] - p) for p in per_image]  # paired, over images
     chosen = next(c for c in range(len(means)) if means[c] >= means[best] - ses[c])
     return {
         "candidates": [{"weights": [float(w) for w in weights], "shares": shares(weights),
